@@ -1,0 +1,128 @@
+"""preprocess: the DVC stage that turns accepted batches into per-batch splits and replay samples.
+
+`dvc repro` runs `python -m tasks.preprocess` in the workspace. Everything is a pure function of the
+accepted batches and the `preprocess`/`replay` params, seeded per batch, so an earlier batch's splits never
+change when a later batch arrives, and any data version can be rebuilt byte for byte.
+
+Output, per batch: `data/prepared/<batch>/{train,val,test}.parquet`, and for every batch after the first a
+`replay.parquet` drawn from the train splits of the batches before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.settings import PreprocessSettings, ReplaySettings
+
+SPLITS = ("train", "val", "test")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str, lowercase: bool = False) -> str:
+    """NFKC (so look-alike code points agree) and collapsed whitespace."""
+    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    return text.lower() if lowercase else text
+
+
+def text_key(text: str) -> str:
+    """The identity of a text for deduplication: case and spacing do not make a new example."""
+    return hashlib.sha1(normalize_text(text).casefold().encode("utf-8")).hexdigest()
+
+
+def batch_seed(seed: int, batch_id: str) -> int:
+    """A seed per batch, so adding batches never reshuffles earlier ones."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_id}".encode()).digest()[:4], "little")
+
+
+def split_batch(batch: pd.DataFrame, settings: PreprocessSettings, seed: int) -> dict[str, pd.DataFrame]:
+    """Stratified train/val/test split: each label is shuffled and cut by the same fractions."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SPLITS}
+    for _, group in batch.groupby("label", sort=True):
+        group = group.iloc[rng.permutation(len(group))]
+        n_test = int(round(len(group) * settings.test_fraction))
+        n_val = int(round(len(group) * settings.val_fraction))
+        if len(group) >= 3:  # every split of a label with a handful of rows still gets one
+            n_test, n_val = max(n_test, 1), max(n_val, 1 if settings.val_fraction > 0 else 0)
+        parts["test"].append(group.iloc[:n_test])
+        parts["val"].append(group.iloc[n_test : n_test + n_val])
+        parts["train"].append(group.iloc[n_test + n_val :])
+    splits = {name: pd.concat(frames).sort_index().reset_index(drop=True) for name, frames in parts.items()}
+    if len(splits["test"]) > settings.max_test_rows:  # keep the label balance while capping
+        test = splits["test"]
+        frac = settings.max_test_rows / len(test)
+        keep = test.groupby("label", group_keys=False).apply(lambda g: g.sample(frac=frac, random_state=seed))
+        splits["test"] = keep.sort_index().reset_index(drop=True)
+    return splits
+
+
+def draw_replay(pool: dict[str, pd.DataFrame], n_rows: int, seed: int) -> pd.DataFrame:
+    """A seeded sample of earlier train splits, an equal share per batch, label-proportional within each."""
+    if n_rows <= 0 or not pool:
+        return pd.DataFrame(columns=["text", "label", "batch"])
+    rng = np.random.default_rng(seed)
+    share = n_rows / len(pool)
+    frames = []
+    for batch_id, train in sorted(pool.items()):
+        take = min(len(train), int(round(share)))
+        for _, group in train.groupby("label", sort=True):
+            n = min(len(group), int(round(take * len(group) / len(train))))
+            frames.append(group.iloc[rng.choice(len(group), size=n, replace=False)].assign(batch=batch_id))
+    replay = pd.concat(frames, ignore_index=True)
+    return replay.iloc[rng.permutation(len(replay))].reset_index(drop=True)
+
+
+def prepare(batches: dict[str, pd.DataFrame], pre: PreprocessSettings, replay: ReplaySettings) -> dict[str, dict[str, pd.DataFrame]]:
+    """All batches (by id, in order) -> per batch its splits and, after the first, its replay sample."""
+    prepared: dict[str, dict[str, pd.DataFrame]] = {}
+    seen: set[str] = set()
+    for batch_id in sorted(batches):
+        frame = batches[batch_id][["text", "label"]].copy()
+        frame["text"] = frame["text"].map(lambda t: normalize_text(t, pre.lowercase))
+        keys = frame["text"].map(text_key)
+        frame = frame[~keys.isin(seen) & ~keys.duplicated()].reset_index(drop=True)
+        seen.update(keys)
+        splits = split_batch(frame, pre, batch_seed(pre.seed, batch_id))
+        pool = {earlier: parts["train"] for earlier, parts in prepared.items()}
+        n_replay = min(replay.max_rows, int(round(replay.ratio * len(splits["train"]))))
+        if pool:
+            splits["replay"] = draw_replay(pool, n_replay, batch_seed(pre.seed, f"replay:{batch_id}"))
+        prepared[batch_id] = splits
+    return prepared
+
+
+def write_prepared(prepared: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for batch_id, splits in prepared.items():
+        (out_dir / batch_id).mkdir(exist_ok=True)
+        for name, frame in splits.items():
+            frame.to_parquet(out_dir / batch_id / f"{name}.parquet", index=False)
+        summary[batch_id] = {name: len(frame) for name, frame in splits.items()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    """The DVC stage: run in the workspace, reads data/accepted, writes data/prepared."""
+    import shutil
+
+    from tasks.workspace import Workspace
+
+    ws = Workspace.open(Path.cwd())
+    batches = {p.stem: pd.read_parquet(p) for p in sorted(ws.accepted_dir.glob("batch-*.parquet"))}
+    prepared = prepare(batches, ws.settings.preprocess, ws.settings.replay)
+    shutil.rmtree(ws.prepared_dir, ignore_errors=True)  # DVC owns this folder: rebuild it whole
+    write_prepared(prepared, ws.prepared_dir)
+    print(f"prepared {len(prepared)} batch(es) into {ws.prepared_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The one typed settings object: `params.yaml`, loaded and validated once at the start of a command.
+
+Every section is a frozen pydantic model with no defaults of its own: `params.yaml` is the single source of
+every value, and a missing, unknown or out-of-range key is named in the error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataSettings(_Section):
+    landing: str = Field(min_length=1)
+    text_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
+    labels: tuple[str, ...] = Field(min_length=2)
+    max_text_chars: int = Field(gt=0)
+    min_batch_rows: int = Field(ge=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be distinct, got {list(labels)}")
+        return labels
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> DataSettings:
+        if self.text_column == self.label_column:
+            raise ValueError("text_column and label_column must differ")
+        return self
+
+
+class PreprocessSettings(_Section):
+    seed: int
+    val_fraction: float = Field(ge=0.0, lt=0.5)
+    test_fraction: float = Field(gt=0.0, lt=0.5)
+    max_test_rows: int = Field(ge=1)
+    lowercase: bool
+
+
+class ReplaySettings(_Section):
+    ratio: float = Field(ge=0.0)
+    max_rows: int = Field(ge=0)
+
+
+class ModelSettings(_Section):
+    registered_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    backbone: str = Field(min_length=1)
+    max_length: int = Field(ge=8, le=512)
+
+
+class TrainSettings(_Section):
+    epochs: int = Field(ge=1)
+    bootstrap_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0, lt=1.0)
+    weight_decay: float = Field(ge=0.0)
+    warmup_ratio: float = Field(ge=0.0, lt=1.0)
+    max_train_rows: int = Field(ge=0)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+
+
+class DriftSettings(_Section):
+    text_method: str = Field(min_length=1)
+    threshold: float = Field(gt=0.0, le=1.0)
+    max_reference_rows: int = Field(ge=10)
+
+
+class GateSettings(_Section):
+    metric: Literal["accuracy", "f1"]
+    min_improvement: float = Field(ge=-1.0, le=1.0)
+    max_regression: float = Field(ge=0.0, le=1.0)
+    min_score: float = Field(ge=0.0, le=1.0)
+
+
+class ScheduleSettings(_Section):
+    cron: str = Field(min_length=9)
+
+
+class MlflowSettings(_Section):
+    experiment: str = Field(min_length=1)
+
+
+class Settings(_Section):
+    data: DataSettings
+    preprocess: PreprocessSettings
+    replay: ReplaySettings
+    model: ModelSettings
+    train: TrainSettings
+    drift: DriftSettings
+    gate: GateSettings
+    schedule: ScheduleSettings
+    mlflow: MlflowSettings
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Settings:
+        """A copy with dotted keys replaced (`{"train.epochs": 1}`), validated like the file."""
+        raw = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in raw or key not in raw[section]:
+                raise SettingsError(f"unknown setting {dotted!r}")
+            raw[section][key] = value
+        return _validate(raw, source="overrides")
+
+
+class SettingsError(ValueError):
+    """params.yaml is missing, unreadable or holds a bad value; the message names it."""
+
+
+def _validate(raw: Any, source: str) -> Settings:
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"{source}: {problems}") from exc
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate params.yaml; every problem is reported with the key that holds it."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SettingsError(f"{path}: no such file (run `kaizen init` to create a workspace)") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+    return _validate(raw, source=str(path))

