@@ -8,6 +8,7 @@ pay for `--help`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,9 @@ WORDS_COLUMN = "word_count"
 class DriftResult:
     share: float  # share of the checked columns that drifted (Evidently's DriftedColumnsCount share)
     drifted: bool  # share >= threshold
-    # Per checked column, the score of its test. The direction differs by test: text content drift gives a
-    # ROC AUC (drifted when above its threshold), the others a p-value (drifted when below), so read
-    # `drifted_columns` for the verdict rather than comparing scores.
+    # Per checked column, the score of its test. Its meaning differs by test: text content drift gives a ROC
+    # AUC (drifted above 0.55); Evidently picks the others by size: p-values (drifted below 0.05) for a
+    # reference of up to 1,000 rows, distances (drifted above 0.1) beyond. Read `drifted_columns` for verdicts.
     columns: dict[str, float]
     html: Path
     drifted_columns: tuple[str, ...] = ()
@@ -49,7 +50,7 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, text_column: 
                 text_method: str, threshold: float, html_path: Path) -> DriftResult:
     """Compare `current` (the new batch) with `reference` (the champion's training data)."""
     if text_column == label_column or {text_column, label_column} & {LENGTH_COLUMN, WORDS_COLUMN}:
-        raise ValueError(f"text and label columns must be distinct and not named {LENGTH_COLUMN}/{WORDS_COLUMN}")
+        raise ValueError(f"drift check: text and label columns must differ and not be named {LENGTH_COLUMN}/{WORDS_COLUMN}")
     for name, frame in (("reference", reference), ("current", current)):
         if frame.empty:
             raise ValueError(f"drift check: the {name} data is empty")
@@ -113,7 +114,7 @@ def quality_check(labels_true: Sequence[str], challenger_pred: Sequence[str], ch
     labels = [str(label) for label in labels]
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"quality check: labels must be at least two distinct values, got {labels}")
-    if not labels_true:
+    if len(labels_true) == 0:
         raise ValueError("quality check: no rows to score")
     named = [("challenger", challenger_pred)] + ([("champion", champion_pred)] if champion_pred is not None else [])
     for name, values in [("true labels", labels_true), *named]:
@@ -123,8 +124,6 @@ def quality_check(labels_true: Sequence[str], challenger_pred: Sequence[str], ch
         if unknown:
             raise ValueError(f"quality check: {name} has values {unknown} outside the labels {labels}")
 
-    from evidently import Report
-
     true = [str(v) for v in labels_true]
     frames = {name: pd.DataFrame({"target": true, "prediction": [str(v) for v in values]}) for name, values in named}
     observed = {name: set(frame["target"]) | set(frame["prediction"]) for name, frame in frames.items()}
@@ -133,18 +132,17 @@ def quality_check(labels_true: Sequence[str], challenger_pred: Sequence[str], ch
 
     scores: dict[str, Scores] = {}
     if _compatible(current, reference):
-        snapshot = Report([_preset()]).run(current_data=_dataset(frames["challenger"], current),
-                                           reference_data=_dataset(frames["champion"], current)
-                                           if "champion" in frames else None)
+        snapshot = _run(_dataset(frames["challenger"], current),
+                        _dataset(frames["champion"], current) if "champion" in frames else None)
         scores["challenger"] = _scores(snapshot, observed["challenger"], reference=False)
         if "champion" in frames:
             scores["champion"] = _scores(snapshot, observed["champion"], reference=True)
     else:
         # No single task declaration suits both datasets (see _definition): score each alone; the HTML then
         # shows the challenger only.
-        snapshot = Report([_preset()]).run(current_data=_dataset(frames["challenger"], current))
+        snapshot = _run(_dataset(frames["challenger"], current), None)
         scores["challenger"] = _scores(snapshot, observed["challenger"], reference=False)
-        alone = Report([_preset()]).run(current_data=_dataset(frames["champion"], reference))
+        alone = _run(_dataset(frames["champion"], reference), None)
         scores["champion"] = _scores(alone, observed["champion"], reference=False)
 
     html_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,8 +155,8 @@ def _definition(observed: set[str], labels: list[str]) -> str | None:
 
     Evidently (0.7.23) decides binary versus multiclass from the labels *observed* in each dataset (target and
     prediction together), not from the declaration: with exactly two observed it needs a declared positive
-    label among them (else KeyError), and with any other number it cannot compute the TPR a binary
-    declaration asks for (ValueError). So small or one-sided batches need the declaration to follow the data.
+    label among them (else KeyError), and with any other number in the current dataset it cannot compute the
+    TPR a binary declaration asks for (ValueError). So small or one-sided batches need the declaration to follow the data.
     """
     if len(observed) != 2:
         return None
@@ -171,10 +169,16 @@ def _compatible(current: str | None, reference: str | None) -> bool:
     return reference is None or current == reference
 
 
-def _preset() -> Any:
+def _run(current: Any, reference: Any) -> Any:
+    from evidently import Report
     from evidently.presets import ClassificationPreset
 
-    return ClassificationPreset()
+    with warnings.catch_warnings():
+        # Labels missing from a small batch make sklearn and Evidently warn about zero divisions (UserWarning,
+        # RuntimeWarning); those per-label scores count as 0, as sklearn's own defaults do.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Report([ClassificationPreset()]).run(current_data=current, reference_data=reference)
 
 
 def _dataset(frame: pd.DataFrame, pos_label: str | None) -> Any:

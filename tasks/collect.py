@@ -231,3 +231,16 @@ def collect(ws: Workspace) -> CollectResult:
         return CollectResult(outcomes, form_batches(ws, ledger))
     finally:
         ledger.close()
+
+
+def next_batch(ws: Workspace) -> tuple[str, list[str]] | None:
+    """The oldest batch not yet learned from, with every batch up to it; None when all are done."""
+    ledger = Ledger(ws.ledger_db)
+    try:
+        batches = [b.batch_id for b in ledger.batches()]
+        pending = [b.batch_id for b in ledger.batches(status="pending")]
+    finally:
+        ledger.close()
+    if not pending:
+        return None
+    return pending[0], batches[: batches.index(pending[0]) + 1]

@@ -101,6 +101,12 @@ def download_model(client, name: str, version: str, dest: Path) -> Path:
     return dest
 
 
+def local_model(ws: Workspace, version: str) -> Path:
+    """A registered version's files on local disk (cached: versions never change)."""
+    client = connect(ws)
+    return download_model(client, ws.settings.model.registered_name, version, ws.runs_dir / "models" / f"v{version}")
+
+
 def code_commit() -> str:
     """The git commit of kaizen's own code (with `+dirty` when it has uncommitted changes)."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True)
@@ -184,3 +190,35 @@ def move_champion(client, name: str, version: str) -> str | None:
         client.set_registered_model_alias(name, PREVIOUS, former.version)
     client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
     return former.version if former else None
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One turn of the loop: its batch, its MLflow run, its data version and the champion it starts from."""
+
+    batch_id: str
+    run_id: str
+    data_version: str
+    accepted_md5: str
+    champion: ModelRef | None
+    batches: tuple[str, ...]  # every batch up to and including this one
+    flow_run_id: str
+
+
+def start_iteration(ws: Workspace, batch_id: str, batches: list[str], data_version, flow_run_id: str = "") -> Iteration:
+    """Open the iteration's MLflow run with its params, lineage tags and the dvc.lock that names its data."""
+    client = connect(ws)
+    name = ws.settings.model.registered_name
+    champion = model_by_alias(client, name, CHAMPION)
+    run = client.create_run(experiment_id(client, ws), run_name=f"iteration-{batch_id}", tags={
+        TAG["batch"]: batch_id, TAG["data_version"]: data_version.prepared_md5,
+        TAG["accepted_md5"]: data_version.accepted_md5, TAG["parent_version"]: champion.version if champion else "",
+        TAG["code_commit"]: code_commit(), TAG["params_hash"]: params_hash(ws), TAG["flow_run_id"]: flow_run_id,
+        "mlflow.runName": f"iteration-{batch_id}",
+    })
+    flat = ws.settings.model_dump(mode="json")
+    log_params(client, run.info.run_id, {f"{section}.{k}": v for section, values in flat.items()
+                                         for k, v in values.items()})
+    client.log_text(run.info.run_id, data_version.lock, "data/dvc.lock")
+    return Iteration(batch_id, run.info.run_id, data_version.prepared_md5, data_version.accepted_md5, champion,
+                     tuple(batches), flow_run_id)

@@ -155,3 +155,57 @@ def predict(model_dir: Path | str, texts: Sequence[str], *, max_length: int, bat
             probs[idx] = torch.softmax(net(**enc).logits.float(), dim=-1).cpu().numpy()
     id2label = net.config.id2label
     return [id2label[int(i)] for i in probs.argmax(axis=1)], probs
+
+
+@dataclass(frozen=True)
+class Challenger:
+    model: object  # registry.ModelRef of the new version, alias `challenger`
+    model_dir: Path
+    result: TrainResult
+    replay_rows: int
+
+
+def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The new batch's train split (capped) plus its replay sample, shuffled; and its validation split."""
+    train = pd.read_parquet(ws.split_file(batch_id, "train"))
+    cap = ws.settings.train.max_train_rows
+    if cap and len(train) > cap:
+        train = train.sample(n=cap, random_state=ws.settings.train.seed)
+    replay_file = ws.split_file(batch_id, "replay")
+    replay = pd.read_parquet(replay_file) if replay_file.exists() else pd.DataFrame(columns=["text", "label"])
+    mixed = pd.concat([train[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
+    mixed = mixed.sample(frac=1.0, random_state=ws.settings.train.seed).reset_index(drop=True)
+    return mixed, pd.read_parquet(ws.split_file(batch_id, "val")), len(replay)
+
+
+def train_challenger(ws, it) -> Challenger:
+    """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger."""
+    from tasks import registry
+
+    client = registry.connect(ws)
+    name = ws.settings.model.registered_name
+    if it.champion is not None:
+        start = str(registry.local_model(ws, it.champion.version))
+        epochs = ws.settings.train.epochs
+    else:
+        start, epochs = resolve_backbone(ws.settings.model.backbone), ws.settings.train.bootstrap_epochs
+    train, val, replay_rows = training_frames(ws, it.batch_id)
+
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        registry.log_metrics(client, it.run_id, {f"train.{k}": v for k, v in metrics.items()}, step=epoch)
+
+    result = fine_tune(start, train, val, ws.settings.data.labels, model=ws.settings.model,
+                       train_settings=ws.settings.train, epochs=epochs, out_dir=ws.runs_dir / it.batch_id,
+                       log_epoch=log_epoch)
+    registry.log_metrics(client, it.run_id, {"train.rows": result.train_rows, "train.replay_rows": replay_rows,
+                                             "train.seconds": result.seconds})
+    registry.set_tags(client, it.run_id, {"kaizen.start": start if it.champion is None else
+                                          f"{name}/{it.champion.version}", "kaizen.device": result.device})
+    seen = (it.champion.batches_seen if it.champion else []) + [it.batch_id]
+    tags = {registry.TAG["batch"]: it.batch_id, registry.TAG["batches_seen"]: ",".join(seen),
+            registry.TAG["parent_version"]: it.champion.version if it.champion else "",
+            registry.TAG["data_version"]: it.data_version, registry.TAG["accepted_md5"]: it.accepted_md5,
+            registry.TAG["code_commit"]: registry.code_commit(), registry.TAG["params_hash"]: registry.params_hash(ws),
+            registry.TAG["flow_run_id"]: it.flow_run_id, registry.TAG["decision"]: "pending"}
+    model = registry.register_model(client, ws, it.run_id, result.model_dir, tags)
+    return Challenger(model, result.model_dir, result, replay_rows)

@@ -147,6 +147,7 @@ def configure_environment(ws: Workspace) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 def run_command(args: list[str], cwd: Path) -> str:

@@ -1,0 +1,86 @@
+"""check: drift of the new batch against the champion's training data, and champion vs challenger on the
+test split of every batch so far. Evidently computes every number; its HTML reports and key numbers go to the
+iteration's MLflow run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.check import DriftResult, QualityResult, drift_check, quality_check
+from tasks.train import predict
+
+METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    drift: DriftResult | None  # None at bootstrap: there is no champion's data to compare with
+    quality: dict[str, QualityResult]  # batch id -> champion and challenger scores on its test split
+    report_dir: Path
+
+    def scores(self, model: str, metric: str) -> dict[str, float] | None:
+        """Per batch, the `metric` of `model` ("champion" or "challenger"); None when there is no champion."""
+        out = {}
+        for batch, q in self.quality.items():
+            s = getattr(q, model)
+            if s is None:
+                return None
+            out[batch] = getattr(s, metric)
+        return out
+
+
+def champion_reference(ws, batches_seen: list[str]) -> pd.DataFrame:
+    """A seeded sample of the train splits the champion has seen: the reference for drift."""
+    frames = [pd.read_parquet(ws.split_file(b, "train")) for b in batches_seen if ws.split_file(b, "train").exists()]
+    reference = pd.concat(frames, ignore_index=True)
+    limit = ws.settings.drift.max_reference_rows
+    return reference.sample(n=limit, random_state=ws.settings.preprocess.seed) if len(reference) > limit else reference
+
+
+def new_batch_rows(ws, batch_id: str) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(ws.split_file(batch_id, s)) for s in ("train", "val", "test")],
+                     ignore_index=True)
+
+
+def evaluate(ws, it, challenger_dir: Path, champion_dir: Path | None) -> Evaluation:
+    """Run every report of the iteration and log them (HTML) and their numbers to its MLflow run."""
+    from tasks import registry
+
+    report_dir = ws.runs_dir / it.batch_id / "reports"
+    data = ws.settings.data
+    drift = None
+    if it.champion is not None:
+        drift = drift_check(champion_reference(ws, it.champion.batches_seen), new_batch_rows(ws, it.batch_id),
+                            text_column="text", label_column="label", text_method=ws.settings.drift.text_method,
+                            threshold=ws.settings.drift.threshold, html_path=report_dir / "drift.html")
+
+    quality: dict[str, QualityResult] = {}
+    for batch in it.batches:
+        test = pd.read_parquet(ws.split_file(batch, "test"))
+        texts = test["text"].tolist()
+        new_pred, _ = predict(challenger_dir, texts, max_length=ws.settings.model.max_length)
+        old_pred = predict(champion_dir, texts, max_length=ws.settings.model.max_length)[0] if champion_dir else None
+        quality[batch] = quality_check(test["label"].tolist(), new_pred, old_pred, labels=data.labels,
+                                       html_path=report_dir / f"quality-{batch}.html")
+
+    evaluation = Evaluation(drift, quality, report_dir)
+    client = registry.connect(ws)
+    metrics: dict[str, float] = {}
+    if drift is not None:
+        metrics["drift.share"] = drift.share
+        metrics["drift.detected"] = float(drift.drifted)
+        metrics.update({"drift." + METRIC_UNSAFE.sub("_", column): score for column, score in drift.columns.items()})
+    for batch, q in quality.items():
+        for model in ("challenger", "champion"):
+            s = getattr(q, model)
+            if s is not None:
+                metrics[f"{model}.{batch}.accuracy"] = s.accuracy
+                metrics[f"{model}.{batch}.f1"] = s.f1
+    registry.log_metrics(client, it.run_id, metrics)
+    client.log_artifacts(it.run_id, str(report_dir), "reports")
+    return evaluation
