@@ -73,7 +73,8 @@ def read_records(data: bytes, name: str) -> pd.DataFrame:
             text = data.decode("utf-8-sig")
             return pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_dates=False)
         return pd.read_parquet(io.BytesIO(data))
-    except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as exc:
+    except (ValueError, UnicodeDecodeError, OSError, AttributeError, TypeError, pd.errors.ParserError) as exc:
+        # AttributeError: pandas' JSON Lines reader on a line that is an array or a scalar after an object
         raise ValueError(f"unreadable {kind} file: {exc}") from exc
 
 
@@ -89,7 +90,8 @@ def _plain(value: Any) -> Any:
 def quarantine_rows(records: pd.DataFrame, name: str, settings: DataSettings, ledger: Ledger) -> Verdict:
     """Split raw records into accepted rows and quarantined rows, each rejection with its reason."""
     missing = [c for c in (settings.text_column, settings.label_column) if c not in records.columns]
-    raw = [{k: _plain(v) for k, v in rec.items()} for rec in records.to_dict(orient="records")]
+    originals = records.to_dict(orient="records")  # checked as read: _plain would turn a list into its repr
+    raw = [{k: _plain(v) for k, v in rec.items()} for rec in originals]
     if missing:
         reason = f"missing column(s) {missing}; the file has {list(records.columns)}"
         return Verdict(pd.DataFrame(), [{"row": i + 1, "reason": reason, "record": r} for i, r in enumerate(raw)], [])
@@ -97,21 +99,21 @@ def quarantine_rows(records: pd.DataFrame, name: str, settings: DataSettings, le
     labels = set(settings.labels)
     candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
     quarantined: list[dict[str, Any]] = []
-    for i, rec in enumerate(raw):
+    for i, rec in enumerate(originals):
         text, label, row = rec[settings.text_column], rec[settings.label_column], i + 1
         reason = None
         if not isinstance(text, str):
-            reason = "missing text" if text is None else f"text is not a string ({type(text).__name__})"
+            reason = "missing text" if _plain(text) is None else f"text is not a string ({type(text).__name__})"
         elif not text.strip():
             reason = "empty text"
         elif len(text) > settings.max_text_chars:
             reason = f"text longer than {settings.max_text_chars} characters ({len(text)})"
-        elif label is None or label == "":
+        elif _plain(label) is None or (isinstance(label, str) and not label):
             reason = "missing label"
         elif not isinstance(label, str) or label not in labels:
             reason = f"unknown label {label!r} (expected one of {sorted(labels)})"
         if reason:
-            quarantined.append({"row": row, "reason": reason, "record": rec})
+            quarantined.append({"row": row, "reason": reason, "record": raw[i]})
         else:
             candidates.append((row, text, label, text_key(text)))
 

@@ -5,6 +5,7 @@ from MLflow (the one record of iterations) for `kaizen status`, the demo's table
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tasks.ledger import Ledger
 
@@ -107,3 +108,43 @@ def as_markdown(summary: IterationSummary, ws, ui_url: str = "http://127.0.0.1:5
         f"| {summary.champion_version or '–'} |\n\n"
         f"## Why\n{reasons}\n\nMLflow run: [{summary.run_id}]({link})\n"
     )
+
+
+def _model_state(client, ws, alias: str) -> dict | None:
+    from tasks import registry
+
+    ref = registry.model_by_alias(client, ws.settings.model.registered_name, alias)
+    if ref is None:
+        return None
+    metrics = client.get_run(ref.run_id).data.metrics
+    return {
+        "version": ref.version, "run_id": ref.run_id,
+        "parent_version": ref.tags.get(registry.TAG["parent_version"]) or None,
+        "data_version": ref.tags.get(registry.TAG["data_version"], ""),
+        "batches_seen": ref.batches_seen,
+        "metrics": {k.removeprefix("challenger."): v for k, v in sorted(metrics.items())
+                    if k.startswith("challenger.")},
+    }
+
+
+def workspace_status(ws) -> dict:
+    """Everything `kaizen status --json` prints: models, batches, and what waits to be ingested."""
+    from tasks import registry
+    from tasks.collect import landed_files
+
+    client = registry.connect(ws)
+    ledger = Ledger(ws.ledger_db)
+    try:
+        batches = [{"batch": b.batch_id, "rows": b.rows, "status": b.status, "decision": b.decision,
+                    "model_version": b.model_version, "created_at": b.created_at} for b in ledger.batches()]
+        staged = sum(f.rows_accepted for f in ledger.unbatched_files())
+    finally:
+        ledger.close()
+    return {
+        "workspace": str(ws.root),
+        "champion": _model_state(client, ws, registry.CHAMPION),
+        "previous_champion": _model_state(client, ws, registry.PREVIOUS),
+        "batches": batches,
+        "staged_rows": staged,
+        "landing": [Path(p).name for p in landed_files(ws)],
+    }

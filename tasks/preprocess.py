@@ -42,10 +42,35 @@ def batch_seed(seed: int, batch_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{batch_id}".encode()).digest()[:4], "little")
 
 
+def apportion(total: int, weights: list[float], caps: list[int]) -> list[int]:
+    """`total` cut into whole parts proportional to `weights` (largest remainder, ties to the earlier part),
+    none above its cap; what a capped part cannot take goes to the others. Sums to min(total, sum(caps))."""
+    alloc = [0] * len(caps)
+    open_ = [i for i, cap in enumerate(caps) if cap > 0 and weights[i] > 0]
+    total = min(total, sum(caps[i] for i in open_))
+    while total > 0 and open_:
+        weight = sum(weights[i] for i in open_)
+        exact = {i: total * weights[i] / weight for i in open_}
+        capped = [i for i in open_ if exact[i] >= caps[i]]
+        if capped:  # these take all they have; share the rest among the others
+            for i in capped:
+                alloc[i] = caps[i]
+                total -= caps[i]
+            open_ = [i for i in open_ if i not in capped]
+            continue
+        for i in open_:
+            alloc[i] = int(exact[i])
+        left = total - sum(alloc[i] for i in open_)
+        for i in sorted(open_, key=lambda i: (alloc[i] - exact[i], i))[:left]:
+            alloc[i] += 1
+        break
+    return alloc
+
+
 def split_batch(batch: pd.DataFrame, settings: PreprocessSettings, seed: int) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test split: each label is shuffled and cut by the same fractions."""
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SPLITS}
+    parts: dict[str, list[pd.DataFrame]] = {name: [batch.iloc[:0]] for name in SPLITS}
     for _, group in batch.groupby("label", sort=True):
         group = group.iloc[rng.permutation(len(group))]
         n_test = int(round(len(group) * settings.test_fraction))
@@ -55,26 +80,30 @@ def split_batch(batch: pd.DataFrame, settings: PreprocessSettings, seed: int) ->
         parts["test"].append(group.iloc[:n_test])
         parts["val"].append(group.iloc[n_test : n_test + n_val])
         parts["train"].append(group.iloc[n_test + n_val :])
-    splits = {name: pd.concat(frames).sort_index().reset_index(drop=True) for name, frames in parts.items()}
-    if len(splits["test"]) > settings.max_test_rows:  # keep the label balance while capping
-        test = splits["test"]
-        frac = settings.max_test_rows / len(test)
-        keep = test.groupby("label", group_keys=False).apply(lambda g: g.sample(frac=frac, random_state=seed))
-        splits["test"] = keep.sort_index().reset_index(drop=True)
-    return splits
+    if sum(len(f) for f in parts["test"]) > settings.max_test_rows:  # keep the label balance while capping
+        # Each label's test rows are already shuffled: keep the first rows of each, in proportion.
+        frames = [f for f in parts["test"] if len(f)]
+        sizes = [len(f) for f in frames]
+        keep = apportion(settings.max_test_rows, [float(n) for n in sizes], sizes)
+        parts["test"] = [batch.iloc[:0]] + [f.iloc[:n] for f, n in zip(frames, keep, strict=True)]
+    return {name: pd.concat(frames).sort_index().reset_index(drop=True) for name, frames in parts.items()}
 
 
 def draw_replay(pool: dict[str, pd.DataFrame], n_rows: int, seed: int) -> pd.DataFrame:
-    """A seeded sample of earlier train splits, an equal share per batch, label-proportional within each."""
-    if n_rows <= 0 or not pool:
+    """A seeded sample of earlier train splits, an equal share per batch, label-proportional within each.
+
+    Exactly min(n_rows, rows in the pool) rows: a batch too small for its share gives all it has and the
+    others make up the difference."""
+    batch_ids = sorted(pool)
+    takes = apportion(n_rows, [1.0] * len(batch_ids), [len(pool[b]) for b in batch_ids])
+    if sum(takes) == 0:
         return pd.DataFrame(columns=["text", "label", "batch"])
     rng = np.random.default_rng(seed)
-    share = n_rows / len(pool)
     frames = []
-    for batch_id, train in sorted(pool.items()):
-        take = min(len(train), int(round(share)))
-        for _, group in train.groupby("label", sort=True):
-            n = min(len(group), int(round(take * len(group) / len(train))))
+    for batch_id, take in zip(batch_ids, takes, strict=True):
+        groups = [group for _, group in pool[batch_id].groupby("label", sort=True)]
+        sizes = [len(group) for group in groups]
+        for group, n in zip(groups, apportion(take, [float(s) for s in sizes], sizes), strict=True):
             frames.append(group.iloc[rng.choice(len(group), size=n, replace=False)].assign(batch=batch_id))
     replay = pd.concat(frames, ignore_index=True)
     return replay.iloc[rng.permutation(len(replay))].reset_index(drop=True)

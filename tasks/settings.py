@@ -87,6 +87,12 @@ class ScheduleSettings(_Section):
     cron: str = Field(min_length=9)
 
 
+class DemoSettings(_Section):
+    rows_per_batch: int = Field(ge=0)
+    rows_per_batch_gpu: int = Field(ge=0)
+    seed: int
+
+
 class MlflowSettings(_Section):
     experiment: str = Field(min_length=1)
 
@@ -101,6 +107,7 @@ class Settings(_Section):
     gate: GateSettings
     schedule: ScheduleSettings
     mlflow: MlflowSettings
+    demo: DemoSettings
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys replaced (`{"train.epochs": 1}`), validated like the file."""
@@ -136,6 +143,8 @@ def load_settings(path: Path) -> Settings:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SettingsError(f"{path}: no such file (run `kaizen init` to create a workspace)") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not UTF-8 text
+        raise SettingsError(f"{path}: cannot be read: {exc}") from exc
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
     return _validate(raw, source=str(path))

@@ -167,6 +167,7 @@ def dvc_command(*args: str) -> list[str]:
 
 def ensure_dvc(root: Path) -> None:
     """Make `root` a git + DVC repository with a local DVC remote under `.kaizen/` (idempotent)."""
+    root = root.resolve()
     if not (root / ".git").exists():
         run_command(["git", "init", "-q", "-b", "main"], root)
     for key, value in (("user.name", "kaizen"), ("user.email", "kaizen@localhost")):
@@ -175,8 +176,8 @@ def ensure_dvc(root: Path) -> None:
     if not (root / ".dvc").exists():
         run_command(dvc_command("init", "-q"), root)
     run_command(dvc_command("config", "core.analytics", "false"), root)
-    # A relative remote URL is resolved against .dvc/, so the committed config works in every clone.
-    run_command(dvc_command("remote", "add", "-f", "-d", "local", "../.kaizen/dvc-remote"), root)
+    # Given relative to the repository, DVC stores the URL relative to .dvc/: the config works in every clone.
+    run_command(dvc_command("remote", "add", "-f", "-d", "local", ".kaizen/dvc-remote"), root)
     run_command(dvc_command("config", "--local", "core.site_cache_dir", str(root / ".kaizen" / "dvc-site")), root)
 
 

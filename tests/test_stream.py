@@ -24,18 +24,6 @@ READERS = {
 }
 
 
-@pytest.fixture(scope="session")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    sources_dir = tmp_path_factory.mktemp("sources")
-    fetch_sources(sources_dir)
-    return sources_dir
-
-
-@pytest.fixture(scope="session")
-def domains(sources: Path) -> dict[str, pd.DataFrame]:
-    return {name: load_domain(name, sources) for name in DOMAINS}
-
-
 def test_fetch_keeps_archives_and_skips_them_next_time(sources: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in sources.iterdir()}
     assert sorted(before) == [

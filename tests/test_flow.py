@@ -1,0 +1,148 @@
+"""End to end: the Prefect flow on a real Prefect server, real DVC, real MLflow and real Evidently reports.
+
+Bootstrap on movie reviews, then an Amazon batch, then an iteration with nothing new, then a fine-food batch
+that a strict gate refuses. Asserted: the registry (versions, aliases, lineage and decision tags), the recorded
+data version against dvc.lock, the saved reports, the ledger and `kaizen status --json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.loop import iteration
+from tasks import registry
+from tasks.data_version import read_data_version
+from tasks.ledger import Ledger
+from tests.conftest import sample, write_params
+
+PERMISSIVE = {"gate__min_score": 0.0, "gate__min_improvement": -1.0, "gate__max_regression": 1.0}
+
+
+def land(ws, name: str, frame) -> None:
+    landing = Path(ws.landing)
+    landing.mkdir(parents=True, exist_ok=True)
+    path = landing / name
+    if name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    elif name.endswith(".jsonl"):
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
+    """Run the iterations once for the whole module; each test inspects what they left."""
+    from tasks.workspace import Workspace, init_workspace
+    from tests.conftest import FAST
+
+    root = tmp_path_factory.mktemp("loop") / "ws"
+    init_workspace(root)
+    write_params(root, {**FAST, "model.backbone": str(tiny_backbone),
+                        **{k.replace("__", "."): v for k, v in PERMISSIVE.items()}})
+    ws = Workspace.open(root)
+    summaries, locks = [], []
+
+    land(ws, "movies.csv", sample(domains["movies"], 160, seed=1))
+    summaries.append(iteration(str(root)))
+    locks.append(ws.dvc_lock.read_text())
+
+    amazon = sample(domains["amazon"], 160, seed=2)
+    amazon.loc[len(amazon)] = {"text": "   ", "label": "positive"}  # quarantined: empty text
+    land(ws, "amazon.jsonl", amazon)
+    summaries.append(iteration(str(root)))
+    locks.append(ws.dvc_lock.read_text())
+
+    summaries.append(iteration(str(root)))  # nothing new
+
+    write_params(root, {"gate.min_improvement": 1.0})  # no model can gain a whole point: refused
+    land(ws, "finefood.parquet", sample(domains["finefood"], 160, seed=3))
+    summaries.append(iteration(str(root)))
+    locks.append(ws.dvc_lock.read_text())
+    ws = Workspace.open(root)
+    return ws, summaries, locks
+
+
+def test_bootstrap_then_promotion_then_nothing_then_refusal(loop_state) -> None:
+    _, summaries, _ = loop_state
+    assert [s["batch"] for s in summaries] == ["batch-0001", "batch-0002", None, "batch-0003"]
+    assert [s["decision"] for s in summaries] == ["promoted", "promoted", "no new data", "rejected"]
+    assert [s["champion_version"] for s in summaries] == ["1", "2", None, "2"]
+    assert summaries[1]["rows_quarantined"] == 1 and summaries[1]["rows_accepted"] == 160
+    assert summaries[0]["drift_share"] is None and 0.0 <= summaries[1]["drift_share"] <= 1.0
+    assert any("min_improvement" in r for r in summaries[3]["reasons"])
+
+
+def test_registry_aliases_and_lineage(loop_state) -> None:
+    ws, _, locks = loop_state
+    client = registry.connect(ws)
+    name = ws.settings.model.registered_name
+    assert [str(mv.version) for mv in client.search_model_versions(f"name='{name}'", order_by=["version_number"])] \
+        == ["1", "2", "3"]
+    assert registry.model_by_alias(client, name, registry.CHAMPION).version == "2"
+    assert registry.model_by_alias(client, name, registry.PREVIOUS).version == "1"
+    assert registry.model_by_alias(client, name, registry.CHALLENGER).version == "3"
+
+    for version, parent, batch, lock, decision in (("1", "", "batch-0001", locks[0], "promoted"),
+                                                   ("2", "1", "batch-0002", locks[1], "promoted"),
+                                                   ("3", "2", "batch-0003", locks[2], "rejected")):
+        tags = registry.model_version(client, name, version).tags
+        assert tags[registry.TAG["parent_version"]] == parent
+        assert tags[registry.TAG["batch"]] == batch
+        assert tags[registry.TAG["data_version"]] == read_data_version(lock).prepared_md5
+        assert tags[registry.TAG["decision"]] == decision
+        assert tags[registry.TAG["reasons"]]
+        assert len(tags[registry.TAG["code_commit"]]) >= 7
+        assert tags[registry.TAG["flow_run_id"]]
+    assert registry.model_version(client, name, "2").tags[registry.TAG["batches_seen"]] == "batch-0001,batch-0002"
+    # The data version names a real DVC state: the md5 of data/prepared in dvc.lock at that time.
+    assert yaml.safe_load(locks[2])["stages"]["preprocess"]["outs"][0]["md5"] == \
+        registry.model_version(client, name, "3").tags[registry.TAG["data_version"]]
+
+
+def test_runs_hold_reports_metrics_and_the_dvc_lock(loop_state) -> None:
+    ws, summaries, locks = loop_state
+    client = registry.connect(ws)
+    run = client.get_run(summaries[1]["run_id"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert artifacts == {"reports/drift.html", "reports/quality-batch-0001.html", "reports/quality-batch-0002.html"}
+    for path in artifacts:
+        local = Path(client.download_artifacts(run.info.run_id, path))
+        assert local.stat().st_size > 10_000 and b"<html" in local.read_bytes()[:2000].lower()
+    assert client.download_artifacts(run.info.run_id, "data/dvc.lock")
+    assert Path(client.download_artifacts(run.info.run_id, "data/dvc.lock")).read_text() == locks[1]
+    metrics = run.data.metrics
+    for key in ("champion.batch-0001.accuracy", "challenger.batch-0002.f1", "drift.share", "train.rows"):
+        assert key in metrics
+    assert metrics["challenger.batch-0002.accuracy"] == pytest.approx(summaries[1]["challenger_score"])
+    history = client.get_metric_history(run.info.run_id, "train.accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert run.info.status == "FINISHED"
+
+
+def test_ledger_and_status_json(loop_state) -> None:
+    ws, _, _ = loop_state
+    ledger = Ledger(ws.ledger_db)
+    try:
+        assert [(b.batch_id, b.status, b.decision) for b in ledger.batches()] == [
+            ("batch-0001", "done", "promoted"), ("batch-0002", "done", "promoted"),
+            ("batch-0003", "done", "rejected")]
+        assert all(f.rows_in == f.rows_accepted + f.rows_quarantined for f in ledger.files())
+    finally:
+        ledger.close()
+
+    result = CliRunner().invoke(app, ["status", "--json", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.output)
+    assert state["champion"]["version"] == "2" and state["champion"]["parent_version"] == "1"
+    assert state["champion"]["data_version"].endswith(".dir")
+    assert "batch-0002.accuracy" in state["champion"]["metrics"]
+    assert state["previous_champion"]["version"] == "1"
+    assert [b["batch"] for b in state["batches"]] == ["batch-0001", "batch-0002", "batch-0003"]
+    assert state["landing"] == [] and state["staged_rows"] == 0

@@ -1,0 +1,64 @@
+"""Fine-tuning with the Trainer on real rows: per-epoch metrics, safetensors output, resume, prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.settings import ModelSettings, TrainSettings
+from tasks.train import fine_tune, pick_device, predict, resolve_backbone
+from tests.conftest import sample
+
+MODEL = ModelSettings(registered_name="m", backbone="tiny", max_length=32)
+TRAIN = TrainSettings(epochs=2, bootstrap_epochs=2, batch_size=16, learning_rate=2e-3, weight_decay=0.0,
+                      warmup_ratio=0.0, max_train_rows=0, seed=3, device="cpu")
+LABELS = ("negative", "positive")
+
+
+@pytest.fixture(scope="module")
+def movie_rows(domains):
+    rows = sample(domains["movies"], 240, seed=1)
+    return rows.iloc[:200], rows.iloc[200:]
+
+
+def test_fine_tune_logs_each_epoch_and_saves_safetensors(tiny_backbone: Path, movie_rows, tmp_path: Path) -> None:
+    train, val = movie_rows
+    logged: list[tuple[int, dict]] = []
+    result = fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=TRAIN, epochs=2,
+                       out_dir=tmp_path, log_epoch=lambda e, m: logged.append((e, m)))
+    assert [e for e, _ in logged] == [1, 2]
+    assert all({"loss", "accuracy", "f1", "train_loss"} <= set(m) for _, m in logged)
+    assert result.train_rows == 200 and result.device == "cpu" and result.seconds > 0
+    files = {p.name for p in result.model_dir.iterdir()}
+    assert "model.safetensors" in files and "tokenizer.json" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+
+    labels, probs = predict(result.model_dir, val["text"].tolist(), max_length=32)
+    assert len(labels) == len(val) and set(labels) <= set(LABELS)
+    assert probs.shape == (len(val), 2)
+    assert abs(probs.sum(axis=1) - 1).max() < 1e-5
+
+
+def test_training_resumes_from_its_last_checkpoint(tiny_backbone: Path, movie_rows, tmp_path: Path) -> None:
+    train, val = movie_rows
+    fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=TRAIN, epochs=1, out_dir=tmp_path)
+    # The same output folder asked for two epochs: the first is taken from the checkpoint, only one runs.
+    logged: list[int] = []
+    fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=TRAIN, epochs=2,
+              out_dir=tmp_path, log_epoch=lambda e, m: logged.append(e))
+    assert logged == [2]
+
+
+def test_empty_training_data_is_a_clear_error(tiny_backbone: Path, movie_rows, tmp_path: Path) -> None:
+    _, val = movie_rows
+    with pytest.raises(ValueError, match="nothing to train on"):
+        fine_tune(str(tiny_backbone), val.iloc[:0], val, LABELS, model=MODEL, train_settings=TRAIN, epochs=1,
+                  out_dir=tmp_path)
+
+
+def test_backbone_and_device_resolution() -> None:
+    assert (Path(resolve_backbone("minilm")) / "model.safetensors").exists()
+    assert resolve_backbone("some-org/some-model") == "some-org/some-model"
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") in ("cpu", "cuda")
