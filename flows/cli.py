@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,8 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kaizen: keep a text classifier improving as labeled data arrives, without regressions.")
-console = Console()
+# Piped output (CI logs, `| tee`) gets a width that fits the summary table instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 130)
 WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", envvar="KAIZEN_WORKSPACE",
                                             help="The workspace folder (made by `kaizen init`).")]
 
@@ -139,8 +141,6 @@ def status(workspace: WorkspaceOpt = Path("."),
 @app.command()
 def ui(workspace: WorkspaceOpt = Path("."), port: int = 5000) -> None:
     """Serve the MLflow UI on the workspace's tracking store (127.0.0.1)."""
-    import sys
-
     ws = open_workspace(workspace)
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
