@@ -49,7 +49,7 @@ def new_batch_rows(ws, batch_id: str) -> pd.DataFrame:
 
 def evaluate(ws, it, challenger_dir: Path, champion_dir: Path | None) -> Evaluation:
     """Run every report of the iteration and log them (HTML) and their numbers to its MLflow run."""
-    from tasks import registry
+    from tasks import lineage, registry
 
     report_dir = ws.runs_dir / it.batch_id / "reports"
     data = ws.settings.data
@@ -60,8 +60,8 @@ def evaluate(ws, it, challenger_dir: Path, champion_dir: Path | None) -> Evaluat
                             threshold=ws.settings.drift.threshold, html_path=report_dir / "drift.html")
 
     quality: dict[str, QualityResult] = {}
-    for batch in it.batches:
-        test = pd.read_parquet(ws.split_file(batch, "test"))
+    tests = {batch: pd.read_parquet(ws.split_file(batch, "test")) for batch in it.batches}
+    for batch, test in tests.items():
         texts = test["text"].tolist()
         new_pred, _ = predict(challenger_dir, texts, max_length=ws.settings.model.max_length)
         old_pred = predict(champion_dir, texts, max_length=ws.settings.model.max_length)[0] if champion_dir else None
@@ -82,5 +82,8 @@ def evaluate(ws, it, challenger_dir: Path, champion_dir: Path | None) -> Evaluat
                 metrics[f"{model}.{batch}.accuracy"] = s.accuracy
                 metrics[f"{model}.{batch}.f1"] = s.f1
     registry.log_metrics(client, it.run_id, metrics)
+    lineage.log_evaluation_matrix(client, it.run_id, evaluation, report_dir)
+    lineage.log_datasets(client, it.run_id, {f"{b}/test": t for b, t in tests.items()}, "evaluation",
+                         ws.prepared_dir)
     client.log_artifacts(it.run_id, str(report_dir), "reports")
     return evaluation

@@ -60,7 +60,7 @@ class Decision:
 
 def decide(ws, it, challenger_version: str, evaluation) -> Decision:
     """Apply the gate, move `champion` if it passes, and record the decision and its reasons either way."""
-    from tasks import registry
+    from tasks import lineage, registry
 
     metric = ws.settings.gate.metric
     gate = promotion_gate(it.batch_id, evaluation.scores("challenger", metric),
@@ -75,4 +75,6 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
         previous = registry.move_champion(client, name, challenger_version)
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     registry.set_tags(client, it.run_id, {"kaizen.champion_version": champion.version if champion else ""})
+    if champion is not None:
+        lineage.log_champion_over_time(client, it.loop_run_id, len(it.batches), evaluation, gate.promote)
     return Decision(gate, challenger_version, champion.version if champion else None, previous)

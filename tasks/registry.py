@@ -203,14 +203,19 @@ class Iteration:
     champion: ModelRef | None
     batches: tuple[str, ...]  # every batch up to and including this one
     flow_run_id: str
+    loop_run_id: str  # the parent run that groups the workspace's iterations
 
 
 def start_iteration(ws: Workspace, batch_id: str, batches: list[str], data_version, flow_run_id: str = "") -> Iteration:
     """Open the iteration's MLflow run with its params, lineage tags and the dvc.lock that names its data."""
     client = connect(ws)
     name = ws.settings.model.registered_name
+    from tasks.lineage import loop_run_id
+
     champion = model_by_alias(client, name, CHAMPION)
+    loop_run = loop_run_id(client, experiment_id(client, ws))
     run = client.create_run(experiment_id(client, ws), run_name=f"iteration-{batch_id}", tags={
+        "mlflow.parentRunId": loop_run,
         TAG["batch"]: batch_id, TAG["data_version"]: data_version.prepared_md5,
         TAG["accepted_md5"]: data_version.accepted_md5, TAG["parent_version"]: champion.version if champion else "",
         TAG["code_commit"]: code_commit(), TAG["params_hash"]: params_hash(ws), TAG["flow_run_id"]: flow_run_id,
@@ -221,4 +226,4 @@ def start_iteration(ws: Workspace, batch_id: str, batches: list[str], data_versi
                                          for k, v in values.items()})
     client.log_text(run.info.run_id, data_version.lock, "data/dvc.lock")
     return Iteration(batch_id, run.info.run_id, data_version.prepared_md5, data_version.accepted_md5, champion,
-                     tuple(batches), flow_run_id)
+                     tuple(batches), flow_run_id, loop_run)

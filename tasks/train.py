@@ -180,7 +180,7 @@ def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, int]
 
 def train_challenger(ws, it) -> Challenger:
     """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger."""
-    from tasks import registry
+    from tasks import lineage, registry
 
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
@@ -197,6 +197,8 @@ def train_challenger(ws, it) -> Challenger:
     result = fine_tune(start, train, val, ws.settings.data.labels, model=ws.settings.model,
                        train_settings=ws.settings.train, epochs=epochs, out_dir=ws.runs_dir / it.batch_id,
                        log_epoch=log_epoch)
+    lineage.log_datasets(client, it.run_id, {f"{it.batch_id}/train+replay": train, f"{it.batch_id}/val": val},
+                         "training", ws.prepared_dir / it.batch_id)
     registry.log_metrics(client, it.run_id, {"train.rows": result.train_rows, "train.replay_rows": replay_rows,
                                              "train.seconds": result.seconds})
     registry.set_tags(client, it.run_id, {"kaizen.start": start if it.champion is None else

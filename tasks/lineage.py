@@ -1,0 +1,100 @@
+"""Lineage and history in the MLflow UI: datasets as run inputs, the evaluation matrix, and one parent run per
+workspace whose metrics chart the champion's per-batch accuracy over iterations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+LOOP_RUN = "kaizen-loop"  # the parent run that groups every iteration of one workspace
+
+
+def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: str, source: Path) -> None:
+    """Each frame as an MLflow dataset input of the run (named by batch and split, digest of its content); its
+    source is the DVC-tracked folder it was read from (the run's `kaizen.data_version` tag names the version)."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for name, frame in frames.items():
+        with warnings.catch_warnings():  # MLflow registers the local-file source type twice and says so
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_pandas(frame, source=str(source), name=name, targets="label")
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def loop_run_id(client, experiment_id: str) -> str:
+    """The workspace's parent run (created once): iteration runs nest under it."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{LOOP_RUN}'",
+                              max_results=1, order_by=["attributes.start_time ASC"])
+    if runs:
+        return runs[0].info.run_id
+    return client.create_run(experiment_id, run_name=LOOP_RUN, tags={
+        "mlflow.note.content": "kaizen: every iteration of this workspace's loop is a child run; the metrics "
+                               "here chart the champion's score on each batch over iterations."}).info.run_id
+
+
+def evaluation_matrix(evaluation) -> pd.DataFrame:
+    """One row per (model, batch): accuracy and macro F1 on that batch's test split."""
+    rows = []
+    for batch, q in evaluation.quality.items():
+        for model in ("champion", "challenger"):
+            s = getattr(q, model)
+            if s is not None:
+                rows.append({"model": model, "batch": batch, "accuracy": s.accuracy, "f1": s.f1})
+    return pd.DataFrame(rows, columns=["model", "batch", "accuracy", "f1"])
+
+
+def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Models by batches, coloured by `metric`, each cell annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and none needed
+    import matplotlib.pyplot as plt
+
+    grid = matrix.pivot(index="model", columns="batch", values=metric).reindex(["champion", "challenger"]).dropna(
+        how="all")
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * grid.shape[1], 0.8 + 0.7 * grid.shape[0]))
+    image = ax.imshow(grid.values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            value = grid.values[i, j]
+            if pd.notna(value):
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    ax.set_title(f"{metric} on each batch's test split")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_evaluation_matrix(client, run_id: str, evaluation, report_dir: Path) -> pd.DataFrame:
+    matrix = evaluation_matrix(evaluation)
+    client.log_table(run_id, data=matrix, artifact_file="evaluation/matrix.json")
+    png = heatmap(matrix, "accuracy", report_dir.parent / "evaluation" / "matrix-accuracy.png")
+    client.log_artifact(run_id, str(png), "evaluation")
+    return matrix
+
+
+def log_champion_over_time(client, loop_run: str, step: int, evaluation, promoted: bool) -> None:
+    """After the decision: the champion's score on every batch, as step `step` of the loop run's metrics."""
+    from tasks.registry import log_metrics
+
+    model = "challenger" if promoted else "champion"
+    metrics = {}
+    for batch, q in evaluation.quality.items():
+        s = getattr(q, model) or q.challenger
+        metrics[f"champion.{batch}.accuracy"] = s.accuracy
+        metrics[f"champion.{batch}.f1"] = s.f1
+    metrics["champion.mean_accuracy"] = sum(metrics[k] for k in metrics if k.endswith(".accuracy")) / len(
+        evaluation.quality)
+    log_metrics(client, loop_run, metrics, step=step)
+    client.set_terminated(loop_run, "FINISHED")  # shown as done between iterations; metrics can still be added
