@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 # torch first, exactly 2.13.0: on a CPU machine that is the local CPU wheel, and installing it before the
 # rest stops accelerate from pulling a multi-GB CUDA build. On a GPU machine install a CUDA build of
@@ -22,7 +22,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/kaizen demo
 
-test: install
+# Headless Chromium (Debian's package) for the test that screenshots the MLflow UI; installed when running
+# as root with apt, else that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the MLflow UI screenshot test will be skipped"
+
+test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

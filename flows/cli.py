@@ -42,14 +42,14 @@ def open_workspace(path: Path):
 def summary_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
     for column in ("batch", "accepted", "quarantined", "drift share", "champion", "challenger", "decision",
-                   "champion version"):
+                   "challenger version", "champion version"):
         table.add_column(column, justify="left" if column in ("batch", "decision") else "right")
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         style = {"promoted": "green", "rejected": "red"}.get(r["decision"], "dim")
         table.add_row(r["batch"] or "–", str(r["rows_accepted"]), str(r["rows_quarantined"]), fmt(r["drift_share"]),
                       fmt(r["champion_score"]), fmt(r["challenger_score"]), f"[{style}]{r['decision']}[/]",
-                      r["champion_version"] or "–")
+                      r["challenger_version"] or "–", r["champion_version"] or "–")
     return table
 
 
@@ -121,11 +121,13 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
 @app.command()
 def status(workspace: WorkspaceOpt = Path("."),
            as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
-    """The champion, the previous champion, the batches ingested and the files waiting."""
+    """The champion, the previous champion, the batches ingested, the files waiting, and the servers."""
+    from flows.cli_servers import checked_servers, server_lines
     from tasks import history
 
     ws = open_workspace(workspace)
-    state = history.workspace_status(ws)
+    servers = checked_servers(ws, as_json)
+    state = {**history.workspace_status(ws), "servers": servers}
     if as_json:
         typer.echo(json.dumps(state, indent=2))
         return
@@ -136,12 +138,111 @@ def status(workspace: WorkspaceOpt = Path("."),
     console.print(f"previous champion: {state['previous_champion']['version'] if state['previous_champion'] else '–'}")
     console.print(f"batches: {len(state['batches'])}; files waiting: {len(state['landing'])}; "
                   f"rows staged: {state['staged_rows']}")
+    for line in server_lines(servers):
+        console.print(line)
 
 
 @app.command()
-def ui(workspace: WorkspaceOpt = Path("."), port: int = 5000) -> None:
+def ui(workspace: WorkspaceOpt = Path("."),
+       port: Annotated[int | None, typer.Option(help="Default: servers.mlflow_port")] = None) -> None:
     """Serve the MLflow UI on the workspace's tracking store (127.0.0.1)."""
     ws = open_workspace(workspace)
+    if ws.tracking_uri.startswith(("http://", "https://")):  # a tracking server already serves it
+        console.print(f"MLflow UI: {ws.mlflow_ui_url}")
+        return
+    port = port or ws.settings.servers.mlflow_port
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
 
+
+
+@app.command("history")
+def history_command(workspace: WorkspaceOpt = Path("."),
+                    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False) -> None:
+    """Every iteration: batch, scores, decision, versions."""
+    from tasks import history
+
+    ws = open_workspace(workspace)
+    rows = [s.as_dict() for s in history.history(ws)]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    console.print(summary_table(rows, f"kaizen history: {ws.root}"))
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option("--reason", help="Why: recorded on the model versions.")],
+             to: Annotated[str | None, typer.Option("--to", help="Version to restore (default: previous champion)")]
+             = None,
+             workspace: WorkspaceOpt = Path(".")) -> None:
+    """Move the champion alias back (atomically) and record who, when and why."""
+    from tasks.operations import OperationError
+    from tasks.operations import rollback as roll_back
+
+    ws = open_workspace(workspace)
+    try:
+        done = roll_back(ws, reason, to)
+    except OperationError as exc:
+        console.print(f"[red]cannot roll back:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"champion: v{done.from_version} -> v{done.to_version} ({done.when}, {done.who}: {done.reason})")
+
+
+@app.command()
+def reproduce(version: Annotated[str, typer.Argument(help="Model version whose training data to restore.")],
+              out: Annotated[Path | None, typer.Option(help="Folder to restore into.")] = None,
+              workspace: WorkspaceOpt = Path(".")) -> None:
+    """Restore a model version's exact training data from the DVC remote and verify its md5s."""
+    from tasks.operations import OperationError
+    from tasks.operations import reproduce as restore
+
+    ws = open_workspace(workspace)
+    try:
+        with console.status(f"restoring the data of version {version} from the DVC remote"):
+            prepared, md5 = restore(ws, version, out)
+    except OperationError as exc:
+        console.print(f"[red]cannot reproduce:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"version {version}: data {md5} restored into {prepared}; every file's md5 verified")
+
+
+@app.command()
+def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON Lines / Parquet / text file.")],
+            out: Annotated[Path | None, typer.Option(help="Where a file's predictions go (CSV).")] = None,
+            workspace: WorkspaceOpt = Path(".")) -> None:
+    """Label texts with the champion; a file's predictions, with probabilities, are written as CSV."""
+    from rich.progress import Progress
+
+    from tasks.operations import OperationError, predict_with_champion, read_texts
+
+    ws = open_workspace(workspace)
+    labels = ws.settings.data.labels
+    path = Path(source)
+    try:
+        if not path.is_file():
+            version, predicted, probs = predict_with_champion(ws, [source])
+            shown = ", ".join(f"{label} {p:.3f}" for label, p in zip(labels, probs[0], strict=True))
+            console.print(f"{predicted[0]}  ({shown}; champion v{version})")
+            return
+        frame = read_texts(path, ws.settings.data.text_column)
+        with Progress(console=console) as bar:
+            job = bar.add_task(f"labelling {len(frame)} texts", total=len(frame))
+            version, predicted, probs = predict_with_champion(
+                ws, frame[ws.settings.data.text_column].astype(str).tolist(),
+                progress=lambda done, total: bar.update(job, completed=done))
+    except OperationError as exc:
+        console.print(f"[red]cannot predict:[/] {exc}")
+        raise typer.Exit(1) from exc
+    frame["prediction"] = predicted
+    for i, label in enumerate(labels):
+        frame[f"p_{label}"] = [p[i] for p in probs]
+    frame["model_version"] = version
+    out = out or path.with_name(path.stem + ".predictions.csv")
+    frame.to_csv(out, index=False)
+    console.print(f"wrote {len(frame)} predictions (champion v{version}) to {out}")
+
+
+# The production commands (up, down, serve, deploy, watch, submit) live in their own module; importing it
+# registers them on `app`. At the end: that module imports `app` and the helpers above from here.
+import flows.cli_servers  # noqa: E402, F401

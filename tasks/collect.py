@@ -1,31 +1,43 @@
 """collect: ingest labeled files from the landing zone exactly once, quarantining bad rows with a reason.
 
-Per file, in this order, so that a crash at any point loses nothing and ingests nothing twice:
-archive the raw bytes, write accepted rows to staging and rejected rows to quarantine (each atomically),
-commit the file to the ledger (keyed by content hash), and only then remove it from the landing zone.
-Staged rows become a batch once at least `min_batch_rows` have arrived.
+Per file, in this order, so that a kill at any point loses nothing and ingests nothing twice: archive the
+raw bytes, write accepted rows to staging and rejected rows to quarantine (each atomically), commit the file
+to the ledger (keyed by content hash), and only then remove it from the landing zone. A file whose commit
+never happened is simply ingested again (every write is deterministic); one whose commit happened is found
+"already ingested" and removed. Staged rows become a batch once at least `min_batch_rows` have arrived; until
+then they wait, whatever their number. `recover` clears what a killed run left half written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
-import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import fsspec
 import pandas as pd
 
+from tasks import landing
+from tasks.faults import kill_point
+from tasks.landing import Skipped
 from tasks.ledger import FileRecord, Ledger
-from tasks.preprocess import text_key
+from tasks.parse import BadFile, RawRow, Table, parse
 from tasks.settings import DataSettings
+from tasks.validate import Verdict, judge
 from tasks.workspace import Workspace
 
-READERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-           ".parquet": "parquet", ".pq": "parquet"}
+# Where a kill is injected in tests (tasks/faults.py), in the order a collect reaches them.
+KILL_POINTS = ("atomic:written", "collect:archived", "collect:staged", "collect:quarantined",
+               "ledger:file-uncommitted", "collect:recorded", "collect:removed", "collect:batch-written",
+               "ledger:batch-uncommitted", "collect:batch-recorded")
+
+LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json.dumps escapes C0 controls itself
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,15 @@ class FileOutcome:
     rows_quarantined: int
     note: str  # "ingested" or why nothing was ingested ("already ingested as ...")
     reasons: dict[str, int] = field(default_factory=dict)  # quarantine reason -> rows
+    remarks: tuple[str, ...] = ()  # what else happened: a delimiter guessed, a file that could not be removed
 
 
 @dataclass(frozen=True)
 class CollectResult:
     files: list[FileOutcome]
     new_batches: list[str]
+    skipped: list[Skipped] = field(default_factory=list)  # landed entries not read this run, and why
+    held_rows: int = 0  # accepted rows waiting in staging for `min_batch_rows`
 
     @property
     def rows_accepted(self) -> int:
@@ -52,99 +67,62 @@ class CollectResult:
     def rows_quarantined(self) -> int:
         return sum(f.rows_quarantined for f in self.files)
 
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Every quarantine reason of this run with its number of rows, most frequent first."""
+        total: dict[str, int] = {}
+        for f in self.files:
+            for reason, n in f.reasons.items():
+                total[reason] = total.get(reason, 0) + n
+        return dict(sorted(total.items(), key=lambda item: -item[1]))
 
-@dataclass(frozen=True)
-class Verdict:
-    accepted: pd.DataFrame  # text, label, source, source_row
-    quarantined: list[dict[str, Any]]  # row, reason, record
-    keys: list[tuple[str, int]]  # dedup key and row of every accepted row
+    def describe(self) -> list[str]:
+        """One line per file and per skipped entry, then the staging state: the run's summary in words."""
+        lines = []
+        for f in self.files:
+            why = "; ".join(f"{n} x {reason}" for reason, n in f.reasons.items())
+            line = f"{f.name}: {f.note}" if f.note != "ingested" else (
+                f"{f.name}: {f.rows_accepted} of {f.rows_in} rows accepted" + (f", quarantined: {why}" if why else ""))
+            lines.append(line + "".join(f" ({remark})" for remark in f.remarks))
+        lines += [f"{s.name}: not collected: {s.reason}" for s in self.skipped]
+        if self.held_rows:
+            lines.append(f"{self.held_rows} accepted rows wait in staging for enough to form a batch")
+        return lines
 
 
 def read_records(data: bytes, name: str) -> pd.DataFrame:
     """Parse a landed file into raw records (no type coercion); raises ValueError when it cannot be read."""
-    kind = READERS.get(PurePosixPath(name).suffix.lower())
-    if kind is None:
-        raise ValueError(f"unsupported file type {PurePosixPath(name).suffix!r} (use CSV, JSON Lines or Parquet)")
-    try:
-        if kind == "csv":
-            sep = "\t" if name.lower().endswith(".tsv") else ","
-            return pd.read_csv(io.BytesIO(data), sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-        if kind == "jsonl":
-            text = data.decode("utf-8-sig")
-            return pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_dates=False)
-        return pd.read_parquet(io.BytesIO(data))
-    except (ValueError, UnicodeDecodeError, OSError, AttributeError, TypeError, pd.errors.ParserError) as exc:
-        # AttributeError: pandas' JSON Lines reader on a line that is an array or a scalar after an object
-        raise ValueError(f"unreadable {kind} file: {exc}") from exc
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-safe rendering of a raw cell, for the quarantine file."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)
+    table = parse(data, name)
+    return pd.DataFrame([row.record for row in table.rows], columns=table.columns, dtype=object)
 
 
 def quarantine_rows(records: pd.DataFrame, name: str, settings: DataSettings, ledger: Ledger) -> Verdict:
     """Split raw records into accepted rows and quarantined rows, each rejection with its reason."""
-    missing = [c for c in (settings.text_column, settings.label_column) if c not in records.columns]
-    originals = records.to_dict(orient="records")  # checked as read: _plain would turn a list into its repr
-    raw = [{k: _plain(v) for k, v in rec.items()} for rec in originals]
-    if missing:
-        reason = f"missing column(s) {missing}; the file has {list(records.columns)}"
-        return Verdict(pd.DataFrame(), [{"row": i + 1, "reason": reason, "record": r} for i, r in enumerate(raw)], [])
-
-    labels = set(settings.labels)
-    candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
-    quarantined: list[dict[str, Any]] = []
-    for i, rec in enumerate(originals):
-        text, label, row = rec[settings.text_column], rec[settings.label_column], i + 1
-        reason = None
-        if not isinstance(text, str):
-            reason = "missing text" if _plain(text) is None else f"text is not a string ({type(text).__name__})"
-        elif not text.strip():
-            reason = "empty text"
-        elif len(text) > settings.max_text_chars:
-            reason = f"text longer than {settings.max_text_chars} characters ({len(text)})"
-        elif _plain(label) is None or (isinstance(label, str) and not label):
-            reason = "missing label"
-        elif not isinstance(label, str) or label not in labels:
-            reason = f"unknown label {label!r} (expected one of {sorted(labels)})"
-        if reason:
-            quarantined.append({"row": row, "reason": reason, "record": raw[i]})
-        else:
-            candidates.append((row, text, label, text_key(text)))
-
-    already = ledger.known_keys([key for *_, key in candidates])
-    seen: dict[str, int] = {}
-    accepted, keys = [], []
-    for row, text, label, key in candidates:
-        if key in seen:
-            reason = f"duplicate of row {seen[key]} of this file"
-        elif key in already:
-            origin = ledger.file(already[key])
-            reason = f"duplicate of a row already ingested from {origin.name if origin else already[key]}"
-        else:
-            seen[key] = row
-            accepted.append({"text": text, "label": label, "source": name, "source_row": row})
-            keys.append((key, row))
-            continue
-        quarantined.append({"row": row, "reason": reason, "record": raw[row - 1]})
-    quarantined.sort(key=lambda q: q["row"])
-    return Verdict(pd.DataFrame(accepted, columns=["text", "label", "source", "source_row"]), quarantined, keys)
+    return judge(Table(list(records.columns), [RawRow(r) for r in records.to_dict(orient="records")]),
+                 name, settings, ledger)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, then rename: readers and restarts see the whole file or none of it."""
+    """Write, fsync, rename, fsync the folder: readers and restarts see the whole file or none of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+    kill_point("atomic:written")
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself must be durable before the ledger says the file exists
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def json_line(record: dict) -> str:
+    """One JSON Lines record, readable as text; the characters some readers take for a line break (str.splitlines
+    breaks on NEL, U+2028, U+2029) are escaped, so a record is always exactly one line."""
+    return json.dumps(record, ensure_ascii=False).translate(LINE_BREAKS)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -153,8 +131,14 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def archive_path(ws: Workspace, sha: str, name: str) -> Path:
+    """Where a file's bytes are kept: its hash and a cleaned name, never a path a name could steer."""
+    return ws.archive_dir / f"{sha[:16]}-{landing.safe_component(landing.printable(name))}"
+
+
 def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> FileOutcome:
     """Ingest one landed file's bytes (the caller removes it from the landing zone afterwards)."""
+    name = landing.printable(name)
     sha = hashlib.sha256(data).hexdigest()
     known = ledger.file(sha)
     if known is not None:
@@ -162,18 +146,24 @@ def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> FileOu
         ledger.record_delivery(sha, name, note)
         return FileOutcome(name, sha, 0, 0, 0, note)
 
+    settings = ws.settings.data
+    remarks: tuple[str, ...] = ()
     try:
-        verdict = quarantine_rows(read_records(data, name), name, ws.settings.data, ledger)
-    except ValueError as exc:  # the whole file is one quarantined unit; its bytes stay in the archive
+        table = parse(data, name, (settings.text_column, settings.label_column))
+        verdict, remarks = judge(table, name, settings, ledger), table.remarks
+    except BadFile as exc:  # the whole file is one quarantined unit; its bytes stay in the archive
         verdict = Verdict(pd.DataFrame(), [{"row": 0, "reason": str(exc), "record": None}], [])
 
     stem = sha[:16]
-    write_atomically(ws.archive_dir / f"{stem}-{PurePosixPath(name).name}", data)
+    write_atomically(archive_path(ws, sha, name), data)
+    kill_point("collect:archived")
     if len(verdict.accepted):
         write_atomically(ws.staged_dir / f"{stem}.parquet", parquet_bytes(verdict.accepted))
+        kill_point("collect:staged")
     if verdict.quarantined:
-        lines = [json.dumps({"file": name, "sha256": sha, **q}, ensure_ascii=False) for q in verdict.quarantined]
+        lines = [json_line({"file": name, "sha256": sha, **q}) for q in verdict.quarantined]
         write_atomically(ws.quarantine_dir / f"{stem}.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
+        kill_point("collect:quarantined")
 
     rows_in = len(verdict.accepted) + len(verdict.quarantined)
     record = FileRecord(sha, name, rows_in, len(verdict.accepted), len(verdict.quarantined), None)
@@ -181,22 +171,13 @@ def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> FileOu
     reasons: dict[str, int] = {}
     for q in verdict.quarantined:
         reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
-    return FileOutcome(name, sha, rows_in, record.rows_accepted, record.rows_quarantined, "ingested", reasons)
+    return FileOutcome(name, sha, rows_in, record.rows_accepted, record.rows_quarantined, "ingested", reasons,
+                       remarks)
 
 
 def landed_files(ws: Workspace) -> list[str]:
     """Files waiting in the landing zone, oldest name first; hidden and partial files are not ready yet."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(ws.landing)
-    if not fs.exists(root):
-        return []
-    names = []
-    for entry in fs.ls(root, detail=True):
-        base = PurePosixPath(entry["name"]).name
-        if entry["type"] == "file" and not base.startswith(".") and not base.endswith((".tmp", ".part")):
-            names.append(entry["name"])
-    return sorted(names)
+    return [f.path for f in landing.survey(ws.landing, settle_seconds=0)[0]]
 
 
 def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
@@ -211,7 +192,9 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
         frames = [pd.read_parquet(ws.staged_dir / f"{r.sha256[:16]}.parquet") for r in group]
         batch = pd.concat(frames, ignore_index=True)
         write_atomically(ws.batch_file(batch_id), parquet_bytes(batch))
+        kill_point("collect:batch-written")
         ledger.record_batch(batch_id, len(batch), [r.sha256 for r in group])
+        kill_point("collect:batch-recorded")
         for r in group:
             (ws.staged_dir / f"{r.sha256[:16]}.parquet").unlink(missing_ok=True)
         formed.append(batch_id)
@@ -219,20 +202,68 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
     return formed
 
 
-def collect(ws: Workspace) -> CollectResult:
-    """Ingest every file waiting in the landing zone, then form the batches that have enough rows."""
-    import fsspec
+def recover(ws: Workspace, ledger: Ledger) -> None:
+    """Clear what a killed collect left half done; the ledger is the truth, the archive is never touched.
 
+    Temporary files of interrupted writes go; staged rows of files already batched go (killed before their
+    removal); staged rows, quarantine records and batch files the ledger does not know go (killed before
+    the commit: the landing file is still there and is ingested again, rewriting them).
+    """
+    for folder in (ws.archive_dir, ws.staged_dir, ws.quarantine_dir, ws.accepted_dir):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink()
+    files = {f.sha256[:16]: f.batch_id for f in ledger.files()}
+    waiting = {stem for stem, batch_id in files.items() if batch_id is None}
+    for staged in ws.staged_dir.glob("*.parquet"):
+        if staged.stem not in waiting:
+            staged.unlink()
+    for record in ws.quarantine_dir.glob("*.jsonl"):
+        if record.stem not in files:
+            record.unlink()
+    batches = {b.batch_id for b in ledger.batches()}
+    for batch in ws.accepted_dir.glob("batch-*.parquet"):
+        if batch.stem not in batches:
+            batch.unlink()
+
+
+@contextmanager
+def exclusive(ws: Workspace) -> Iterator[None]:
+    """One collect at a time per workspace; the kernel drops the lock when its holder dies, even by SIGKILL."""
+    path = ws.state_dir / "collect.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RuntimeError(f"another collect is running in {ws.root} (it holds {path}); try again later") from exc
+        yield
+
+
+def collect(ws: Workspace) -> CollectResult:
+    """Ingest every file ready in the landing zone, then form the batches that have enough rows."""
     fs, _ = fsspec.core.url_to_fs(ws.landing)
-    ledger = Ledger(ws.ledger_db)
-    try:
-        outcomes = []
-        for path in landed_files(ws):
-            outcomes.append(ingest_file(ws, ledger, PurePosixPath(path).name, fs.cat_file(path)))
-            fs.rm(path)  # only now: its rows are durably in staging, quarantine and the ledger
-        return CollectResult(outcomes, form_batches(ws, ledger))
-    finally:
-        ledger.close()
+    with exclusive(ws):
+        ledger = Ledger(ws.ledger_db)
+        try:
+            recover(ws, ledger)
+            ready, skipped = landing.survey(ws.landing, ws.settings.data.settle_seconds)
+            outcomes = []
+            for file in ready:
+                try:
+                    data = landing.read(fs, file)
+                except landing.NotReady as exc:  # left in place and reported; the next run tries again
+                    skipped.append(Skipped(file.name, str(exc)))
+                    continue
+                outcome = ingest_file(ws, ledger, file.name, data)
+                kill_point("collect:recorded")
+                problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
+                kill_point("collect:removed")
+                outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
+            batches = form_batches(ws, ledger)
+            held = sum(f.rows_accepted for f in ledger.unbatched_files())
+            return CollectResult(outcomes, batches, skipped, held)
+        finally:
+            ledger.close()
 
 
 def next_batch(ws: Workspace) -> tuple[str, list[str]] | None:

@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tasks.check import DriftResult, QualityResult, drift_check, quality_check
-from tasks.train import predict
+from tasks.train import predict, scores
 
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
 
@@ -47,34 +48,69 @@ def new_batch_rows(ws, batch_id: str) -> pd.DataFrame:
                      ignore_index=True)
 
 
-def evaluate(ws, it, challenger_dir: Path, champion_dir: Path | None) -> Evaluation:
-    """Run every report of the iteration and log them (HTML) and their numbers to its MLflow run."""
+def report_dir(ws, it) -> Path:
+    return ws.runs_dir / it.batch_id / "reports"
+
+
+def check_drift(ws, it) -> DriftResult | None:
+    """Drift of the new batch against a sample of the champion's training data (None at bootstrap)."""
+    from tasks import registry
+
+    if it.champion is None:
+        return None
+    drift = drift_check(champion_reference(ws, it.champion.batches_seen), new_batch_rows(ws, it.batch_id),
+                        text_column="text", label_column="label", text_method=ws.settings.drift.text_method,
+                        threshold=ws.settings.drift.threshold, html_path=report_dir(ws, it) / "drift.html")
+    client = registry.connect(ws)
+    metrics = {"drift.share": drift.share, "drift.detected": float(drift.drifted)}
+    metrics.update({"drift." + METRIC_UNSAFE.sub("_", column): score for column, score in drift.columns.items()})
+    registry.log_metrics(client, it.run_id, metrics)
+    client.log_artifact(it.run_id, str(drift.html), "reports")
+    return drift
+
+
+@dataclass(frozen=True)
+class TrainingNeed:
+    train: bool
+    reason: str
+    champion_score: float | None  # the gate's metric of the champion on the new batch's test split
+
+
+def worth_training(ws, it, champion_dir: Path | None, drift: DriftResult | None, force: bool) -> TrainingNeed:
+    """Training pays unless the champion already scores above the threshold on the new batch and nothing drifted."""
+    if it.champion is None or champion_dir is None:
+        return TrainingNeed(True, "no champion yet: bootstrap", None)
+    test = pd.read_parquet(ws.split_file(it.batch_id, "test"))
+    predicted, _ = predict(champion_dir, test["text"].tolist(), max_length=ws.settings.model.max_length)
+    score = scores(np.array(test["label"]), np.array(predicted))[ws.settings.gate.metric]
+    threshold, metric = ws.settings.train.skip_if_champion_above, ws.settings.gate.metric
+    drifted = drift is not None and drift.drifted
+    if force:
+        return TrainingNeed(True, "training forced", score)
+    if score > threshold and not drifted:
+        return TrainingNeed(False, f"champion {metric} {score:.4f} on {it.batch_id} is above "
+                                   f"skip_if_champion_above {threshold:.4f} and no drift was detected", score)
+    why = "drift detected" if drifted else f"champion {metric} {score:.4f} <= {threshold:.4f}"
+    return TrainingNeed(True, why, score)
+
+
+def check_quality(ws, it, challenger_dir: Path, champion_dir: Path | None, drift: DriftResult | None) -> Evaluation:
+    """Champion vs challenger on every batch's test split: Evidently reports, metrics, the evaluation matrix."""
     from tasks import lineage, registry
 
-    report_dir = ws.runs_dir / it.batch_id / "reports"
-    data = ws.settings.data
-    drift = None
-    if it.champion is not None:
-        drift = drift_check(champion_reference(ws, it.champion.batches_seen), new_batch_rows(ws, it.batch_id),
-                            text_column="text", label_column="label", text_method=ws.settings.drift.text_method,
-                            threshold=ws.settings.drift.threshold, html_path=report_dir / "drift.html")
-
+    reports = report_dir(ws, it)
     quality: dict[str, QualityResult] = {}
     tests = {batch: pd.read_parquet(ws.split_file(batch, "test")) for batch in it.batches}
     for batch, test in tests.items():
         texts = test["text"].tolist()
         new_pred, _ = predict(challenger_dir, texts, max_length=ws.settings.model.max_length)
         old_pred = predict(champion_dir, texts, max_length=ws.settings.model.max_length)[0] if champion_dir else None
-        quality[batch] = quality_check(test["label"].tolist(), new_pred, old_pred, labels=data.labels,
-                                       html_path=report_dir / f"quality-{batch}.html")
+        quality[batch] = quality_check(test["label"].tolist(), new_pred, old_pred, labels=ws.settings.data.labels,
+                                       html_path=reports / f"quality-{batch}.html")
 
-    evaluation = Evaluation(drift, quality, report_dir)
+    evaluation = Evaluation(drift, quality, reports)
     client = registry.connect(ws)
     metrics: dict[str, float] = {}
-    if drift is not None:
-        metrics["drift.share"] = drift.share
-        metrics["drift.detected"] = float(drift.drifted)
-        metrics.update({"drift." + METRIC_UNSAFE.sub("_", column): score for column, score in drift.columns.items()})
     for batch, q in quality.items():
         for model in ("challenger", "champion"):
             s = getattr(q, model)
@@ -82,8 +118,8 @@ def evaluate(ws, it, challenger_dir: Path, champion_dir: Path | None) -> Evaluat
                 metrics[f"{model}.{batch}.accuracy"] = s.accuracy
                 metrics[f"{model}.{batch}.f1"] = s.f1
     registry.log_metrics(client, it.run_id, metrics)
-    lineage.log_evaluation_matrix(client, it.run_id, evaluation, report_dir)
+    lineage.log_evaluation_matrix(client, it.run_id, evaluation, reports)
     lineage.log_datasets(client, it.run_id, {f"{b}/test": t for b, t in tests.items()}, "evaluation",
                          ws.prepared_dir)
-    client.log_artifacts(it.run_id, str(report_dir), "reports")
+    client.log_artifacts(it.run_id, str(reports), "reports")
     return evaluation

@@ -4,7 +4,7 @@ from MLflow (the one record of iterations) for `kaizen status`, the demo's table
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasks.ledger import Ledger
@@ -24,6 +24,7 @@ class IterationSummary:
     champion_version: str | None
     challenger_version: str | None = None
     run_id: str | None = None
+    collected: list[str] = field(default_factory=list)  # what collect did with each landed file, in words
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +111,19 @@ def as_markdown(summary: IterationSummary, ws, ui_url: str = "http://127.0.0.1:5
     )
 
 
+def run_markdown(summary: IterationSummary, ws, files: list[str]) -> str:
+    """The Prefect artifact of one flow run: the iteration's summary linked to the workspace's MLflow UI (the
+    tracking server when one is used), or what was collected when no batch was ready; and what started it."""
+    if summary.batch:
+        text = as_markdown(summary, ws, ui_url=ws.mlflow_ui_url)
+    else:
+        text = (f"# kaizen iteration: no new data\n\n{summary.files} file(s) collected, {summary.rows_accepted} rows "
+                f"accepted, {summary.rows_quarantined} quarantined; no batch ready to learn from.\n")
+    if files:
+        text += f"\nStarted by the arrival of: {', '.join(f'`{f}`' for f in files)}\n"
+    return text
+
+
 def _model_state(client, ws, alias: str) -> dict | None:
     from tasks import registry
 
@@ -148,3 +162,28 @@ def workspace_status(ws) -> dict:
         "staged_rows": staged,
         "landing": [Path(p).name for p in landed_files(ws)],
     }
+
+
+def skip_iteration(ws, it, drift, need) -> IterationSummary:
+    """Record that the champion already serves the new batch well: no training, no new version."""
+    from tasks import registry
+
+    client = registry.connect(ws)
+    reasons = [f"training skipped: {need.reason}"]
+    registry.set_tags(client, it.run_id, {registry.TAG["decision"]: "skipped", registry.TAG["reasons"]: reasons[0],
+                                          "kaizen.champion_version": it.champion.version})
+    metric = ws.settings.gate.metric
+    registry.log_metrics(client, it.run_id, {f"champion.{it.batch_id}.{metric}": need.champion_score})
+    ledger = Ledger(ws.ledger_db)
+    try:
+        files, accepted, quarantined = batch_rows(ledger, it.batch_id)
+        ledger.finish_batch(it.batch_id, run_id=it.run_id, model_version=None, decision="skipped")
+    finally:
+        ledger.close()
+    registry.log_metrics(client, it.run_id, {"batch.files": files, "batch.rows_accepted": accepted,
+                                             "batch.rows_quarantined": quarantined})
+    client.set_terminated(it.run_id, "FINISHED")
+    return IterationSummary(
+        batch=it.batch_id, files=files, rows_accepted=accepted, rows_quarantined=quarantined,
+        drift_share=drift.share if drift else None, champion_score=need.champion_score, challenger_score=None,
+        decision="skipped", reasons=reasons, champion_version=it.champion.version, run_id=it.run_id)

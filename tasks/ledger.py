@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.faults import kill_point
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, ingested_at TEXT NOT NULL,
@@ -111,6 +113,7 @@ class Ledger:
                 "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
                 (record.sha256, record.name, now(), "ingested"),
             )
+            kill_point("ledger:file-uncommitted")  # tests: a kill here must leave no trace of the file
 
     def record_delivery(self, sha256: str, name: str, outcome: str) -> None:
         with self.transaction() as db:
@@ -145,6 +148,7 @@ class Ledger:
                 (batch_id, now(), rows, json.dumps(shas)),
             )
             db.executemany("UPDATE files SET batch_id=? WHERE sha256=?", [(batch_id, sha) for sha in shas])
+            kill_point("ledger:batch-uncommitted")  # tests: a kill here must leave no trace of the batch
 
     def finish_batch(self, batch_id: str, *, run_id: str | None, model_version: str | None, decision: str) -> None:
         with self.transaction() as db:

@@ -84,8 +84,30 @@ def log_evaluation_matrix(client, run_id: str, evaluation, report_dir: Path) -> 
     return matrix
 
 
-def log_champion_over_time(client, loop_run: str, step: int, evaluation, promoted: bool) -> None:
-    """After the decision: the champion's score on every batch, as step `step` of the loop run's metrics."""
+def forgetting_and_bwt(matrix: dict[int, dict[str, float]], order: list[str]) -> tuple[dict[str, float], float | None]:
+    """Avalanche's continual-learning measures from R[t][b], the champion's accuracy on batch b after step t
+    (batch `order[i]` arrives at step i + 1). At the last step k: forgetting of each earlier batch is its best
+    accuracy at any earlier step minus its accuracy now; backward transfer (Lopez-Paz & Ranzato) is the mean of
+    now minus just-after-learning over the earlier batches."""
+    if not matrix:
+        return {}, None
+    k = max(matrix)
+    forgetting, transfer = {}, []
+    for i, batch in enumerate(order[: k - 1], start=1):
+        now = matrix[k].get(batch)
+        before = [matrix[t][batch] for t in range(i, k) if t in matrix and batch in matrix[t]]
+        if now is None or not before:
+            continue
+        forgetting[batch] = max(before) - now
+        if i in matrix and batch in matrix[i]:
+            transfer.append(now - matrix[i][batch])
+    return forgetting, (sum(transfer) / len(transfer) if transfer else None)
+
+
+def log_champion_over_time(client, loop_run: str, step: int, evaluation, promoted: bool,
+                           iteration_run: str | None = None) -> None:
+    """After the decision: the champion's score on every batch, as step `step` of the loop run's metrics, and
+    the forgetting and backward transfer that the history of those scores gives."""
     from tasks.registry import log_metrics
 
     model = "challenger" if promoted else "champion"
@@ -97,4 +119,19 @@ def log_champion_over_time(client, loop_run: str, step: int, evaluation, promote
     metrics["champion.mean_accuracy"] = sum(metrics[k] for k in metrics if k.endswith(".accuracy")) / len(
         evaluation.quality)
     log_metrics(client, loop_run, metrics, step=step)
+    order = sorted(evaluation.quality)
+    matrix: dict[int, dict[str, float]] = {}
+    for batch in order:
+        for m in client.get_metric_history(loop_run, f"champion.{batch}.accuracy"):
+            matrix.setdefault(m.step, {})[batch] = m.value
+    forgetting, bwt = forgetting_and_bwt(matrix, order)
+    measures = {f"forgetting.{b}": f for b, f in forgetting.items()}
+    if forgetting:
+        measures["forgetting.max"] = max(forgetting.values())
+    if bwt is not None:
+        measures["bwt"] = bwt
+    if measures:
+        log_metrics(client, loop_run, measures, step=step)
+        if iteration_run:
+            log_metrics(client, iteration_run, measures, step=step)
     client.set_terminated(loop_run, "FINISHED")  # shown as done between iterations; metrics can still be added

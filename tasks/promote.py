@@ -76,5 +76,6 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     registry.set_tags(client, it.run_id, {"kaizen.champion_version": champion.version if champion else ""})
     if champion is not None:
-        lineage.log_champion_over_time(client, it.loop_run_id, len(it.batches), evaluation, gate.promote)
+        lineage.log_champion_over_time(client, it.loop_run_id, len(it.batches), evaluation, gate.promote,
+                                       iteration_run=it.run_id)
     return Decision(gate, challenger_version, champion.version if champion else None, previous)

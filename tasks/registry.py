@@ -7,6 +7,7 @@ MLflow has no parent-model field and no tie to DVC, so kaizen adds both as tags 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -49,12 +50,24 @@ def connect(ws: Workspace):
     import mlflow
     from mlflow import MlflowClient
 
+    # set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where Workspace.tracking_uri would
+    # then take it for the user's own choice: every workspace opened later in this process would use this store.
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(ws.tracking_uri)
     mlflow.set_registry_uri(ws.tracking_uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     if client.get_experiment_by_name(ws.settings.mlflow.experiment) is None:
-        ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        client.create_experiment(ws.settings.mlflow.experiment, artifact_location=ws.artifacts_dir.as_uri())
+        if ws.tracking_uri.startswith(("http://", "https://")):
+            # A tracking server stores artifacts itself (proxied): runs on other machines can write them too.
+            client.create_experiment(ws.settings.mlflow.experiment)
+        else:
+            ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            client.create_experiment(ws.settings.mlflow.experiment, artifact_location=ws.artifacts_dir.as_uri())
     return client
 
 
@@ -149,14 +162,15 @@ def register_model(client, ws: Workspace, run_id: str, model_dir: Path, tags: di
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     name = ws.settings.model.registered_name
-    components = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir),
+    components = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True),
                   "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
     with mlflow.start_run(run_id=run_id):
         info = mlflow.transformers.log_model(
             components, name="model", task="text-classification", pip_requirements=PIP_REQUIREMENTS,
         )
-    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags) if _registered(client, name) \
-        else _first_version(client, name, info.model_uri, run_id, tags)
+    if not _registered(client, name):
+        client.create_registered_model(name, description="kaizen: the text classifier kept improving by the loop")
+    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id)
     client.set_registered_model_alias(name, CHALLENGER, mv.version)
     return ModelRef(str(mv.version), run_id, tags)
 
@@ -171,11 +185,6 @@ def _registered(client, name: str) -> bool:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
         raise
-
-
-def _first_version(client, name: str, source: str, run_id: str, tags: dict[str, str]):
-    client.create_registered_model(name, description="kaizen: the text classifier kept improving by the loop")
-    return client.create_model_version(name, source, run_id=run_id, tags=tags)
 
 
 def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:

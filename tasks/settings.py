@@ -24,6 +24,7 @@ class DataSettings(_Section):
     labels: tuple[str, ...] = Field(min_length=2)
     max_text_chars: int = Field(gt=0)
     min_batch_rows: int = Field(ge=1)
+    settle_seconds: float = Field(ge=0.0, le=3600.0)
 
     @field_validator("labels")
     @classmethod
@@ -68,6 +69,9 @@ class TrainSettings(_Section):
     max_train_rows: int = Field(ge=0)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    distill_weight: float = Field(ge=0.0, lt=1.0)
+    distill_temperature: float = Field(gt=0.0)
+    skip_if_champion_above: float = Field(ge=0.0)
 
 
 class DriftSettings(_Section):
@@ -85,6 +89,21 @@ class GateSettings(_Section):
 
 class ScheduleSettings(_Section):
     cron: str = Field(min_length=9)
+    poll_seconds: int = Field(ge=1, le=3600)
+
+
+class ServersSettings(_Section):
+    host: str = Field(min_length=1)
+    prefect_port: int = Field(ge=1, le=65535)
+    mlflow_port: int = Field(ge=1, le=65535)
+    startup_timeout_seconds: int = Field(ge=5)
+    slot_wait_seconds: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServersSettings:
+        if self.prefect_port == self.mlflow_port:
+            raise ValueError(f"prefect_port and mlflow_port must differ (both {self.prefect_port})")
+        return self
 
 
 class DemoSettings(_Section):
@@ -108,6 +127,7 @@ class Settings(_Section):
     schedule: ScheduleSettings
     mlflow: MlflowSettings
     demo: DemoSettings
+    servers: ServersSettings
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys replaced (`{"train.epochs": 1}`), validated like the file."""

@@ -54,7 +54,7 @@ def load_for_training(start: str, labels: Sequence[str]):
     id2label = dict(enumerate(labels))
     model = AutoModelForSequenceClassification.from_pretrained(
         start, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        ignore_mismatched_sizes=True,
+        ignore_mismatched_sizes=True, use_safetensors=True,  # never unpickle weights
     )
     return model, AutoTokenizer.from_pretrained(start)
 
@@ -62,10 +62,14 @@ def load_for_training(start: str, labels: Sequence[str]):
 class _Encoded:
     """A map-style dataset of tokenized rows (the Trainer needs no `datasets` library for this)."""
 
-    def __init__(self, tokenizer, texts: list[str], label_ids: list[int], max_length: int) -> None:
+    def __init__(self, tokenizer, texts: list[str], label_ids: list[int], max_length: int,
+                 teacher_logits: np.ndarray | None = None) -> None:
         enc = tokenizer(texts, truncation=True, max_length=max_length)
         self.rows = [{"input_ids": ids, "attention_mask": mask, "labels": y}
                      for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], label_ids, strict=True)]
+        if teacher_logits is not None:
+            for row, logits in zip(self.rows, teacher_logits.tolist(), strict=True):
+                row["teacher_logits"] = logits
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -81,12 +85,34 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
             "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
 
 
+def distilling_trainer(weight: float, temperature: float):
+    """A Trainer whose loss mixes in KL to the champion's outputs (learning without forgetting), for rows that
+    carry `teacher_logits`; rows without them (validation) get the plain loss."""
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class DistillingTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            teacher = inputs.pop("teacher_logits", None)
+            outputs = model(**inputs)
+            loss = outputs.loss
+            if teacher is not None and weight > 0:
+                kd = F.kl_div(F.log_softmax(outputs.logits / temperature, dim=-1),
+                              F.softmax(teacher.to(outputs.logits.dtype) / temperature, dim=-1),
+                              reduction="batchmean") * temperature**2
+                loss = (1 - weight) * loss + weight * kd
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillingTrainer
+
+
 def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequence[str], *, model: ModelSettings,
               train_settings: TrainSettings, epochs: int, out_dir: Path,
-              log_epoch: EpochLogger | None = None) -> TrainResult:
-    """Fine-tune `start` on `train` (text, label), evaluating on `val` after every epoch."""
+              log_epoch: EpochLogger | None = None, teacher_logits: np.ndarray | None = None) -> TrainResult:
+    """Fine-tune `start` on `train` (text, label), evaluating on `val` after every epoch; with `teacher_logits`
+    (one row per training row) the loss also keeps the outputs close to the teacher's."""
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments, set_seed
 
     if train.empty:
         raise ValueError("nothing to train on: the training split is empty")
@@ -94,8 +120,8 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
     set_seed(train_settings.seed)
     net, tokenizer = load_for_training(start, labels)
     label_id = {label: i for i, label in enumerate(labels)}
-    encode = lambda frame: _Encoded(  # noqa: E731
-        tokenizer, frame["text"].tolist(), [label_id[y] for y in frame["label"]], model.max_length)
+    encode = lambda frame, teacher=None: _Encoded(  # noqa: E731
+        tokenizer, frame["text"].tolist(), [label_id[y] for y in frame["label"]], model.max_length, teacher)
     epochs_seen: list[dict[str, float]] = []
 
     class EpochMetrics(TrainerCallback):
@@ -120,9 +146,12 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
         logging_strategy="epoch", report_to="none", train_sampling_strategy="group_by_length",
         use_cpu=device == "cpu", bf16=bf16, fp16=device == "cuda" and not bf16,
         seed=train_settings.seed, dataloader_num_workers=0, save_only_model=False,
+        remove_unused_columns=False,  # keep teacher_logits: compute_loss takes them out itself
     )
-    trainer = Trainer(
-        model=net, args=args, train_dataset=encode(train), eval_dataset=encode(val) if len(val) else None,
+    trainer_class = distilling_trainer(train_settings.distill_weight, train_settings.distill_temperature)
+    trainer = trainer_class(
+        model=net, args=args, train_dataset=encode(train, teacher_logits),
+        eval_dataset=encode(val) if len(val) else None,
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda p: scores(p.label_ids, np.argmax(p.predictions, axis=-1)),
         callbacks=[EpochMetrics()],
@@ -138,13 +167,14 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
 
 
 def predict(model_dir: Path | str, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
-            device: str = "cpu") -> tuple[list[str], np.ndarray]:
-    """Labels and class probabilities for `texts`, batched, shortest-first so padding stays small."""
+            device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
+    """Labels and class probabilities for `texts`, batched, shortest-first so padding stays small;
+    `progress(done, total)` after every batch."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    net = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+    net = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
     order = np.argsort([len(t) for t in texts], kind="stable")
     probs = np.zeros((len(texts), net.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
@@ -153,6 +183,8 @@ def predict(model_dir: Path | str, texts: Sequence[str], *, max_length: int, bat
             enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
                             return_tensors="pt").to(device)
             probs[idx] = torch.softmax(net(**enc).logits.float(), dim=-1).cpu().numpy()
+            if progress:
+                progress(min(start + batch_size, len(texts)), len(texts))
     id2label = net.config.id2label
     return [id2label[int(i)] for i in probs.argmax(axis=1)], probs
 
@@ -165,7 +197,7 @@ class Challenger:
     replay_rows: int
 
 
-def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """The new batch's train split (capped) plus its replay sample, shuffled; and its validation split."""
     train = pd.read_parquet(ws.split_file(batch_id, "train"))
     cap = ws.settings.train.max_train_rows
@@ -175,7 +207,8 @@ def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, int]
     replay = pd.read_parquet(replay_file) if replay_file.exists() else pd.DataFrame(columns=["text", "label"])
     mixed = pd.concat([train[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
     mixed = mixed.sample(frac=1.0, random_state=ws.settings.train.seed).reset_index(drop=True)
-    return mixed, pd.read_parquet(ws.split_file(batch_id, "val")), len(replay)
+    replay_rows = replay.groupby("batch").size().to_dict() if len(replay) else {}
+    return mixed, pd.read_parquet(ws.split_file(batch_id, "val")), {str(k): int(v) for k, v in replay_rows.items()}
 
 
 def train_challenger(ws, it) -> Challenger:
@@ -190,17 +223,25 @@ def train_challenger(ws, it) -> Challenger:
     else:
         start, epochs = resolve_backbone(ws.settings.model.backbone), ws.settings.train.bootstrap_epochs
     train, val, replay_rows = training_frames(ws, it.batch_id)
+    teacher = None
+    if it.champion is not None and ws.settings.train.distill_weight > 0:
+        # The champion's outputs on every training row, once: log-probabilities serve as its logits.
+        _, probs = predict(start, train["text"].tolist(), max_length=ws.settings.model.max_length,
+                           device=pick_device(ws.settings.train.device))
+        teacher = np.log(np.clip(probs, 1e-7, 1.0))
 
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
         registry.log_metrics(client, it.run_id, {f"train.{k}": v for k, v in metrics.items()}, step=epoch)
 
     result = fine_tune(start, train, val, ws.settings.data.labels, model=ws.settings.model,
                        train_settings=ws.settings.train, epochs=epochs, out_dir=ws.runs_dir / it.batch_id,
-                       log_epoch=log_epoch)
+                       log_epoch=log_epoch, teacher_logits=teacher)
     lineage.log_datasets(client, it.run_id, {f"{it.batch_id}/train+replay": train, f"{it.batch_id}/val": val},
                          "training", ws.prepared_dir / it.batch_id)
-    registry.log_metrics(client, it.run_id, {"train.rows": result.train_rows, "train.replay_rows": replay_rows,
-                                             "train.seconds": result.seconds})
+    registry.log_metrics(client, it.run_id, {"train.rows": result.train_rows,
+                                             "train.replay_rows": sum(replay_rows.values()),
+                                             "train.seconds": result.seconds,
+                                             **{f"replay.{b}.rows": n for b, n in replay_rows.items()}})
     registry.set_tags(client, it.run_id, {"kaizen.start": start if it.champion is None else
                                           f"{name}/{it.champion.version}", "kaizen.device": result.device})
     seen = (it.champion.batches_seen if it.champion else []) + [it.batch_id]
@@ -210,4 +251,4 @@ def train_challenger(ws, it) -> Challenger:
             registry.TAG["code_commit"]: registry.code_commit(), registry.TAG["params_hash"]: registry.params_hash(ws),
             registry.TAG["flow_run_id"]: it.flow_run_id, registry.TAG["decision"]: "pending"}
     model = registry.register_model(client, ws, it.run_id, result.model_dir, tags)
-    return Challenger(model, result.model_dir, result, replay_rows)
+    return Challenger(model, result.model_dir, result, sum(replay_rows.values()))

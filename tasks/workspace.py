@@ -7,10 +7,15 @@ DVC remote, Prefect home) under `.kaizen/`; both are ignored by git.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +105,43 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_db}"
+        """MLFLOW_TRACKING_URI when the user set it, else the server `kaizen up` started here, else the SQLite file."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.recorded_url("mlflow") or f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        """Where a browser finds this workspace's MLflow UI: the tracking server, or where `kaizen ui` serves it."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri.rstrip("/")
+        return f"http://{self.settings.servers.host}:{self.settings.servers.mlflow_port}"
+
+    @property
+    def prefect_api_url(self) -> str | None:
+        """PREFECT_API_URL when set, else the server `kaizen up` started here; None: Prefect's embedded server."""
+        recorded = self.recorded_url("prefect")
+        return os.environ.get("PREFECT_API_URL") or (f"{recorded}/api" if recorded else None)
+
+    @property
+    def servers_dir(self) -> Path:
+        """PIDs, logs and databases of the servers `kaizen up` started for this workspace."""
+        return self.state_dir / "servers"
+
+    def recorded_url(self, server: str) -> str | None:
+        """The address of a server `kaizen up` started here and `kaizen down` has not stopped."""
+        record = self.servers_dir / f"{server}.json"
+        return json.loads(record.read_text(encoding="utf-8"))["url"] if record.exists() else None
+
+    @property
+    def workspace_id(self) -> str:
+        """Names this workspace's deployment and its arrival events. KAIZEN_WORKSPACE_ID gives one name to a
+        workspace mounted at different paths (a container and the host that feeds it)."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+        return os.environ.get("KAIZEN_WORKSPACE_ID") or f"{self.root.name.lower()}-{digest}"
+
+    @property
+    def watch_state_file(self) -> Path:
+        """The files `kaizen watch` has announced that still wait in the landing zone."""
+        return self.state_dir / "watch.json"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -131,23 +172,62 @@ class Workspace:
         return self.prepared_dir / batch_id / f"{split}.parquet"
 
 
+# Every process of the loop, wherever it runs: offline, and no telemetry.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "DVC_NO_ANALYTICS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
 def configure_environment(ws: Workspace) -> None:
     """Keep every library offline and inside the workspace; call before importing prefect or mlflow."""
     defaults = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        **OFFLINE_ENV,
         "PREFECT_HOME": str(ws.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "DVC_NO_ANALYTICS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    if ws.prefect_api_url:  # a real server: the one `kaizen up` started, unless PREFECT_API_URL names another
+        os.environ.setdefault("PREFECT_API_URL", ws.prefect_api_url)
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(ws.settings.schedule.poll_seconds))
+
+
+def run_environment(ws: Workspace) -> dict[str, str]:
+    """The variables a flow run started by a worker needs (it does not inherit the shell of `kaizen deploy`)."""
+    env = {**OFFLINE_ENV, "KAIZEN_WORKSPACE_ID": ws.workspace_id}
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # else the run finds the store from the workspace, as here
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    return env
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another process holds the workspace for the same purpose."""
+
+
+@contextmanager
+def hold(ws: Workspace, purpose: str, wait: bool) -> Iterator[bool]:
+    """Hold the workspace for one `purpose` ("loop": DVC runs one loop per repository; "serve": one server of
+    its deployment, whose shutdown would pause it under another). Waits for the holder, or raises WorkspaceBusy
+    when `wait` is False. Yields whether it waited; the kernel drops the lock with its process, even on SIGKILL."""
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    path = ws.state_dir / f"{purpose}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError as exc:
+            if not wait:
+                raise WorkspaceBusy(f"another process holds {path} ({purpose} of {ws.root})") from exc
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_command(args: list[str], cwd: Path) -> str:

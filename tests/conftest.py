@@ -28,7 +28,7 @@ from tasks.workspace import Workspace, init_workspace  # noqa: E402
 # Settings that let the tiny model learn something in seconds and keep every test small.
 FAST = {
     "train.learning_rate": 2e-3, "train.epochs": 2, "train.bootstrap_epochs": 3, "train.batch_size": 16,
-    "model.max_length": 32, "drift.max_reference_rows": 400, "data.min_batch_rows": 20,
+    "model.max_length": 32, "drift.max_reference_rows": 400, "data.min_batch_rows": 20, "data.settle_seconds": 0,
 }
 
 

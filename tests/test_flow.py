@@ -65,15 +65,21 @@ def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
     land(ws, "finefood.parquet", sample(domains["finefood"], 160, seed=3))
     summaries.append(iteration(str(root)))
     locks.append(ws.dvc_lock.read_text())
+
+    # More movie reviews, and a champion that is good enough: training is skipped, the batch still joins.
+    write_params(root, {"train.skip_if_champion_above": 0.0, "drift.threshold": 1.0})
+    land(ws, "more-movies.csv", sample(domains["movies"], 160, seed=9))
+    summaries.append(iteration(str(root)))
     ws = Workspace.open(root)
     return ws, summaries, locks
 
 
 def test_bootstrap_then_promotion_then_nothing_then_refusal(loop_state) -> None:
     _, summaries, _ = loop_state
-    assert [s["batch"] for s in summaries] == ["batch-0001", "batch-0002", None, "batch-0003"]
-    assert [s["decision"] for s in summaries] == ["promoted", "promoted", "no new data", "rejected"]
-    assert [s["champion_version"] for s in summaries] == ["1", "2", None, "2"]
+    assert [s["batch"] for s in summaries] == ["batch-0001", "batch-0002", None, "batch-0003", "batch-0004"]
+    assert [s["decision"] for s in summaries] == ["promoted", "promoted", "no new data", "rejected", "skipped"]
+    assert [s["champion_version"] for s in summaries] == ["1", "2", None, "2", "2"]
+    assert "skip_if_champion_above" in summaries[4]["reasons"][0] and summaries[4]["challenger_version"] is None
     assert summaries[1]["rows_quarantined"] == 1 and summaries[1]["rows_accepted"] == 160
     assert summaries[0]["drift_share"] is None and 0.0 <= summaries[1]["drift_share"] <= 1.0
     assert any("min_improvement" in r for r in summaries[3]["reasons"])
@@ -132,7 +138,7 @@ def test_ledger_and_status_json(loop_state) -> None:
     try:
         assert [(b.batch_id, b.status, b.decision) for b in ledger.batches()] == [
             ("batch-0001", "done", "promoted"), ("batch-0002", "done", "promoted"),
-            ("batch-0003", "done", "rejected")]
+            ("batch-0003", "done", "rejected"), ("batch-0004", "done", "skipped")]
         assert all(f.rows_in == f.rows_accepted + f.rows_quarantined for f in ledger.files())
     finally:
         ledger.close()
@@ -144,5 +150,5 @@ def test_ledger_and_status_json(loop_state) -> None:
     assert state["champion"]["data_version"].endswith(".dir")
     assert "batch-0002.accuracy" in state["champion"]["metrics"]
     assert state["previous_champion"]["version"] == "1"
-    assert [b["batch"] for b in state["batches"]] == ["batch-0001", "batch-0002", "batch-0003"]
+    assert [b["batch"] for b in state["batches"]] == ["batch-0001", "batch-0002", "batch-0003", "batch-0004"]
     assert state["landing"] == [] and state["staged_rows"] == 0

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tasks.settings import DataSettings, Settings, SettingsError, TrainSettings, load_settings
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SECTIONS = ["data", "preprocess", "replay", "model", "train", "drift", "gate", "schedule", "mlflow", "demo"]
+SECTIONS = ["data", "preprocess", "replay", "model", "train", "drift", "gate", "schedule", "mlflow", "demo", "servers"]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,10 @@ def test_settings_are_frozen(settings: Settings) -> None:
     ("drift.threshold", 0),
     ("replay.ratio", -0.1),
     ("demo.rows_per_batch", -1),
+    ("schedule.poll_seconds", 0),
+    ("servers.prefect_port", 70000),
+    ("servers.mlflow_port", 0),
+    ("servers.startup_timeout_seconds", 1),
 ])
 def test_a_bad_value_is_named_by_its_dotted_key(tmp_path: Path, raw: dict, dotted: str, value: Any) -> None:
     path = write(tmp_path, changed(raw, dotted, value))
@@ -109,6 +113,12 @@ def test_a_bad_value_is_named_by_its_dotted_key(tmp_path: Path, raw: dict, dotte
 def test_duplicate_labels_say_so(tmp_path: Path, raw: dict) -> None:
     path = write(tmp_path, changed(raw, "data.labels", ["negative", "positive", "negative"]))
     with pytest.raises(SettingsError, match=r"data\.labels: .*labels must be distinct"):
+        load_settings(path)
+
+
+def test_server_ports_must_differ(tmp_path: Path, raw: dict) -> None:
+    path = write(tmp_path, changed(raw, "servers.mlflow_port", raw["servers"]["prefect_port"]))
+    with pytest.raises(SettingsError, match=r"servers: .*prefect_port and mlflow_port must differ"):
         load_settings(path)
 
 

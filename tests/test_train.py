@@ -12,7 +12,8 @@ from tests.conftest import sample
 
 MODEL = ModelSettings(registered_name="m", backbone="tiny", max_length=32)
 TRAIN = TrainSettings(epochs=2, bootstrap_epochs=2, batch_size=16, learning_rate=2e-3, weight_decay=0.0,
-                      warmup_ratio=0.0, max_train_rows=0, seed=3, device="cpu")
+                      warmup_ratio=0.0, max_train_rows=0, seed=3, device="cpu", distill_weight=0.0,
+                      distill_temperature=2.0, skip_if_champion_above=1.01)
 LABELS = ("negative", "positive")
 
 
@@ -62,3 +63,17 @@ def test_backbone_and_device_resolution() -> None:
     assert resolve_backbone("some-org/some-model") == "some-org/some-model"
     assert pick_device("cpu") == "cpu"
     assert pick_device("auto") in ("cpu", "cuda")
+
+
+def test_distillation_keeps_the_student_near_its_teacher(tiny_backbone: Path, movie_rows, tmp_path: Path) -> None:
+    """With the whole loss spent on matching a teacher that says 'negative' to everything, the student does too,
+    whatever the labels say; without it, it does not."""
+    import numpy as np
+
+    train, val = movie_rows
+    teacher = np.tile(np.array([[4.0, -4.0]]), (len(train), 1))
+    strong = TRAIN.model_copy(update={"distill_weight": 0.99, "learning_rate": 5e-3, "epochs": 3})
+    result = fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=strong, epochs=3,
+                       out_dir=tmp_path / "kd", teacher_logits=teacher)
+    labels, _ = predict(result.model_dir, val["text"].tolist(), max_length=32)
+    assert labels.count("negative") == len(labels)

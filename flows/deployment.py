@@ -1,0 +1,127 @@
+"""The loop as a Prefect deployment: one per workspace, on the cron of params.yaml, started by every
+`kaizen.data.arrived` event for the workspace, and never two runs at once.
+
+One run at a time is the deployment's concurrency limit of 1 with the ENQUEUE strategy, enforced by the
+server: a run that comes while another holds the slot is put back as `AwaitingConcurrencySlot` (Scheduled)
+and asks again every `servers.slot_wait_seconds`, so an event is never dropped, only queued. The flow also
+holds a file lock on the workspace (tasks.workspace.hold) for runs that bypass the deployment.
+
+The same deployment is either served by `kaizen serve` (runs start as child processes of that command) or
+registered on a work pool by `kaizen deploy --pool` (a `prefect worker start` process, Docker container or
+Kubernetes job starts them; see infra/).
+"""
+
+from __future__ import annotations
+
+from tasks import arrivals
+from tasks.workspace import Workspace, hold, run_environment
+
+FLOW_NAME = "kaizen-iteration"
+
+
+def deployment_name(ws: Workspace) -> str:
+    return ws.workspace_id
+
+
+def build(ws: Workspace, job_variables: dict | None = None):
+    """The RunnerDeployment of this workspace's loop (not yet sent to the server)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+    from prefect.events import DeploymentEventTrigger
+
+    from flows.loop import iteration
+
+    return iteration.to_deployment(
+        name=deployment_name(ws),
+        cron=ws.settings.schedule.cron,
+        parameters={"workspace": str(ws.root)},
+        triggers=[DeploymentEventTrigger(**arrivals.trigger_spec(ws))],
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description=f"kaizen loop on {ws.root}: collect, fine-tune, check, promote",
+        tags=["kaizen", f"workspace:{ws.workspace_id}"],
+        job_variables=job_variables,
+        # Imported by module path: the run's process finds the flow wherever its working directory is.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve(ws: Workspace) -> None:
+    """Register the deployment and run it from this process until interrupted (Ctrl-C pauses it). A second
+    `kaizen serve` of the workspace is refused: stopping either would pause the deployment under the other."""
+    from prefect import serve as prefect_serve
+
+    with hold(ws, "serve", wait=False):
+        prefect_serve(build(ws))
+
+
+def ensure_process_pool(pool: str) -> str:
+    """Create a process work pool with Prefect's default job template, unless one of that name exists."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_work_pool(pool).type
+        except ObjectNotFound:
+            template = asyncio.run(get_default_base_job_template_for_infrastructure_type("process"))
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+            return "process"
+
+
+def deploy(ws: Workspace, pool: str) -> str:
+    """Register the deployment on a work pool (created as a process pool if missing). Returns its id."""
+    kind = ensure_process_pool(pool)
+    job_variables = {"env": run_environment(ws)}
+    if kind == "process":
+        job_variables["working_dir"] = str(ws.root)
+    return str(build(ws, job_variables).apply(work_pool_name=pool))
+
+
+def queue_follow_up(ws: Workspace) -> str | None:
+    """When this run belongs to a deployment and more batches wait than runs are queued for it, queue one more
+    run (it starts when this one ends: the concurrency limit), so that no ready batch waits for the cron.
+    Returns the new run's id, or None."""
+    from prefect.runtime import deployment, flow_run
+
+    from tasks.ledger import Ledger
+
+    if not deployment.id:
+        return None
+    ledger = Ledger(ws.ledger_db)
+    try:
+        pending = len(ledger.batches(status="pending"))
+    finally:
+        ledger.close()
+    if not pending:
+        return None
+    from datetime import UTC, datetime, timedelta
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    deployment_id = UUID(deployment.id)
+    with get_client(sync_client=True) as client:
+        # Due runs only: those waiting for the slot (events, earlier follow-ups), not the cron's next hour.
+        waiting = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC) + timedelta(minutes=1))))
+        if len([r for r in waiting if str(r.id) != flow_run.id]) >= pending:
+            return None
+        run = client.create_flow_run_from_deployment(deployment_id, parameters={"workspace": str(ws.root)},
+                                                     tags=["kaizen-follow-up"])
+    return str(run.id)

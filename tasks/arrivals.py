@@ -1,0 +1,130 @@
+"""New data announces itself: the `kaizen.data.arrived` event that starts the deployed loop.
+
+`kaizen submit` copies files into the landing zone and sends one event naming them; `kaizen watch` polls the
+landing zone (a folder or any fsspec URL) and sends one event per file it has not announced before. The event's
+resource is the workspace (its `workspace_id`), which the deployment's trigger matches, so each workspace's
+events start only its own loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+
+from tasks.workspace import Workspace
+
+ARRIVED = "kaizen.data.arrived"
+
+
+class NoServerError(RuntimeError):
+    """No Prefect server to send the event to: nothing would hear it."""
+
+
+def resource(ws: Workspace) -> dict[str, str]:
+    """The Prefect resource an arrival event is about: this workspace."""
+    return {"prefect.resource.id": f"kaizen.workspace.{ws.workspace_id}",
+            "prefect.resource.name": ws.workspace_id, "kaizen.landing": ws.landing}
+
+
+def trigger_spec(ws: Workspace) -> dict:
+    """What the deployment's trigger waits for, and the run parameters it fills from the event: one run per event
+    (threshold 1), with the files the event names."""
+    return {
+        "name": f"kaizen data arrived ({ws.workspace_id})",
+        "expect": [ARRIVED],
+        "match": {"prefect.resource.id": resource(ws)["prefect.resource.id"]},
+        "parameters": {"workspace": str(ws.root), "files": "{{ event.payload.files }}"},
+    }
+
+
+def emit(ws: Workspace, files: list[str]) -> str:
+    """Send one arrival event naming `files` to the Prefect server (a plain HTTP POST: the server has it when
+    this returns, unlike the websocket client that sends in the background). Returns the event id."""
+    if not ws.prefect_api_url:
+        raise NoServerError("no Prefect server to announce new data to: start one with `kaizen up` "
+                            "or set PREFECT_API_URL")
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+
+    event = Event(event=ARRIVED, resource=resource(ws), payload={"files": files, "landing": ws.landing})
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
+    return str(event.id)
+
+
+def submit(ws: Workspace, paths: Iterable[Path]) -> list[str]:
+    """Copy local files into the landing zone (each under a hidden name, then renamed, so the loop never reads
+    half a file) and announce them in one event. Returns the names as landed."""
+    import fsspec
+
+    paths = [Path(p) for p in paths]
+    if not ws.prefect_api_url:  # checked before copying: a file landed but never announced waits for the schedule
+        raise NoServerError("no Prefect server to announce new data to: start one with `kaizen up` "
+                            "or set PREFECT_API_URL (or copy the files and run `kaizen run`)")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+    fs, landing = fsspec.core.url_to_fs(ws.landing)
+    fs.makedirs(landing, exist_ok=True)
+    waiting = {PurePosixPath(p).name for p in fs.ls(landing, detail=False)}
+    clashes = sorted(p.name for p in paths if p.name in waiting)
+    if clashes:
+        raise FileExistsError(f"already waiting in {ws.landing}: {', '.join(clashes)}; rename the new file(s)")
+    names = []
+    for path in paths:
+        partial = f"{landing}/.{path.name}.part"
+        fs.put_file(str(path), partial)
+        fs.mv(partial, f"{landing}/{path.name}")
+        names.append(path.name)
+    emit(ws, names)
+    return names
+
+
+def _load_announced(ws: Workspace) -> dict[str, str]:
+    path = ws.watch_state_file
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _save_announced(ws: Workspace, announced: dict[str, str]) -> None:
+    ws.watch_state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ws.watch_state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(announced, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, ws.watch_state_file)
+
+
+def poll(ws: Workspace, announce: Callable[[Workspace, list[str]], str] = emit) -> list[str]:
+    """One look at the landing zone: announce each ready file not announced yet, one event per file.
+
+    Ready is what collect will read: settled for `data.settle_seconds`, not hidden or partial (announced
+    earlier, the run it starts would skip the file and nothing would announce it again). A file is known by
+    name and stamp (size, mtime) until it leaves the landing zone, so a later file of that name is new again.
+    Each announcement is recorded as soon as it is sent: a watcher killed halfway repeats none."""
+    from tasks import landing
+
+    ready, _ = landing.survey(ws.landing, settle_seconds=ws.settings.data.settle_seconds)
+    present = {f.name: str(f.stamp[:2]) for f in ready}
+    before = _load_announced(ws)
+    announced = {name: stamp for name, stamp in before.items() if present.get(name) == stamp}
+    if announced != before:
+        _save_announced(ws, announced)  # forget files that have left the landing zone
+    new = [name for name in sorted(present) if name not in announced]
+    for name in new:
+        announce(ws, [name])
+        announced[name] = present[name]
+        _save_announced(ws, announced)
+    return new
+
+
+def watch(ws: Workspace, on_announced: Callable[[list[str]], None], once: bool = False) -> None:
+    """Poll every `schedule.poll_seconds` until interrupted (or once). An error reaching the server ends the
+    watcher with that error; restarted, it announces what it had not announced yet."""
+    while True:
+        new = poll(ws)
+        if new:
+            on_announced(new)
+        if once:
+            return
+        time.sleep(ws.settings.schedule.poll_seconds)

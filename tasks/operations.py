@@ -1,0 +1,121 @@
+"""Operating the registry: roll the champion back, reproduce a version's training data, predict with the champion.
+
+A rollback is one alias move (the commit point), recorded with who, when and why on the model versions and
+on a run of its own, so the MLflow UI shows it beside the iterations.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks import registry
+from tasks.ledger import now
+from tasks.workspace import Workspace
+
+
+class OperationError(RuntimeError):
+    """An operation that cannot be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Rollback:
+    from_version: str
+    to_version: str
+    reason: str
+    who: str
+    when: str
+    run_id: str
+
+
+def rollback(ws: Workspace, reason: str, to: str | None = None) -> Rollback:
+    """Move `champion` to `to` (default: the previous champion); the replaced one becomes `previous-champion`."""
+    if not reason.strip():
+        raise OperationError("a rollback needs a reason (--reason)")
+    client = registry.connect(ws)
+    name = ws.settings.model.registered_name
+    current = registry.model_by_alias(client, name, registry.CHAMPION)
+    if current is None:
+        raise OperationError("there is no champion to roll back")
+    if to is None:
+        previous = registry.model_by_alias(client, name, registry.PREVIOUS)
+        if previous is None:
+            raise OperationError("no previous champion: name a version with --to")
+        to = previous.version
+    target = registry.model_version(client, name, str(to))  # raises if the version does not exist
+    if target.version == current.version:
+        raise OperationError(f"version {target.version} is already the champion")
+
+    who, when = getpass.getuser(), now()
+    client.set_registered_model_alias(name, registry.CHAMPION, target.version)  # the commit point
+    client.set_registered_model_alias(name, registry.PREVIOUS, current.version)
+    record = {"kaizen.rollback.from": current.version, "kaizen.rollback.to": target.version,
+              "kaizen.rollback.reason": reason, "kaizen.rollback.by": who, "kaizen.rollback.at": when}
+    registry.tag_version(client, name, target.version, record)
+    registry.tag_version(client, name, current.version, {"kaizen.rolled_back": f"{when} by {who}: {reason}"})
+    run = client.create_run(registry.experiment_id(client, ws), run_name=f"rollback-v{current.version}-to-v"
+                            f"{target.version}", tags={**record, "kaizen.decision": "rollback"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
+
+
+def _dir_manifest(dvc_cache: Path, dir_md5: str) -> list[dict]:
+    """The file list DVC stored for a directory version (its `.dir` object)."""
+    digest = dir_md5.removesuffix(".dir")
+    return json.loads((dvc_cache / "files" / "md5" / digest[:2] / f"{digest[2:]}.dir").read_text())
+
+
+def reproduce(ws: Workspace, version: str, dest: Path | None = None) -> tuple[Path, str]:
+    """Restore the exact prepared data a model version was trained on from the DVC remote; verify every md5."""
+    from tasks.data_version import read_data_version, restore_data_version
+
+    client = registry.connect(ws)
+    ref = registry.model_version(client, ws.settings.model.registered_name, version)
+    lock_text = client.download_artifacts(ref.run_id, "data/dvc.lock")
+    data_version = read_data_version(Path(lock_text).read_text(encoding="utf-8"))
+    if data_version.prepared_md5 != ref.tags.get(registry.TAG["data_version"]):
+        raise OperationError(f"version {version}: its run's dvc.lock names {data_version.prepared_md5}, its tag "
+                             f"{ref.tags.get(registry.TAG['data_version'])}")
+    dest = dest or ws.state_dir / "reproduce" / f"v{version}"
+    prepared = restore_data_version(ws, data_version.lock, dest)
+    for entry in _dir_manifest(dest / ".dvc" / "cache", data_version.prepared_md5):
+        actual = hashlib.md5((prepared / entry["relpath"]).read_bytes()).hexdigest()
+        if actual != entry["md5"]:
+            raise OperationError(f"{entry['relpath']}: md5 {actual} does not match the recorded {entry['md5']}")
+    return prepared, data_version.prepared_md5
+
+
+def read_texts(path: Path, text_column: str) -> pd.DataFrame:
+    """Texts to label: a CSV, JSON Lines or Parquet file with the text column, or plain text, one per line."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        frame = pd.read_json(path, lines=True, dtype=False)
+    elif suffix in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+    else:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        frame = pd.DataFrame({text_column: lines})
+    if text_column not in frame.columns:
+        raise OperationError(f"{path}: no column {text_column!r} (columns: {list(frame.columns)})")
+    return frame
+
+
+def predict_with_champion(ws: Workspace, texts: list[str], batch_size: int = 64, progress=None):
+    """Labels and probabilities from the champion; `progress(done, total)` is called after every batch."""
+    from tasks.train import pick_device, predict
+
+    client = registry.connect(ws)
+    champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
+    if champion is None:
+        raise OperationError("there is no champion yet: run the loop first")
+    labels, probs = predict(registry.local_model(ws, champion.version), texts, batch_size=batch_size,
+                            max_length=ws.settings.model.max_length, device=pick_device(ws.settings.train.device),
+                            progress=progress)
+    return champion.version, labels, probs

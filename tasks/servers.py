@@ -1,0 +1,216 @@
+"""Local servers for one workspace: a Prefect server (SQLite) and an MLflow tracking server (the workspace's
+own SQLite store and artifact folder), both on the loopback address from params.yaml `servers`.
+
+`start` launches each one in its own session and records its PID, the process's start time, its address and
+its log under `.kaizen/servers/`; `stop` ends exactly those process groups, checking the start time first so
+that a PID the system has since given to another program is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tasks.workspace import OFFLINE_ENV, Workspace
+
+SERVERS = ("prefect", "mlflow")
+
+
+class ServerError(RuntimeError):
+    """A server would not start or stop; the message says which, why, and where its log is."""
+
+
+@dataclass(frozen=True)
+class ServerState:
+    name: str
+    url: str | None  # the UI and API base address; None: no server (Prefect runs embedded, MLflow on SQLite)
+    answers: bool  # its health endpoint said so just now
+    pid: int | None  # set when `kaizen up` started it
+    log: str | None
+    source: str  # "kaizen up", "environment" or "embedded"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def health_url(name: str, url: str) -> str:
+    return f"{url}/api/health" if name == "prefect" else f"{url}/health"
+
+
+def answers(name: str, url: str) -> bool:
+    """Whether the server's health endpoint says it is up (connection refused or a timeout: it is not)."""
+    import httpx
+
+    try:
+        response = httpx.get(health_url(name, url), timeout=3.0)
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
+
+
+def _command(ws: Workspace, name: str) -> tuple[list[str], dict[str, str], str]:
+    """The command line, the environment and the address of one server."""
+    cfg = ws.settings.servers
+    port = cfg.prefect_port if name == "prefect" else cfg.mlflow_port
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(OFFLINE_ENV)
+    bin_dir = Path(sys.executable).parent
+    if name == "prefect":
+        env.update({
+            "PREFECT_HOME": str(ws.prefect_home),
+            # Its own database: the embedded server of `kaizen run` keeps its own in PREFECT_HOME.
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{ws.servers_dir / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": str(cfg.slot_wait_seconds),
+        })
+        cmd = [str(bin_dir / "prefect"), "server", "start", "--host", cfg.host, "--port", str(port)]
+    else:
+        # Without these two, `mlflow server` starts about ten processes and 2.4 GB.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{ws.mlflow_db}",
+               "--artifacts-destination", str(ws.artifacts_dir), "--host", cfg.host, "--port", str(port),
+               "--workers", "1"]
+    return cmd, env, f"http://{cfg.host}:{port}"
+
+
+def _record_file(ws: Workspace, name: str) -> Path:
+    return ws.servers_dir / f"{name}.json"
+
+
+def _read_record(ws: Workspace, name: str) -> dict | None:
+    path = _record_file(ws, name)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _alive(record: dict) -> bool:
+    """The recorded process still runs and is the same process (same start time), not a reused PID."""
+    import psutil
+
+    try:
+        return abs(psutil.Process(record["pid"]).create_time() - record["create_time"]) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex((host, port)) == 0
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _launch(ws: Workspace, name: str) -> dict:
+    import psutil
+
+    cmd, env, url = _command(ws, name)
+    port = int(url.rsplit(":", 1)[1])
+    if _port_taken(ws.settings.servers.host, port):
+        raise ServerError(f"{name}: port {port} on {ws.settings.servers.host} is taken by another program; "
+                          f"choose another in params.yaml (servers.{name}_port)")
+    ws.servers_dir.mkdir(parents=True, exist_ok=True)
+    ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    log = ws.servers_dir / f"{name}.log"
+    with open(log, "ab") as out:
+        # A session of its own: the server's children share its process group, which `stop` signals whole.
+        proc = subprocess.Popen(cmd, env=env, cwd=ws.root, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    record = {"name": name, "url": url, "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(),
+              "log": str(log), "command": cmd}
+    _record_file(ws, name).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+def start(ws: Workspace) -> list[ServerState]:
+    """Start whichever of the two servers is not already running for this workspace; wait until both answer.
+    If one fails, the ones started by this call are stopped again and the error carries the log's tail."""
+    started: list[str] = []
+    records: dict[str, dict] = {}
+    try:
+        for name in SERVERS:
+            record = _read_record(ws, name)
+            if record is not None and _alive(record):
+                records[name] = record
+                continue
+            _record_file(ws, name).unlink(missing_ok=True)  # a server that died: start it again
+            records[name] = _launch(ws, name)
+            started.append(name)
+        deadline = time.monotonic() + ws.settings.servers.startup_timeout_seconds
+        waiting = set(SERVERS)
+        while waiting:
+            for name in sorted(waiting):
+                if answers(name, records[name]["url"]):
+                    waiting.discard(name)
+                elif not _alive(records[name]):
+                    raise ServerError(f"{name} server exited while starting; its log ({records[name]['log']}) "
+                                      f"ends:\n{_log_tail(Path(records[name]['log']))}")
+            if waiting and time.monotonic() > deadline:
+                raise ServerError(f"{', '.join(sorted(waiting))} did not answer within "
+                                  f"{ws.settings.servers.startup_timeout_seconds} s (servers.startup_timeout_seconds)")
+            if waiting:
+                time.sleep(0.5)
+    except BaseException:
+        for name in started:
+            _stop_one(ws, name)
+        raise
+    return status(ws)
+
+
+def _stop_one(ws: Workspace, name: str) -> str:
+    """Stop one recorded server's process group: SIGTERM, then SIGKILL after 20 s. Returns what happened."""
+    record = _read_record(ws, name)
+    if record is None:
+        return "not started by kaizen up"
+    if not _alive(record):
+        _record_file(ws, name).unlink()
+        return f"pid {record['pid']} had already exited"
+    import psutil
+
+    group = record["pid"]  # started with its own session: its process group id is its pid
+    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == group]
+    os.killpg(group, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=20)
+    if alive:
+        os.killpg(group, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=10)
+    _record_file(ws, name).unlink()
+    return f"stopped pid {record['pid']}" + (" (killed: it ignored SIGTERM for 20 s)" if alive else "")
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def stop(ws: Workspace) -> dict[str, str]:
+    """Stop exactly the servers `kaizen up` started for this workspace, and forget them."""
+    return {name: _stop_one(ws, name) for name in SERVERS}
+
+
+def status(ws: Workspace) -> list[ServerState]:
+    """Each server's address, whether it answers, and who runs it."""
+    states = []
+    for name in SERVERS:
+        record = _read_record(ws, name)
+        if name == "prefect":
+            api = ws.prefect_api_url
+            url = api.removesuffix("/").removesuffix("/api") if api else None
+        else:
+            url = ws.tracking_uri if ws.tracking_uri.startswith(("http://", "https://")) else None
+        source = "embedded" if url is None else (
+            "kaizen up" if record is not None and record["url"] == url else "environment")
+        states.append(ServerState(
+            name=name, url=url, answers=bool(url) and answers(name, url),
+            pid=record["pid"] if source == "kaizen up" else None,
+            log=record["log"] if source == "kaizen up" else None, source=source))
+    return states
