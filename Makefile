@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-fast lint clean
+.PHONY: install browser demo test test-fast lint clean up down
 
 # torch first, exactly 2.13.0: on a CPU machine that is the local CPU wheel, and installing it before the
 # rest stops accelerate from pulling a multi-GB CUDA build. On a GPU machine install a CUDA build of
@@ -21,6 +21,14 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/kaizen demo
+
+# Local Prefect and MLflow servers for this workspace (127.0.0.1, ports in params.yaml `servers`); `down` stops
+# exactly the processes `up` started.
+up: install
+	$(VENV)/bin/kaizen up
+
+down:
+	$(VENV)/bin/kaizen down
 
 # Headless Chromium (Debian's package) for the test that screenshots the MLflow UI; installed when running
 # as root with apt, else that one test is skipped and says why.

@@ -8,7 +8,8 @@ Printed: each arm's final model's accuracy on every batch's test split and their
 (the largest drop of a batch's accuracy from its best after any step), and the training samples
 (rows x epochs) and seconds each arm spent.
 
-    .venv/bin/python bench/continual.py [--rows 800] [--work bench/results/continual] [--set train.distill_weight=0.5]
+    .venv/bin/python bench/continual.py [--rows 800] [--work bench/results/continual] [--distill 0.5]
+                                        [--set replay.ratio=1.0]
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=800, help="rows per domain (0: all of them)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
     parser.add_argument("--set", action="append", default=[], help="override a kaizen param: section.key=value")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="also run kaizen with train.distill_weight set to this (a fourth arm)")
     args = parser.parse_args()
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -151,6 +154,9 @@ def main() -> None:
     began = time.perf_counter()
     arms = {"naive": loop_arm(work / "naive", files, NAIVE)}
     arms["kaizen"] = loop_arm(work / "kaizen", files, kaizen_overrides)
+    if args.distill:
+        arms["kaizen+distill"] = loop_arm(work / "kaizen-distill", files,
+                                          {**kaizen_overrides, "train.distill_weight": args.distill})
     arms["joint"] = joint_arm(arms["kaizen"]["ws"], work)
     names = {f"batch-{i + 1:04d}": name for i, name in enumerate(stream.DOMAINS)}
     result = table(arms, names)

@@ -62,13 +62,13 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
     console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing}")
 
 
-def run_iterations(ws, until_idle: bool) -> list[dict]:
+def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
     """Run the iteration flow; with `until_idle`, again while batches are waiting."""
     from flows.loop import iteration
 
     results = []
     while True:
-        summary = iteration(str(ws.root))
+        summary = iteration(str(ws.root), force_train=force_train)
         results.append(summary)
         if not until_idle or summary["batch"] is None:
             return results
@@ -77,11 +77,15 @@ def run_iterations(ws, until_idle: bool) -> list[dict]:
 @app.command()
 def run(workspace: WorkspaceOpt = Path("."),
         once: Annotated[bool, typer.Option("--once", help="One iteration only, even if more batches wait.")] = False,
+        force_train: Annotated[bool, typer.Option("--force-train", help="Train even when the champion already "
+                                                  "does well on the new batch.")] = False,
         ) -> None:
     """Run the loop now: collect, and learn from every batch that is ready."""
     ws = open_workspace(workspace)
-    results = run_iterations(ws, until_idle=not once)
+    results = run_iterations(ws, until_idle=not once, force_train=force_train)
     console.print(summary_table([r for r in results if r["batch"]] or results[-1:], "kaizen run"))
+    for line in results[0].get("collected", []):
+        console.print(f"  {line}")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import deployment
-from tasks import collect, data_version, evaluate, history, promote, registry, train
+from tasks import collect, data_version, evaluate, history, promote, recovery, registry, train
 from tasks.workspace import Workspace, hold
 
 # Steps that talk to the tracking server retry with backoff; the others fail fast and say why.
@@ -32,6 +32,7 @@ check_drift = task(evaluate.check_drift, name="check drift (Evidently)", **LOCAL
 weigh_training = task(evaluate.worth_training, name="worth training?", **LOCAL)
 check = task(evaluate.check_quality, name="check quality (Evidently)", **LOCAL)
 skip = task(history.skip_iteration, name="skip training", **SERVER)
+recover = task(recovery.recover_interrupted, name="recover an interrupted attempt", **SERVER)
 gate = task(promote.decide, name="promote", **SERVER)
 finish = task(history.finish_iteration, name="finish", **SERVER)
 follow_up = task(deployment.queue_follow_up, name="queue follow-up", **SERVER)
@@ -70,6 +71,9 @@ def one_turn(ws: Workspace, force_train: bool = False) -> history.IterationSumma
             challenger_score=None, decision="no new data", reasons=[], champion_version=None,
             collected=collected.describe())
     batch_id, batches = picked
+    completed = recover(ws, batch_id)  # a killed attempt that had already promoted: only its record was left
+    if completed is not None:
+        return replace(completed, collected=collected.describe())
     version = version_data(ws)
     it = start_run(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = champion_files(ws, it.champion.version) if it.champion else None

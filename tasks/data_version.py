@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.faults import kill_point
 from tasks.workspace import Workspace, dvc_command
 
 
@@ -50,6 +51,7 @@ def read_data_version(lock_text: str) -> DataVersion:
 def build_data_version(ws: Workspace) -> DataVersion:
     """`dvc repro` (a no-op when nothing changed), `dvc push` to the remote, and the resulting version."""
     _dvc(ws, "repro", "--quiet")
+    kill_point("preprocess:reproduced")
     _dvc(ws, "push", "--quiet")
     return read_data_version(ws.dvc_lock.read_text(encoding="utf-8"))
 

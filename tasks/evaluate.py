@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.check import DriftResult, QualityResult, drift_check, quality_check
+from tasks.faults import kill_point
 from tasks.train import predict, scores
 
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
@@ -122,4 +123,5 @@ def check_quality(ws, it, challenger_dir: Path, champion_dir: Path | None, drift
     lineage.log_datasets(client, it.run_id, {f"{b}/test": t for b, t in tests.items()}, "evaluation",
                          ws.prepared_dir)
     client.log_artifacts(it.run_id, str(reports), "reports")
+    kill_point("check:done")
     return evaluation

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tasks.faults import kill_point
 from tasks.ledger import Ledger
 
 
@@ -43,6 +44,7 @@ def finish_iteration(ws, it, evaluation, decision) -> IterationSummary:
     metric = ws.settings.gate.metric
     champion = evaluation.scores("champion", metric)
     challenger = evaluation.scores("challenger", metric)
+    kill_point("finish:before-ledger")  # tests: the decision is made, the batch not yet closed
     ledger = Ledger(ws.ledger_db)
     try:
         files, accepted, quarantined = batch_rows(ledger, it.batch_id)

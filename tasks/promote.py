@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tasks.faults import kill_point
 from tasks.settings import GateSettings
 
 
@@ -67,12 +68,17 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
                           evaluation.scores("champion", metric), ws.settings.gate)
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
-    tags = {registry.TAG["decision"]: gate.verdict, registry.TAG["reasons"]: "\n".join(gate.reasons)}
-    registry.tag_version(client, name, challenger_version, tags)
-    registry.set_tags(client, it.run_id, {**tags, "kaizen.challenger_version": challenger_version})
+    reasons = "\n".join(gate.reasons)
+    # The intent first, on the run: a kill after the alias move below can still be completed from it.
+    registry.set_tags(client, it.run_id, {"kaizen.gate_reasons": reasons,
+                                          "kaizen.challenger_version": challenger_version})
     previous = None
     if gate.promote:
-        previous = registry.move_champion(client, name, challenger_version)
+        previous = registry.move_champion(client, name, challenger_version)  # the commit point
+        kill_point("promote:moved")
+    tags = {registry.TAG["decision"]: gate.verdict, registry.TAG["reasons"]: reasons}
+    registry.tag_version(client, name, challenger_version, tags)
+    registry.set_tags(client, it.run_id, tags)
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     registry.set_tags(client, it.run_id, {"kaizen.champion_version": champion.version if champion else ""})
     if champion is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.faults import kill_point
 from tasks.workspace import CODE_ROOT, Workspace
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -168,6 +169,7 @@ def register_model(client, ws: Workspace, run_id: str, model_dir: Path, tags: di
         info = mlflow.transformers.log_model(
             components, name="model", task="text-classification", pip_requirements=PIP_REQUIREMENTS,
         )
+    kill_point("register:logged")
     if not _registered(client, name):
         client.create_registered_model(name, description="kaizen: the text classifier kept improving by the loop")
     mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id)

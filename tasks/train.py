@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.faults import kill_point
 from tasks.settings import ModelSettings, TrainSettings
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -135,6 +136,9 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
             epochs_seen.append({"epoch": epoch, **row})
             if log_epoch:
                 log_epoch(epoch, row)
+
+        def on_save(self, args, state, control, **kwargs):
+            kill_point("train:checkpoint")  # tests: the next run must resume from this checkpoint
 
     bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = TrainingArguments(

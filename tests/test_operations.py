@@ -64,10 +64,11 @@ def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
     store = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (store / "server.log").open("wb")  # noqa: SIM115  (open until the server stops, at teardown)
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
          "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env=env, stdout=open(store / "server.log", "wb"), stderr=subprocess.STDOUT)
+         "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
     try:
@@ -94,6 +95,7 @@ def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
             os.environ["MLFLOW_TRACKING_URI"] = previous_uri
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 def test_lineage_tags_are_true(served) -> None:

@@ -4,22 +4,17 @@
 `kaizen deploy` puts the same deployment on a process work pool whose `prefect worker` runs the cron schedule;
 `kaizen down` stops exactly what `kaizen up` started.
 
-Every command is the real CLI in a subprocess: each needs an environment of its own (PREFECT_API_URL from the
-workspace), which must not leak into the other tests of this process. The tests run in file order: they share
-the servers and the served deployment (starting them costs about a minute on 2 cores).
+Every command is the real CLI in a subprocess (its environment must not leak into other tests). The tests
+run in file order, sharing the servers and the served deployment (about a minute to start on 2 cores).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
@@ -29,84 +24,27 @@ import yaml
 
 from tasks import registry
 from tasks.ledger import Ledger
-from tasks.workspace import Workspace, init_workspace
-from tests.conftest import FAST, sample, write_params
+from tasks.workspace import Workspace
+from tests.conftest import sample
+from tests.servers import (
+    FINAL,
+    KAIZEN,
+    cli_env,
+    deployment_with_trigger,
+    kaizen,
+    land,
+    make_ws,
+    pgid,
+    prefect,
+    retire,
+    run_filter,
+    runs_of,
+    start,
+    stop,
+    wait_until,
+)
 
-KAIZEN = str(Path(sys.executable).parent / "kaizen")
 POOL = "kaizen-test-pool"
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def cli_env() -> dict[str, str]:
-    """This process's environment minus what would point a command at another server or workspace name."""
-    drop = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "KAIZEN_WORKSPACE_ID")
-    return {k: v for k, v in os.environ.items() if k not in drop}
-
-
-def kaizen(*args: str, timeout: float = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([KAIZEN, *args], capture_output=True, text=True, timeout=timeout, env=env or cli_env())
-    if check:
-        assert result.returncode == 0, f"kaizen {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process group this module started: SIGTERM, then SIGKILL (a worker wants two signals)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-@contextmanager
-def prefect(api_url: str) -> Iterator:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        yield client
-
-
-def runs_of(client, deployment_id) -> list:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-
-
-def wait_until(what: str, check, seconds: float, every: float = 2.0):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def make_ws(root: Path, tiny_backbone: Path, **overrides) -> Workspace:
-    init_workspace(root)
-    write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "gate.min_score": 0.0,
-                        "gate.min_improvement": -1.0, "gate.max_regression": 1.0, "schedule.poll_seconds": 2,
-                        "servers.slot_wait_seconds": 2, "servers.prefect_port": free_port(),
-                        "servers.mlflow_port": free_port(), **overrides})
-    return Workspace.open(root)
 
 
 @pytest.fixture(scope="module")
@@ -133,20 +71,10 @@ def served(ws, up) -> Iterator[dict]:
     proc = start([KAIZEN, "serve", "-w", str(ws.root)], ws.state_dir / "serve.log", cli_env())
     try:
         with prefect(up["api"]) as client:
-            deployment = wait_until("the served deployment", lambda: _deployment(client, ws), 240)
+            deployment = wait_until("the served deployment", lambda: deployment_with_trigger(client, ws), 240)
         yield {"proc": proc, "deployment": deployment, "api": up["api"]}
     finally:
         stop(proc)
-
-
-def _deployment(client, ws: Workspace):
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        deployment = client.read_deployment_by_name(f"kaizen-iteration/{ws.workspace_id}")
-    except ObjectNotFound:
-        return None
-    return deployment if client.read_resource_related_automations(f"prefect.deployment.{deployment.id}") else None
 
 
 @pytest.fixture(scope="module")
@@ -164,21 +92,6 @@ def pooled(tmp_path_factory, tiny_backbone, ws, up) -> Iterator[dict]:
         retire(pool)
 
 
-def retire(pool: dict) -> None:
-    """Stop the worker and delete its deployment: no more minutely runs for the rest of the session."""
-    stop(pool["worker"])
-    if not pool.get("retired"):
-        with prefect(pool["api"]) as client:
-            client.delete_deployment(client.read_deployment_by_name(f"kaizen-iteration/{pool['ws'].workspace_id}").id)
-        pool["retired"] = True
-
-
-def land(folder: Path, name: str, frame) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(folder / name, index=False)
-    return folder / name
-
-
 # --- kaizen up ------------------------------------------------------------------------------------------
 
 
@@ -190,7 +103,7 @@ def test_up_starts_both_servers_on_loopback_and_status_shows_them(ws, up) -> Non
         assert f"http://127.0.0.1:{port}" in up["output"]  # the UI address is printed
         process = psutil.Process(record["pid"])
         assert ("prefect" if name == "prefect" else "mlflow") in " ".join(process.cmdline())
-        group = [p for p in psutil.process_iter() if _pgid(p.pid) == record["pid"]]
+        group = [p for p in psutil.process_iter() if pgid(p.pid) == record["pid"]]
         listening = {c.laddr for p in group for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
         assert ("127.0.0.1", port) in listening, listening  # loopback only: nothing else listens
         assert all(addr[0] == "127.0.0.1" for addr in listening), listening
@@ -203,13 +116,6 @@ def test_up_starts_both_servers_on_loopback_and_status_shows_them(ws, up) -> Non
     again = kaizen("up", "-w", str(ws.root))  # idempotent: the same processes, nothing started twice
     assert json.loads((ws.servers_dir / "prefect.json").read_text())["pid"] == up["records"]["prefect"]["pid"]
     assert "answers" in again.stdout
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 def test_submit_without_a_server_refuses_and_lands_nothing(tmp_path, tiny_backbone, domains) -> None:
@@ -270,10 +176,10 @@ def test_an_event_starts_exactly_one_run_with_its_files(ws, served, domains, tmp
         assert run.parameters == {"workspace": str(ws.root), "files": ["movies.csv"]}
         assert run.created_by.type == "AUTOMATION"
         steps = {t.name.rsplit("-", 1)[0] for t in client.read_task_runs(
-            flow_run_filter=_run_filter(run.id))}
+            flow_run_filter=run_filter(run.id))}
         assert {"collect", "pick-batch", "train", "promote", "finish"} <= steps, steps  # each step a task
         assert any(step.startswith("check") for step in steps), steps
-        (artifact,) = client.read_artifacts(flow_run_filter=_run_filter(run.id))
+        (artifact,) = client.read_artifacts(flow_run_filter=run_filter(run.id))
     assert artifact.key == "kaizen-iteration" and artifact.type == "markdown"
     assert "| batch-0001 | 80 | 0 |" in artifact.data and "promoted" in artifact.data
     mlflow_url = f"http://127.0.0.1:{ws.settings.servers.mlflow_port}"
@@ -281,12 +187,6 @@ def test_an_event_starts_exactly_one_run_with_its_files(ws, served, domains, tmp
     client = registry.connect(ws)  # through the tracking server: the champion moved there
     champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
     assert champion.version == "1" and champion.tags[registry.TAG["flow_run_id"]] == str(run.id)
-
-
-def _run_filter(run_id):
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    return FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
 
 
 def test_events_in_quick_succession_queue_and_run_one_loop_at_a_time(ws, served, domains) -> None:
@@ -322,6 +222,33 @@ def test_events_in_quick_succession_queue_and_run_one_loop_at_a_time(ws, served,
     assert sorted(files) == sorted(["movies.csv", *names])  # each file ingested exactly once
     assert batches == [(f"batch-000{i}", "done") for i in range(1, 5)]  # and each batch learned from once
     assert not list(Path(ws.landing).iterdir())
+    kaizen("watch", "--once", "-w", str(ws.root))  # the watcher forgets files once they left the landing zone
+    assert json.loads(ws.watch_state_file.read_text()) == {}
+
+
+def test_one_event_for_two_batches_queues_a_follow_up_run(ws, served, domains, tmp_path) -> None:
+    deployment_id = served["deployment"].id
+    paths = [land(tmp_path, f"{d}-3.csv", sample(domains[d], 60, seed=15)) for d in ("airline", "amazon")]
+    with prefect(served["api"]) as client:
+        earlier = {r.id for r in runs_of(client, deployment_id)}
+        kaizen("submit", *map(str, paths), "-w", str(ws.root))  # one event naming both: two batches, one run
+
+        def finished():
+            runs = [r for r in runs_of(client, deployment_id) if r.id not in earlier and "auto-scheduled" not in r.tags]
+            return runs if len(runs) == 2 and all(r.state_type.value in FINAL for r in runs) else None
+
+        runs = wait_until("the triggered run and its follow-up to finish", finished, 600)
+        time.sleep(3 * ws.settings.schedule.poll_seconds)
+        assert len([r for r in runs_of(client, deployment_id) if "auto-scheduled" not in r.tags]) == 6
+    by_tag = {("kaizen-follow-up" in r.tags): r for r in runs}
+    assert by_tag[False].parameters["files"] == [p.name for p in paths]
+    assert by_tag[True].parameters == {"workspace": str(ws.root)}
+    assert all(r.state_type.value == "COMPLETED" for r in runs)
+    ledger = Ledger(ws.ledger_db)
+    try:
+        assert [(b.batch_id, b.status) for b in ledger.batches()][-2:] == [("batch-0005", "done"), ("batch-0006", "done")]
+    finally:
+        ledger.close()
 
 
 def test_the_worker_runs_the_cron_schedule(pooled, up) -> None:
@@ -347,18 +274,18 @@ def test_down_stops_exactly_what_up_started(ws, up, served, pooled, tmp_path) ->
                                   "start", "mlflow", "server"], start_new_session=True)
     try:
         pids = {n: r["pid"] for n, r in up["records"].items()}
-        groups = {n: [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pid] for n, pid in pids.items()}
+        groups = {n: [p.pid for p in psutil.process_iter() if pgid(p.pid) == pid] for n, pid in pids.items()}
         assert len(groups["mlflow"]) >= 2  # `mlflow server` runs its uvicorn in a child: stopped with it
         result = kaizen("down", "-w", str(ws.root))
         assert "prefect: stopped pid" in result.stdout and "mlflow: stopped pid" in result.stdout
         for name, members in groups.items():
-            assert not any(psutil.pid_exists(pid) and _pgid(pid) == pids[name] for pid in members), name
+            assert not any(psutil.pid_exists(pid) and pgid(pid) == pids[name] for pid in members), name
         assert bystander.poll() is None
         assert not list(ws.servers_dir.glob("*.json"))
         state = json.loads(kaizen("status", "--json", "-w", str(ws.root)).stdout)
         assert [(s["name"], s["url"], s["source"]) for s in state["servers"]] == [
             ("prefect", None, "embedded"), ("mlflow", None, "embedded")]
-        assert state["champion"]["version"] == "4"  # the same store, read directly from SQLite now
+        assert state["champion"]["version"] == "6"  # the same store, read directly from SQLite now
         assert "not started by kaizen up" in kaizen("down", "-w", str(ws.root)).stdout
     finally:
         bystander.kill()

@@ -1,0 +1,97 @@
+"""SIGKILL at every step of an iteration, then run again: the work is finished, nothing twice, nothing lost.
+
+Each kill happens in a child `kaizen run` (KAIZEN_KILL_AT=<point>); the next child run first finishes the
+killed batch, then takes the next one. The last run has no kill. Asserted at the end: the ledger, the MLflow
+runs and versions (orphans labelled, never promoted), training resumed from its checkpoint, DVC consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks import registry
+from tasks.faults import ENV
+from tasks.ledger import Ledger
+from tests.conftest import sample
+
+POINTS = ["preprocess:reproduced", "train:checkpoint", "register:logged", "check:done", "promote:moved",
+          "finish:before-ledger"]
+KAIZEN = str(Path(sys.executable).parent / "kaizen")
+
+
+def kaizen_run(ws, kill_at: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(ws.root / ".kaizen" / "prefect-child")
+    if kill_at:
+        env[ENV] = kill_at
+    log = ws.root / ".kaizen" / f"child-{kill_at or 'clean'}.log".replace(":", "_")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        done = subprocess.run([KAIZEN, "run", "-w", str(ws.root)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                              text=True, timeout=420)
+    return subprocess.CompletedProcess(done.args, done.returncode, "", log.read_text())
+
+
+def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains) -> None:
+    ws = make_workspace(gate__min_score=0.0, gate__min_improvement=-1.0, gate__max_regression=1.0)
+    landing = Path(ws.landing)
+    landing.mkdir(parents=True, exist_ok=True)
+    sample(domains["movies"], 80, seed=30).to_csv(landing / "b0.csv", index=False)
+    first = kaizen_run(ws, None)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    for i, point in enumerate(POINTS, start=1):
+        domain = ("amazon", "finefood", "movies")[i % 3]
+        sample(domains[domain], 80, seed=30 + i).to_csv(landing / f"b{i}.csv", index=False)
+        killed = kaizen_run(ws, point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        ledger = Ledger(ws.ledger_db)
+        pending = [b.batch_id for b in ledger.batches(status="pending")]
+        ledger.close()
+        # The oldest pending batch is taken first: a kill may leave several waiting, never one lost.
+        assert pending and pending[-1] == f"batch-{i + 1:04d}", (point, pending)
+    last = kaizen_run(ws, None)
+    assert last.returncode == 0, last.stderr[-3000:]
+
+    ledger = Ledger(ws.ledger_db)
+    batches = ledger.batches()
+    assert [(b.status, b.decision) for b in batches] == [("done", "promoted")] * (len(POINTS) + 1)
+    assert all(f.rows_in == f.rows_accepted + f.rows_quarantined for f in ledger.files())
+    assert len(ledger.files()) == len(POINTS) + 1
+    ledger.close()
+
+    client = registry.connect(ws)
+    name = ws.settings.model.registered_name
+    exp = registry.experiment_id(client, ws)
+    finished = {}
+    for run in client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100):
+        batch, status = run.data.tags[registry.TAG["batch"]], run.info.status
+        if status == "FINISHED":
+            assert batch not in finished, f"{batch} finished twice"
+            finished[batch] = run
+        else:
+            assert status == "KILLED" and run.data.tags[registry.TAG["decision"]] == "orphaned", (batch, status)
+    assert sorted(finished) == [b.batch_id for b in batches]
+
+    champion = registry.model_by_alias(client, name, registry.CHAMPION)
+    orphans = [mv for mv in client.search_model_versions(f"name='{name}'")
+               if mv.tags.get(registry.TAG["decision"]) == "orphaned"]
+    assert orphans and champion.version not in {str(mv.version) for mv in orphans}
+    assert registry.model_version(client, name, champion.version).tags[registry.TAG["batch"]] == batches[-1].batch_id
+    # Killed after the alias moved: completed from the record, not trained again (one run, no orphan).
+    completed = [b for b, run in finished.items() if "kaizen.recovered" in run.data.tags]
+    assert len(completed) == 1
+    assert len(client.search_runs([exp], filter_string=f"tags.`kaizen.batch` = '{completed[0]}'")) == 1
+    # Killed at the first checkpoint: the rerun trained only the epochs after it.
+    steps = {b: [m.step for m in client.get_metric_history(run.info.run_id, "train.accuracy")]
+             for b, run in finished.items()}
+    assert [2] in steps.values(), steps
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=ws.root, env=env, capture_output=True,
+                            text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
