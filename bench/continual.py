@@ -25,17 +25,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from tasks.settings import write_overrides
+
 ROOT = Path(__file__).resolve().parent.parent
 NAIVE = {"replay.ratio": 0.0, "gate.min_score": 0.0, "gate.min_improvement": -1.0, "gate.max_regression": 1.0,
          "train.distill_weight": 0.0, "train.skip_if_champion_above": 1.01}
-
-
-def set_params(root: Path, overrides: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def accuracy_on_tests(ws, model_dir: Path, batches: list[str]) -> dict[str, float]:
@@ -66,7 +60,7 @@ def loop_arm(root: Path, stream: list[Path], overrides: dict) -> dict:
     from tasks.workspace import Workspace, configure_environment, init_workspace
 
     init_workspace(root)
-    set_params(root, overrides)
+    write_overrides(root / "params.yaml", overrides)
     ws = Workspace.open(root)
     configure_environment(ws)  # before Prefect is imported; later arms keep the first arm's Prefect home
     from flows.loop import iteration

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from tasks.settings import write_overrides
+
 ROOT = Path(__file__).resolve().parent.parent
 KAIZEN = str(Path(sys.executable).parent / "kaizen")
 
@@ -35,14 +37,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def set_params(root: Path, overrides: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def wait(what: str, check, seconds: float, every: float = 0.25):
@@ -99,7 +93,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "ws"
     init_workspace(root)
-    set_params(root, {"servers.prefect_port": free_port(), "servers.mlflow_port": free_port(),
+    write_overrides(root / "params.yaml", {"servers.prefect_port": free_port(), "servers.mlflow_port": free_port(),
                       **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}})
     ws = Workspace.open(root)
     os.environ["PREFECT_HOME"] = str(ws.prefect_home)

@@ -78,6 +78,8 @@ def history(ws) -> list[IterationSummary]:
     out = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
+        if tags.get(registry.TAG["decision"]) == "orphaned":  # a killed attempt, redone by a later run
+            continue
         batch = tags.get(registry.TAG["batch"])
         out.append(IterationSummary(
             batch=batch, files=int(metrics.get("batch.files", 0)), rows_accepted=int(metrics.get("batch.rows_accepted", 0)),

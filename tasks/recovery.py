@@ -2,7 +2,7 @@
 
 Moving the `champion` alias is the single commit point of an iteration. So, for a pending batch:
 - if a run of an earlier attempt registered a version that is now the champion, the promotion was committed:
-  its record is completed and the batch is done, nothing is trained again;
+  its record is completed and the batch is done, nothing is trained again (likewise a recorded refusal);
 - otherwise every earlier attempt is an orphan: its run is marked KILLED and its version, if it got one, is
   tagged `orphaned` (never promoted); the iteration then runs again, its training resuming from the last
   checkpoint of the killed attempt.
@@ -16,14 +16,14 @@ from tasks.ledger import Ledger
 
 
 def _attempts(client, ws, batch_id: str) -> list:
-    """Runs of earlier attempts at `batch_id` that never finished."""
+    """Runs of earlier attempts at `batch_id` (the ledger says it is pending), orphans already labelled aside."""
     runs = client.search_runs([registry.experiment_id(client, ws)],
                               filter_string=f"tags.`{registry.TAG['batch']}` = '{batch_id}'", max_results=100)
-    return [run for run in runs if run.info.status != "FINISHED"]
+    return [run for run in runs if run.data.tags.get(registry.TAG["decision"]) != "orphaned"]
 
 
 def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
-    """Complete a committed promotion of `batch_id` (returning its summary), or label its orphans (None)."""
+    """Complete a decided attempt at `batch_id` (returning its summary), or label its orphans (None)."""
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
     attempts = _attempts(client, ws, batch_id)
@@ -32,7 +32,10 @@ def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     for run in attempts:
         if champion is not None and champion.run_id == run.info.run_id:
-            return _complete_promotion(client, ws, batch_id, run, champion)
+            return _complete(client, ws, batch_id, run, "promoted", champion.version)
+    for run in attempts:  # the gate refused and said so; only the ledger was not told
+        if run.data.tags.get(registry.TAG["decision"]) == "rejected":
+            return _complete(client, ws, batch_id, run, "rejected", champion.version if champion else None)
     for run in attempts:
         for mv in client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'"):
             registry.tag_version(client, name, str(mv.version), {
@@ -43,18 +46,19 @@ def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
     return None
 
 
-def _complete_promotion(client, ws, batch_id: str, run, champion) -> IterationSummary:
-    """The alias moved before the kill: write the decision where the killed attempt did not get to."""
-    reasons = run.data.tags.get("kaizen.gate_reasons", "promoted before the iteration was killed")
-    tags = {registry.TAG["decision"]: "promoted", registry.TAG["reasons"]: reasons}
-    registry.tag_version(client, ws.settings.model.registered_name, champion.version, tags)
-    registry.set_tags(client, run.info.run_id, {**tags, "kaizen.champion_version": champion.version,
-                                                "kaizen.challenger_version": champion.version,
-                                                "kaizen.recovered": "promotion completed after the run was killed"})
+def _complete(client, ws, batch_id: str, run, decision: str, champion_version: str | None) -> IterationSummary:
+    """The gate had decided (and a promotion's alias had moved) before the kill: write the record where the
+    killed attempt did not get to, and close the batch."""
+    reasons = run.data.tags.get("kaizen.gate_reasons", f"{decision} before the iteration was killed")
+    challenger = run.data.tags["kaizen.challenger_version"]
+    tags = {registry.TAG["decision"]: decision, registry.TAG["reasons"]: reasons}
+    registry.tag_version(client, ws.settings.model.registered_name, challenger, tags)
+    registry.set_tags(client, run.info.run_id, {**tags, "kaizen.champion_version": champion_version or "",
+                                                "kaizen.recovered": f"{decision}: completed after a kill"})
     ledger = Ledger(ws.ledger_db)
     try:
         files, accepted, quarantined = batch_rows(ledger, batch_id)
-        ledger.finish_batch(batch_id, run_id=run.info.run_id, model_version=champion.version, decision="promoted")
+        ledger.finish_batch(batch_id, run_id=run.info.run_id, model_version=challenger, decision=decision)
     finally:
         ledger.close()
     registry.log_metrics(client, run.info.run_id, {"batch.files": files, "batch.rows_accepted": accepted,
@@ -64,6 +68,6 @@ def _complete_promotion(client, ws, batch_id: str, run, champion) -> IterationSu
     return IterationSummary(
         batch=batch_id, files=files, rows_accepted=accepted, rows_quarantined=quarantined,
         drift_share=metrics.get("drift.share"), champion_score=metrics.get(f"champion.{batch_id}.{metric}"),
-        challenger_score=metrics.get(f"challenger.{batch_id}.{metric}"), decision="promoted",
-        reasons=reasons.splitlines(), champion_version=champion.version, challenger_version=champion.version,
+        challenger_score=metrics.get(f"challenger.{batch_id}.{metric}"), decision=decision,
+        reasons=reasons.splitlines(), champion_version=champion_version, challenger_version=challenger,
         run_id=run.info.run_id)

@@ -169,6 +169,7 @@ def register_model(client, ws: Workspace, run_id: str, model_dir: Path, tags: di
         info = mlflow.transformers.log_model(
             components, name="model", task="text-classification", pip_requirements=PIP_REQUIREMENTS,
         )
+    client.update_run(run_id, status="RUNNING")  # leaving `start_run` ended it; the iteration goes on
     kill_point("register:logged")
     if not _registered(client, name):
         client.create_registered_model(name, description="kaizen: the text classifier kept improving by the loop")

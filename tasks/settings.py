@@ -168,3 +168,24 @@ def load_settings(path: Path) -> Settings:
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
     return _validate(raw, source=str(path))
+
+
+def write_overrides(path: Path, overrides: dict[str, Any]) -> Settings:
+    """Set dotted keys (`{"train.epochs": 1}`) in params.yaml, keeping its comments; the result is validated
+    before it is written, so a bad value never reaches the file."""
+    from io import StringIO
+
+    from ruamel.yaml import YAML  # round-trips comments; it comes with DVC
+
+    round_trip = YAML()
+    data = round_trip.load(Path(path).read_text(encoding="utf-8"))
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in data or key not in data[section]:
+            raise SettingsError(f"{path}: unknown setting {dotted!r}")
+        data[section][key] = value
+    settings = _validate(data, source=f"{path} with {overrides}")
+    text = StringIO()
+    round_trip.dump(data, text)
+    Path(path).write_text(text.getvalue(), encoding="utf-8")
+    return settings

@@ -20,8 +20,8 @@ os.environ.update({
 (_STATE / "prefect").mkdir()
 
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
+from tasks.settings import write_overrides  # noqa: E402
 from tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
 from tasks.workspace import Workspace, init_workspace  # noqa: E402
 
@@ -64,11 +64,7 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_params(root: Path, overrides: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_overrides(root / "params.yaml", overrides)
 
 
 @pytest.fixture

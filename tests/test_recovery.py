@@ -69,12 +69,13 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
     exp = registry.experiment_id(client, ws)
     finished = {}
     for run in client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100):
-        batch, status = run.data.tags[registry.TAG["batch"]], run.info.status
-        if status == "FINISHED":
-            assert batch not in finished, f"{batch} finished twice"
-            finished[batch] = run
+        batch, decision = run.data.tags[registry.TAG["batch"]], run.data.tags.get(registry.TAG["decision"])
+        if decision == "orphaned":
+            assert run.info.status == "KILLED", (batch, run.info.status)
         else:
-            assert status == "KILLED" and run.data.tags[registry.TAG["decision"]] == "orphaned", (batch, status)
+            assert decision == "promoted" and run.info.status == "FINISHED", (batch, decision, run.info.status)
+            assert batch not in finished, f"{batch} decided twice"
+            finished[batch] = run
     assert sorted(finished) == [b.batch_id for b in batches]
 
     champion = registry.model_by_alias(client, name, registry.CHAMPION)

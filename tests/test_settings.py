@@ -210,3 +210,19 @@ def test_a_bad_override_value_is_named(settings: Settings) -> None:
         settings.with_overrides({"train.epochs": 0})
     with pytest.raises(SettingsError, match=r"overrides: data\.labels: .*distinct"):
         settings.with_overrides({"data.labels": ["a", "a"]})
+
+
+def test_write_overrides_keeps_comments_and_refuses_bad_values(tmp_path) -> None:
+    from tasks.settings import write_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    settings = write_overrides(path, {"train.epochs": 3, "gate.max_regression": 0.05})
+    assert settings.train.epochs == 3 and load_settings(path).gate.max_regression == 0.05
+    assert "# epochs of each fine-tune of the champion" in path.read_text()
+    before = path.read_text()
+    with pytest.raises(SettingsError, match="max_regression"):
+        write_overrides(path, {"gate.max_regression": -1})
+    with pytest.raises(SettingsError, match="unknown setting"):
+        write_overrides(path, {"train.nope": 1})
+    assert path.read_text() == before
