@@ -123,6 +123,8 @@ def run_markdown(summary: IterationSummary, ws, files: list[str]) -> str:
     else:
         text = (f"# kaizen iteration: no new data\n\n{summary.files} file(s) collected, {summary.rows_accepted} rows "
                 f"accepted, {summary.rows_quarantined} quarantined; no batch ready to learn from.\n")
+    if summary.collected:  # each landed file's outcome, quarantine reasons included
+        text += "\n## Collected\n" + "".join(f"- {line}\n" for line in summary.collected)
     if files:
         text += f"\nStarted by the arrival of: {', '.join(f'`{f}`' for f in files)}\n"
     return text
