@@ -4,6 +4,7 @@ test server), a tiny random BERT for speed, and the real labeled stream fetched 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,6 +78,25 @@ def make_workspace(tmp_path: Path, tiny_backbone: Path) -> Callable[..., Workspa
         write_params(root, {**FAST, "model.backbone": str(tiny_backbone),
                             **{k.replace("__", "."): v for k, v in overrides.items()}})
         return Workspace.open(ws.root)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def workspace_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real workspace per test module (git + DVC set-up costs seconds); tests get copies of it."""
+    return init_workspace(tmp_path_factory.mktemp("template") / "ws").root
+
+
+@pytest.fixture
+def copy_workspace(workspace_template: Path, tmp_path: Path) -> Callable[..., Workspace]:
+    """A copy of the module's workspace with `defaults`, then `section__key=value` overrides, in params.yaml."""
+
+    def make(defaults: dict, **overrides) -> Workspace:
+        root = tmp_path / "ws"
+        shutil.copytree(workspace_template, root, symlinks=True)
+        write_params(root, {**defaults, **{k.replace("__", "."): v for k, v in overrides.items()}})
+        return Workspace.open(root)
 
     return make
 

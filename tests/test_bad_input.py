@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -27,8 +26,7 @@ import pytest
 from tasks import landing
 from tasks.collect import CollectResult, collect, exclusive, ingest_file, quarantine_rows, read_records
 from tasks.ledger import Ledger
-from tasks.workspace import Workspace, init_workspace
-from tests.conftest import write_params
+from tasks.workspace import Workspace
 
 GOOD = [
     ("A gripping story, told with care; the cast is superb.", "positive"),
@@ -200,23 +198,10 @@ CASES = [
 # --- a real workspace per test --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_workspace(tmp_path_factory.mktemp("template") / "ws").root
-
-
 @pytest.fixture
-def new_ws(template: Path, tmp_path: Path) -> Callable[..., Workspace]:
+def new_ws(copy_workspace) -> Callable[..., Workspace]:
     """A copy of the module's workspace; no settling wait unless a test asks for one."""
-
-    def make(**overrides) -> Workspace:
-        root = tmp_path / "ws"
-        shutil.copytree(template, root, symlinks=True)
-        write_params(root, {"data.min_batch_rows": 1000, "data.settle_seconds": 0,
-                            **{k.replace("__", "."): v for k, v in overrides.items()}})
-        return Workspace.open(root)
-
-    return make
+    return lambda **overrides: copy_workspace({"data.min_batch_rows": 1000, "data.settle_seconds": 0}, **overrides)
 
 
 def land(ws: Workspace, name: str | bytes, data: bytes) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 from tasks.collect import CollectResult, FileOutcome, collect, next_batch
 from tasks.ledger import Ledger
 from tasks.preprocess import text_key
-from tasks.workspace import Workspace, init_workspace
-from tests.conftest import sample, write_params
+from tasks.workspace import Workspace
+from tests.conftest import sample
 
 LABELS = ["negative", "positive"]
 
@@ -30,22 +29,10 @@ LABELS = ["negative", "positive"]
 # --- fixtures and helpers -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_workspace(tmp_path_factory.mktemp("template") / "ws").root
-
-
 @pytest.fixture
-def new_ws(template: Path, tmp_path: Path) -> Callable[..., Workspace]:
+def new_ws(copy_workspace) -> Callable[..., Workspace]:
     """A copy of the module's workspace with `section__key=value` overrides written to its params.yaml."""
-
-    def make(**overrides) -> Workspace:
-        root = tmp_path / "ws"
-        shutil.copytree(template, root, symlinks=True)
-        write_params(root, {"data.min_batch_rows": 20, **{k.replace("__", "."): v for k, v in overrides.items()}})
-        return Workspace.open(root)
-
-    return make
+    return lambda **overrides: copy_workspace({"data.min_batch_rows": 20}, **overrides)
 
 
 def unique(frame: pd.DataFrame) -> pd.DataFrame:
