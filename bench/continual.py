@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tasks.settings import write_overrides
+from kaizen.tasks.settings import write_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 NAIVE = {"replay.ratio": 0.0, "gate.min_score": 0.0, "gate.min_improvement": -1.0, "gate.max_regression": 1.0,
@@ -33,7 +33,7 @@ NAIVE = {"replay.ratio": 0.0, "gate.min_score": 0.0, "gate.min_improvement": -1.
 
 
 def accuracy_on_tests(ws, model_dir: Path, batches: list[str]) -> dict[str, float]:
-    from tasks.train import predict
+    from kaizen.tasks.predict import predict
 
     out = {}
     for batch in batches:
@@ -55,15 +55,15 @@ def worst_forgetting(per_step: list[dict[str, float]]) -> float:
 
 def loop_arm(root: Path, stream: list[Path], overrides: dict) -> dict:
     """A workspace fed the stream through the real loop (the Prefect flow), one batch per iteration."""
-    from tasks import registry
-    from tasks.ledger import Ledger
-    from tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks import registry
+    from kaizen.tasks.ledger import Ledger
+    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
 
     init_workspace(root)
     write_overrides(root / "params.yaml", overrides)
     ws = Workspace.open(root)
     configure_environment(ws)  # before Prefect is imported; later arms keep the first arm's Prefect home
-    from flows.loop import iteration
+    from kaizen.flows.loop import iteration
 
     landing = Path(ws.landing)
     landing.mkdir(parents=True, exist_ok=True)
@@ -90,8 +90,8 @@ def loop_arm(root: Path, stream: list[Path], overrides: dict) -> dict:
 
 def joint_arm(ws, work: Path) -> dict:
     """Retrain from the pretrained encoder on the train splits of all batches so far, after every arrival."""
-    from tasks.ledger import Ledger
-    from tasks.train import fine_tune, resolve_backbone
+    from kaizen.tasks.ledger import Ledger
+    from kaizen.tasks.train import fine_tune, resolve_backbone
 
     ledger = Ledger(ws.ledger_db)
     batches = [b.batch_id for b in ledger.batches()]
@@ -138,7 +138,7 @@ def main() -> None:
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    from tasks import stream
+    from kaizen.tasks import stream
 
     sources = ROOT / ".kaizen" / "sources"
     stream.fetch_sources(sources)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.settings import write_overrides
+from kaizen.tasks.settings import write_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 KAIZEN = str(Path(sys.executable).parent / "kaizen")
@@ -54,7 +54,7 @@ def measure(ws, client, mlflow_client, deployment_id, path: Path) -> dict:
 
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from tasks import arrivals, registry
+    from kaizen.tasks import arrivals, registry
 
     name = ws.settings.model.registered_name
     before = registry.model_by_alias(mlflow_client, name, registry.CHAMPION)
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override")
     args = parser.parse_args()
 
-    from tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
 
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "ws"
@@ -99,7 +99,7 @@ def main() -> None:
     os.environ["PREFECT_HOME"] = str(ws.prefect_home)
     import pandas as pd
 
-    from tasks import demo
+    from kaizen.tasks import demo
 
     if (ROOT / ".kaizen" / "sources").is_dir():  # the packages `make demo` fetched: no second download
         shutil.copytree(ROOT / ".kaizen" / "sources", ws.sources_dir)
@@ -118,8 +118,8 @@ def main() -> None:
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
-        from flows.deployment import FLOW_NAME, deployment_name
-        from tasks import registry
+        from kaizen.flows.deployment import FLOW_NAME, deployment_name
+        from kaizen.tasks import registry
 
         with get_client(sync_client=True) as client:
             def deployed():

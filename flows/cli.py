@@ -13,50 +13,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+from kaizen.flows import cli_servers
+from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace, summary_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kaizen: keep a text classifier improving as labeled data arrives, without regressions.")
-# Piped output (CI logs, `| tee`) gets a width that fits the summary table instead of 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 130)
-WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", envvar="KAIZEN_WORKSPACE",
-                                            help="The workspace folder (made by `kaizen init`).")]
-
-
-def open_workspace(path: Path):
-    from tasks.settings import SettingsError
-    from tasks.workspace import Workspace, configure_environment, ensure_dvc
-
-    try:
-        ws = Workspace.open(path)
-    except SettingsError as exc:
-        console.print(f"[red]bad settings:[/] {exc}")
-        raise typer.Exit(2) from exc
-    if not (ws.root / ".dvc").exists() or not (ws.root / ".git").exists():
-        ensure_dvc(ws.root)
-    configure_environment(ws)
-    return ws
-
-
-def summary_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("batch", "accepted", "quarantined", "drift share", "champion", "challenger", "decision",
-                   "challenger version", "champion version"):
-        table.add_column(column, justify="left" if column in ("batch", "decision") else "right")
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    for r in rows:
-        style = {"promoted": "green", "rejected": "red"}.get(r["decision"], "dim")
-        table.add_row(r["batch"] or "–", str(r["rows_accepted"]), str(r["rows_quarantined"]), fmt(r["drift_share"]),
-                      fmt(r["champion_score"]), fmt(r["challenger_score"]), f"[{style}]{r['decision']}[/]",
-                      r["challenger_version"] or "–", r["champion_version"] or "–")
-    return table
-
-
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a workspace.")]) -> None:
     """Create a workspace: params.yaml, dvc.yaml, a git + DVC repository and a local DVC remote."""
-    from tasks.workspace import init_workspace
+    from kaizen.tasks.workspace import init_workspace
 
     ws = init_workspace(directory)
     console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing}")
@@ -64,7 +30,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
 
 def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
     """Run the iteration flow; with `until_idle`, again while batches are waiting."""
-    from flows.loop import iteration
+    from kaizen.flows.loop import iteration
 
     results = []
     while True:
@@ -91,7 +57,7 @@ def run(workspace: WorkspaceOpt = Path("."),
 @app.command()
 def feed(workspace: WorkspaceOpt = Path(".")) -> None:
     """Drop the next batch of the demo's real data stream into the landing zone."""
-    from tasks import demo
+    from kaizen.tasks import demo
 
     ws = open_workspace(workspace)
     dropped = demo.feed_next(ws)
@@ -104,7 +70,7 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
                  rows: Annotated[int | None, typer.Option(help="Rows per batch (default: params.yaml demo)")] = None,
                  ) -> None:
     """Bootstrap a champion on movie reviews, then feed Amazon, fine-food and airline batches through the loop."""
-    from tasks import demo, history
+    from kaizen.tasks import demo, history
 
     ws = open_workspace(workspace)
     if fresh:
@@ -126,11 +92,10 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
 def status(workspace: WorkspaceOpt = Path("."),
            as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
     """The champion, the previous champion, the batches ingested, the files waiting, and the servers."""
-    from flows.cli_servers import checked_servers, server_lines
-    from tasks import history
+    from kaizen.tasks import history
 
     ws = open_workspace(workspace)
-    servers = checked_servers(ws, as_json)
+    servers = cli_servers.checked_servers(ws, as_json)
     state = {**history.workspace_status(ws), "servers": servers}
     if as_json:
         typer.echo(json.dumps(state, indent=2))
@@ -142,7 +107,7 @@ def status(workspace: WorkspaceOpt = Path("."),
     console.print(f"previous champion: {state['previous_champion']['version'] if state['previous_champion'] else '–'}")
     console.print(f"batches: {len(state['batches'])}; files waiting: {len(state['landing'])}; "
                   f"rows staged: {state['staged_rows']}")
-    for line in server_lines(servers):
+    for line in cli_servers.server_lines(servers):
         console.print(line)
 
 
@@ -164,7 +129,7 @@ def ui(workspace: WorkspaceOpt = Path("."),
 def history_command(workspace: WorkspaceOpt = Path("."),
                     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False) -> None:
     """Every iteration: batch, scores, decision, versions."""
-    from tasks import history
+    from kaizen.tasks import history
 
     ws = open_workspace(workspace)
     rows = [s.as_dict() for s in history.history(ws)]
@@ -181,15 +146,14 @@ def rollback(reason: Annotated[str, typer.Option("--reason", help="Why: recorded
              = None,
              workspace: WorkspaceOpt = Path(".")) -> None:
     """Move the champion alias back (atomically) and record who, when and why."""
-    from tasks.operations import OperationError
-    from tasks.operations import rollback as roll_back
+    from kaizen.tasks.operations import OperationError
+    from kaizen.tasks.operations import rollback as roll_back
 
     ws = open_workspace(workspace)
     try:
         done = roll_back(ws, reason, to)
     except OperationError as exc:
-        console.print(f"[red]cannot roll back:[/] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail("cannot roll back:", exc) from exc
     console.print(f"champion: v{done.from_version} -> v{done.to_version} ({done.when}, {done.who}: {done.reason})")
 
 
@@ -198,16 +162,15 @@ def reproduce(version: Annotated[str, typer.Argument(help="Model version whose t
               out: Annotated[Path | None, typer.Option(help="Folder to restore into.")] = None,
               workspace: WorkspaceOpt = Path(".")) -> None:
     """Restore a model version's exact training data from the DVC remote and verify its md5s."""
-    from tasks.operations import OperationError
-    from tasks.operations import reproduce as restore
+    from kaizen.tasks.operations import OperationError
+    from kaizen.tasks.operations import reproduce as restore
 
     ws = open_workspace(workspace)
     try:
         with console.status(f"restoring the data of version {version} from the DVC remote"):
             prepared, md5 = restore(ws, version, out)
     except OperationError as exc:
-        console.print(f"[red]cannot reproduce:[/] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail("cannot reproduce:", exc) from exc
     console.print(f"version {version}: data {md5} restored into {prepared}; every file's md5 verified")
 
 
@@ -218,7 +181,7 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
     """Label texts with the champion; a file's predictions, with probabilities, are written as CSV."""
     from rich.progress import Progress
 
-    from tasks.operations import OperationError, predict_with_champion, read_texts
+    from kaizen.tasks.operations import OperationError, predict_with_champion, read_texts
 
     ws = open_workspace(workspace)
     labels = ws.settings.data.labels
@@ -236,8 +199,7 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
                 ws, frame[ws.settings.data.text_column].astype(str).tolist(),
                 progress=lambda done, total: bar.update(job, completed=done))
     except OperationError as exc:
-        console.print(f"[red]cannot predict:[/] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail("cannot predict:", exc) from exc
     frame["prediction"] = predicted
     for i, label in enumerate(labels):
         frame[f"p_{label}"] = [p[i] for p in probs]
@@ -247,6 +209,7 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
     console.print(f"wrote {len(frame)} predictions (champion v{version}) to {out}")
 
 
-# The production commands (up, down, serve, deploy, watch, submit) live in their own module; importing it
-# registers them on `app`. At the end: that module imports `app` and the helpers above from here.
-import flows.cli_servers  # noqa: E402, F401
+# The production commands (up, down, serve, deploy, watch, submit) live in their own module.
+for command in (cli_servers.up, cli_servers.down, cli_servers.serve, cli_servers.deploy, cli_servers.watch,
+                cli_servers.submit):
+    app.command()(command)

@@ -1,5 +1,5 @@
 """The production commands of `kaizen`: local servers (`up`, `down`), the deployment (`serve`, `deploy`) and
-new data announcing itself (`watch`, `submit`). Registered on the same Typer app by flows/cli.py; thin like it.
+new data announcing itself (`watch`, `submit`). flows/cli.py registers them on its Typer app; thin like it.
 """
 
 from __future__ import annotations
@@ -9,12 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import WorkspaceOpt, app, console, open_workspace
-
-
-def _fail(message: str, exc: BaseException, code: int = 1) -> typer.Exit:
-    console.print(f"[red]{message}[/] {exc}")
-    return typer.Exit(code)
+from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace
 
 
 def server_lines(states: list[dict]) -> list[str]:
@@ -35,7 +30,7 @@ def checked_servers(ws, as_json: bool) -> list[dict]:
     retry for minutes."""
     import json
 
-    from tasks import servers
+    from kaizen.tasks import servers
 
     states = [s.as_dict() for s in servers.status(ws)]
     mlflow = next(s for s in states if s["name"] == "mlflow")
@@ -52,17 +47,16 @@ def checked_servers(ws, as_json: bool) -> list[dict]:
     return states
 
 
-@app.command()
 def up(workspace: WorkspaceOpt = Path(".")) -> None:
     """Start a Prefect server and an MLflow tracking server for the workspace (127.0.0.1, SQLite)."""
-    from tasks import servers
+    from kaizen.tasks import servers
 
     ws = open_workspace(workspace)
     try:
         with console.status("starting the Prefect and MLflow servers (about 20 s each on a fresh database)"):
             states = servers.start(ws)
     except servers.ServerError as exc:
-        raise _fail("kaizen up failed:", exc) from exc
+        raise fail("kaizen up failed:", exc) from exc
     for line in server_lines([s.as_dict() for s in states]):
         console.print(line)
     prefect, mlflow = states
@@ -71,10 +65,9 @@ def up(workspace: WorkspaceOpt = Path(".")) -> None:
                   f"  export PREFECT_API_URL={prefect.url}/api MLFLOW_TRACKING_URI={mlflow.url}")
 
 
-@app.command()
 def down(workspace: WorkspaceOpt = Path(".")) -> None:
     """Stop the servers `kaizen up` started for the workspace (only those)."""
-    from tasks import servers
+    from kaizen.tasks import servers
 
     ws = open_workspace(workspace)
     for name, what in servers.stop(ws).items():
@@ -87,41 +80,38 @@ def _require_server(ws) -> None:
         raise typer.Exit(2)
 
 
-@app.command()
 def serve(workspace: WorkspaceOpt = Path(".")) -> None:
     """Serve the loop's deployment from this process: the cron of params.yaml, a run per data-arrival event,
     one run at a time. Ctrl-C stops serving (and pauses the deployment)."""
     ws = open_workspace(workspace)
     _require_server(ws)
-    from flows.deployment import FLOW_NAME, deployment_name, serve
-    from tasks.workspace import WorkspaceBusy
+    from kaizen.flows.deployment import FLOW_NAME, deployment_name, serve
+    from kaizen.tasks.files import Busy
 
     console.print(f"serving {FLOW_NAME}/{deployment_name(ws)} on {ws.prefect_api_url}: cron "
                   f"'{ws.settings.schedule.cron}', and a run per kaizen.data.arrived event for this workspace")
     try:
         serve(ws)
-    except WorkspaceBusy as exc:
-        raise _fail("already served:", exc, 2) from exc
+    except Busy as exc:
+        raise fail("already served:", exc, 2) from exc
 
 
-@app.command()
 def deploy(pool: Annotated[str, typer.Option("--pool", help="Work pool (created as a process pool if missing).")],
            workspace: WorkspaceOpt = Path(".")) -> None:
     """Register the loop's deployment on a work pool; a worker (`prefect worker start --pool POOL`) runs it."""
     ws = open_workspace(workspace)
     _require_server(ws)
-    from flows.deployment import FLOW_NAME, deploy, deployment_name
+    from kaizen.flows.deployment import FLOW_NAME, deploy, deployment_name
 
     deployment_id = deploy(ws, pool)
     console.print(f"deployment {FLOW_NAME}/{deployment_name(ws)} ({deployment_id}) on pool {pool}; start a worker:\n"
                   f"  PREFECT_API_URL={ws.prefect_api_url} prefect worker start --pool {pool}")
 
 
-@app.command()
 def watch(workspace: WorkspaceOpt = Path("."),
           once: Annotated[bool, typer.Option("--once", help="Look once, then exit.")] = False) -> None:
     """Watch the landing zone (polling) and announce each new file with a kaizen.data.arrived event."""
-    from tasks import arrivals
+    from kaizen.tasks import arrivals
 
     ws = open_workspace(workspace)
     _require_server(ws)
@@ -130,16 +120,15 @@ def watch(workspace: WorkspaceOpt = Path("."),
     arrivals.watch(ws, lambda names: console.print(f"announced {', '.join(names)}"), once=once)
 
 
-@app.command()
 def submit(files: Annotated[list[Path], typer.Argument(help="Labeled files (CSV, JSON Lines, Parquet).")],
            workspace: WorkspaceOpt = Path(".")) -> None:
     """Copy files into the landing zone and announce them (one kaizen.data.arrived event)."""
-    from tasks import arrivals
+    from kaizen.tasks import arrivals
 
     ws = open_workspace(workspace)
     _require_server(ws)
     try:
         names = arrivals.submit(ws, files)
     except (FileNotFoundError, FileExistsError) as exc:
-        raise _fail("nothing submitted:", exc, 2) from exc
+        raise fail("nothing submitted:", exc, 2) from exc
     console.print(f"landed and announced {', '.join(names)} in {ws.landing}")

@@ -13,8 +13,8 @@ Kubernetes job starts them; see infra/).
 
 from __future__ import annotations
 
-from tasks import arrivals
-from tasks.workspace import Workspace, hold, run_environment
+from kaizen.tasks import arrivals
+from kaizen.tasks.workspace import Workspace, hold, run_environment
 
 FLOW_NAME = "kaizen-iteration"
 
@@ -29,7 +29,7 @@ def build(ws: Workspace, job_variables: dict | None = None):
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
-    from flows.loop import iteration
+    from kaizen.flows.loop import iteration
 
     return iteration.to_deployment(
         name=deployment_name(ws),
@@ -79,49 +79,3 @@ def deploy(ws: Workspace, pool: str) -> str:
     if kind == "process":
         job_variables["working_dir"] = str(ws.root)
     return str(build(ws, job_variables).apply(work_pool_name=pool))
-
-
-def queue_follow_up(ws: Workspace) -> str | None:
-    """When this run belongs to a deployment and more batches wait than runs are queued for it, queue one more
-    run (it starts when this one ends: the concurrency limit), so that no ready batch waits for the cron.
-    Returns the new run's id, or None."""
-    from prefect.runtime import deployment, flow_run
-
-    from tasks.ledger import Ledger
-
-    if not deployment.id:
-        return None
-    ledger = Ledger(ws.ledger_db)
-    try:
-        pending = len(ledger.batches(status="pending"))
-    finally:
-        ledger.close()
-    if not pending:
-        return None
-    from datetime import UTC, datetime, timedelta
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterExpectedStartTime,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    deployment_id = UUID(deployment.id)
-    with get_client(sync_client=True) as client:
-        # Due runs only: those waiting for the slot (events, earlier follow-ups), not the cron's next hour.
-        waiting = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
-                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC) + timedelta(minutes=1))))
-        if len([r for r in waiting if str(r.id) != flow_run.id]) >= pending:
-            return None
-        run = client.create_flow_run_from_deployment(deployment_id, parameters={"workspace": str(ws.root)},
-                                                     tags=["kaizen-follow-up"])
-    return str(run.id)

@@ -1,7 +1,7 @@
 """One iteration of the kaizen loop, as a Prefect flow. Read it top to bottom: that is what one turn does.
 
-The steps are plain functions in `tasks/`; here they are only wrapped as Prefect tasks (so each shows in the
-UI, with retries where a server is involved) and chained.
+The steps are plain functions in `tasks/`; here each is only wrapped as a Prefect task of the same name (so it
+shows in the UI, with retries where a server is involved) and chained.
 """
 
 from __future__ import annotations
@@ -14,28 +14,33 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows import deployment
-from tasks import collect, data_version, evaluate, history, promote, recovery, registry, train
-from tasks.workspace import Workspace, hold
+from kaizen.tasks import arrivals, data_version, evaluate, history, promote, record, recovery, registry, train
+from kaizen.tasks import collect as ingest
+from kaizen.tasks.record import IterationSummary
+from kaizen.tasks.workspace import Workspace, hold
 
-# Steps that talk to the tracking server retry with backoff; the others fail fast and say why.
-SERVER = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NO_CACHE}
-LOCAL = {"cache_policy": NO_CACHE}
 
-collect_files = task(collect.collect, name="collect", **LOCAL)
-pick_batch = task(collect.next_batch, name="pick-batch", **LOCAL)
-version_data = task(data_version.build_data_version, name="preprocess (dvc repro + push)", **LOCAL)
-start_run = task(registry.start_iteration, name="start-run", **SERVER)
-fine_tune = task(train.train_challenger, name="train", **LOCAL)
-champion_files = task(registry.local_model, name="fetch-champion", **SERVER)
-check_drift = task(evaluate.check_drift, name="check drift (Evidently)", **LOCAL)
-weigh_training = task(evaluate.worth_training, name="worth training?", **LOCAL)
-check = task(evaluate.check_quality, name="check quality (Evidently)", **LOCAL)
-skip = task(history.skip_iteration, name="skip training", **SERVER)
-recover = task(recovery.recover_interrupted, name="recover an interrupted attempt", **SERVER)
-gate = task(promote.decide, name="promote", **SERVER)
-finish = task(history.finish_iteration, name="finish", **SERVER)
-follow_up = task(deployment.queue_follow_up, name="queue follow-up", **SERVER)
+def step(fn, server: bool = False):
+    """`fn` as a Prefect task named after it. Steps that talk to the tracking server retry with backoff; the
+    others fail fast and say why. Nothing is cached: every step reads or changes the workspace."""
+    retries = {"retries": 3, "retry_delay_seconds": [2, 10, 30]} if server else {}
+    return task(fn, name=fn.__name__, cache_policy=NO_CACHE, **retries)
+
+
+collect = step(ingest.collect)
+next_batch = step(ingest.next_batch)
+recover_interrupted = step(recovery.recover_interrupted, server=True)
+build_data_version = step(data_version.build_data_version)
+start_iteration = step(record.start_iteration, server=True)
+local_model = step(registry.local_model, server=True)
+check_drift = step(evaluate.check_drift)
+worth_training = step(evaluate.worth_training)
+record_skip = step(evaluate.record_skip, server=True)
+train_challenger = step(train.train_challenger)
+check_quality = step(evaluate.check_quality)
+decide = step(promote.decide, server=True)
+close_iteration = step(record.close_iteration, server=True)
+queue_follow_up = step(arrivals.queue_follow_up, server=True)
 
 
 @flow(name="kaizen-iteration", log_prints=True)
@@ -56,32 +61,34 @@ def iteration(workspace: str = ".", files: list[str] | None = None, force_train:
     create_markdown_artifact(markdown=history.run_markdown(summary, ws, files or []), key="kaizen-iteration",
                              description=f"kaizen iteration on {summary.batch or 'no new data'}")
     if summary.batch:  # a served run learns from one batch; more waiting get a run of their own
-        follow_up(ws)
+        queue_follow_up(ws)
     return summary.as_dict()
 
 
-def one_turn(ws: Workspace, force_train: bool = False) -> history.IterationSummary:
+def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
     """The steps of one iteration, in order (the caller holds the workspace)."""
-    collected = collect_files(ws)
-    picked = pick_batch(ws)
+    collected = collect(ws)
+    picked = next_batch(ws)
     if picked is None:
-        return history.IterationSummary(
+        return IterationSummary(
             batch=None, files=len(collected.files), rows_accepted=collected.rows_accepted,
             rows_quarantined=collected.rows_quarantined, drift_share=None, champion_score=None,
             challenger_score=None, decision="no new data", reasons=[], champion_version=None,
             collected=collected.describe())
     batch_id, batches = picked
-    completed = recover(ws, batch_id)  # a killed attempt that had already promoted: only its record was left
+    completed = recover_interrupted(ws, batch_id)  # a killed attempt that had decided: only its record was left
     if completed is not None:
         return replace(completed, collected=collected.describe())
-    version = version_data(ws)
-    it = start_run(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
-    champion_dir = champion_files(ws, it.champion.version) if it.champion else None
+    version = build_data_version(ws)
+    it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
+    champion_dir = local_model(ws, it.champion.version) if it.champion else None
     drift = check_drift(ws, it)
-    need = weigh_training(ws, it, champion_dir, drift, force_train)
+    need = worth_training(ws, it, champion_dir, drift, force_train)
     if not need.train:  # the batch still joins the data, the replay pool and every later evaluation
-        return replace(skip(ws, it, drift, need), collected=collected.describe())
-    challenger = fine_tune(ws, it)
-    evaluation = check(ws, it, challenger.model_dir, champion_dir, drift)
-    decision = gate(ws, it, challenger.model.version, evaluation)
-    return replace(finish(ws, it, evaluation, decision), collected=collected.describe())
+        record_skip(ws, it, drift, need)
+        return replace(close_iteration(ws, batch_id, it.run_id, "skipped", None), collected=collected.describe())
+    challenger = train_challenger(ws, it)
+    evaluation = check_quality(ws, it, challenger.model_dir, champion_dir, drift)
+    decision = decide(ws, it, challenger.model.version, evaluation)
+    summary = close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
+    return replace(summary, collected=collected.describe())

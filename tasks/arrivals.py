@@ -1,4 +1,5 @@
-"""New data announces itself: the `kaizen.data.arrived` event that starts the deployed loop.
+"""New data announces itself: the `kaizen.data.arrived` event that starts the deployed loop, and the follow-up
+run a deployed iteration queues when more batches wait.
 
 `kaizen submit` copies files into the landing zone and sends one event naming them; `kaizen watch` polls the
 landing zone (a folder or any fsspec URL) and sends one event per file it has not announced before. The event's
@@ -9,12 +10,12 @@ events start only its own loop.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
-from tasks.workspace import Workspace
+from kaizen.tasks.files import write_atomically
+from kaizen.tasks.workspace import Workspace
 
 ARRIVED = "kaizen.data.arrived"
 
@@ -89,10 +90,7 @@ def _load_announced(ws: Workspace) -> dict[str, str]:
 
 
 def _save_announced(ws: Workspace, announced: dict[str, str]) -> None:
-    ws.watch_state_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ws.watch_state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(announced, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, ws.watch_state_file)
+    write_atomically(ws.watch_state_file, json.dumps(announced, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def poll(ws: Workspace, announce: Callable[[Workspace, list[str]], str] = emit) -> list[str]:
@@ -102,7 +100,7 @@ def poll(ws: Workspace, announce: Callable[[Workspace, list[str]], str] = emit) 
     earlier, the run it starts would skip the file and nothing would announce it again). A file is known by
     name and stamp (size, mtime) until it leaves the landing zone, so a later file of that name is new again.
     Each announcement is recorded as soon as it is sent: a watcher killed halfway repeats none."""
-    from tasks import landing
+    from kaizen.tasks import landing
 
     ready, _ = landing.survey(ws.landing, settle_seconds=ws.settings.data.settle_seconds)
     present = {f.name: str(f.stamp[:2]) for f in ready}
@@ -128,3 +126,46 @@ def watch(ws: Workspace, on_announced: Callable[[list[str]], None], once: bool =
         if once:
             return
         time.sleep(ws.settings.schedule.poll_seconds)
+
+
+def queue_follow_up(ws: Workspace) -> str | None:
+    """When this run belongs to a deployment and more batches wait than runs are queued for it, queue one more
+    run (it starts when this one ends: the concurrency limit), so that no ready batch waits for the cron.
+    Returns the new run's id, or None."""
+    from prefect.runtime import deployment, flow_run
+
+    from kaizen.tasks.ledger import Ledger
+
+    if not deployment.id:
+        return None
+    with Ledger(ws.ledger_db) as ledger:
+        pending = len(ledger.batches(status="pending"))
+    if not pending:
+        return None
+    from datetime import UTC, datetime, timedelta
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    deployment_id = UUID(deployment.id)
+    with get_client(sync_client=True) as client:
+        # Due runs only: those waiting for the slot (events, earlier follow-ups), not the cron's next hour.
+        waiting = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC) + timedelta(minutes=1))))
+        if len([r for r in waiting if str(r.id) != flow_run.id]) >= pending:
+            return None
+        run = client.create_flow_run_from_deployment(deployment_id, parameters={"workspace": str(ws.root)},
+                                                     tags=["kaizen-follow-up"])
+    return str(run.id)

@@ -10,34 +10,26 @@ then they wait, whatever their number. `recover` clears what a killed run left h
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import io
-import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import fsspec
 import pandas as pd
 
-from tasks import landing
-from tasks.faults import kill_point
-from tasks.landing import Skipped
-from tasks.ledger import FileRecord, Ledger
-from tasks.parse import BadFile, RawRow, Table, parse
-from tasks.settings import DataSettings
-from tasks.validate import Verdict, judge
-from tasks.workspace import Workspace
+from kaizen.tasks import landing
+from kaizen.tasks.faults import kill_point
+from kaizen.tasks.files import json_line, parquet_bytes, write_atomically
+from kaizen.tasks.landing import Skipped
+from kaizen.tasks.ledger import FileRecord, Ledger
+from kaizen.tasks.parse import BadFile, parse
+from kaizen.tasks.validate import Verdict, judge
+from kaizen.tasks.workspace import Workspace, hold
 
 # Where a kill is injected in tests (tasks/faults.py), in the order a collect reaches them.
 KILL_POINTS = ("atomic:written", "collect:archived", "collect:staged", "collect:quarantined",
                "ledger:file-uncommitted", "collect:recorded", "collect:removed", "collect:batch-written",
                "ledger:batch-uncommitted", "collect:batch-recorded")
-
-LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json.dumps escapes C0 controls itself
 
 
 @dataclass(frozen=True)
@@ -88,47 +80,6 @@ class CollectResult:
         if self.held_rows:
             lines.append(f"{self.held_rows} accepted rows wait in staging for enough to form a batch")
         return lines
-
-
-def read_records(data: bytes, name: str) -> pd.DataFrame:
-    """Parse a landed file into raw records (no type coercion); raises ValueError when it cannot be read."""
-    table = parse(data, name)
-    return pd.DataFrame([row.record for row in table.rows], columns=table.columns, dtype=object)
-
-
-def quarantine_rows(records: pd.DataFrame, name: str, settings: DataSettings, ledger: Ledger) -> Verdict:
-    """Split raw records into accepted rows and quarantined rows, each rejection with its reason."""
-    return judge(Table(list(records.columns), [RawRow(r) for r in records.to_dict(orient="records")]),
-                 name, settings, ledger)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the folder: readers and restarts see the whole file or none of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    kill_point("atomic:written")
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:  # the rename itself must be durable before the ledger says the file exists
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def json_line(record: dict) -> str:
-    """One JSON Lines record, readable as text; the characters some readers take for a line break (str.splitlines
-    breaks on NEL, U+2028, U+2029) are escaped, so a record is always exactly one line."""
-    return json.dumps(record, ensure_ascii=False).translate(LINE_BREAKS)
-
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
 
 
 def archive_path(ws: Workspace, sha: str, name: str) -> Path:
@@ -226,54 +177,34 @@ def recover(ws: Workspace, ledger: Ledger) -> None:
             batch.unlink()
 
 
-@contextmanager
-def exclusive(ws: Workspace) -> Iterator[None]:
-    """One collect at a time per workspace; the kernel drops the lock when its holder dies, even by SIGKILL."""
-    path = ws.state_dir / "collect.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise RuntimeError(f"another collect is running in {ws.root} (it holds {path}); try again later") from exc
-        yield
-
-
 def collect(ws: Workspace) -> CollectResult:
     """Ingest every file ready in the landing zone, then form the batches that have enough rows."""
     fs, _ = fsspec.core.url_to_fs(ws.landing)
-    with exclusive(ws):
-        ledger = Ledger(ws.ledger_db)
-        try:
-            recover(ws, ledger)
-            ready, skipped = landing.survey(ws.landing, ws.settings.data.settle_seconds)
-            outcomes = []
-            for file in ready:
-                try:
-                    data = landing.read(fs, file)
-                except landing.NotReady as exc:  # left in place and reported; the next run tries again
-                    skipped.append(Skipped(file.name, str(exc)))
-                    continue
-                outcome = ingest_file(ws, ledger, file.name, data)
-                kill_point("collect:recorded")
-                problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
-                kill_point("collect:removed")
-                outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
-            batches = form_batches(ws, ledger)
-            held = sum(f.rows_accepted for f in ledger.unbatched_files())
-            return CollectResult(outcomes, batches, skipped, held)
-        finally:
-            ledger.close()
+    with hold(ws, "collect", wait=False), Ledger(ws.ledger_db) as ledger:
+        recover(ws, ledger)
+        ready, skipped = landing.survey(ws.landing, ws.settings.data.settle_seconds)
+        outcomes = []
+        for file in ready:
+            try:
+                data = landing.read(fs, file)
+            except landing.NotReady as exc:  # left in place and reported; the next run tries again
+                skipped.append(Skipped(file.name, str(exc)))
+                continue
+            outcome = ingest_file(ws, ledger, file.name, data)
+            kill_point("collect:recorded")
+            problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
+            kill_point("collect:removed")
+            outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
+        batches = form_batches(ws, ledger)
+        held = sum(f.rows_accepted for f in ledger.unbatched_files())
+        return CollectResult(outcomes, batches, skipped, held)
 
 
 def next_batch(ws: Workspace) -> tuple[str, list[str]] | None:
     """The oldest batch not yet learned from, with every batch up to it; None when all are done."""
-    ledger = Ledger(ws.ledger_db)
-    try:
+    with Ledger(ws.ledger_db) as ledger:
         batches = [b.batch_id for b in ledger.batches()]
         pending = [b.batch_id for b in ledger.batches(status="pending")]
-    finally:
-        ledger.close()
     if not pending:
         return None
     return pending[0], batches[: batches.index(pending[0]) + 1]

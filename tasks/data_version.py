@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks.faults import kill_point
-from tasks.workspace import Workspace, dvc_command
+from kaizen.tasks.faults import kill_point
+from kaizen.tasks.workspace import Workspace, dvc_command
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def build_data_version(ws: Workspace) -> DataVersion:
 
 def restore_data_version(ws: Workspace, lock_text: str, dest: Path) -> Path:
     """Materialise the prepared data of a recorded version from the DVC remote into `dest` (a new repo)."""
-    from tasks.workspace import ensure_dvc
+    from kaizen.tasks.workspace import ensure_dvc
 
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "dvc.yaml").write_text((ws.root / "dvc.yaml").read_text(encoding="utf-8"), encoding="utf-8")

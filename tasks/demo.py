@@ -10,9 +10,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from tasks import stream
-from tasks.ledger import Ledger
-from tasks.workspace import Workspace
+from kaizen.tasks import stream
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.workspace import Workspace
 
 
 def demo_rows(ws: Workspace, rows: int | None) -> int:
@@ -38,8 +38,7 @@ def feed_next(ws: Workspace) -> Path | None:
     fs, landing = fsspec.core.url_to_fs(ws.landing)
     fs.makedirs(landing, exist_ok=True)
     waiting = {Path(p).name for p in fs.ls(landing, detail=False)}
-    ledger = Ledger(ws.ledger_db)
-    try:
+    with Ledger(ws.ledger_db) as ledger:
         for path in sorted(ws.stream_dir.glob("[0-9][0-9]-*")):
             data = path.read_bytes()
             if path.name in waiting or ledger.file(hashlib.sha256(data).hexdigest()) is not None:
@@ -49,8 +48,6 @@ def feed_next(ws: Workspace) -> Path | None:
             fs.pipe_file(partial, data)
             fs.mv(partial, f"{landing}/{path.name}")
             return path
-    finally:
-        ledger.close()
     return None
 
 

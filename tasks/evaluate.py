@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.check import DriftResult, QualityResult, drift_check, quality_check
-from tasks.faults import kill_point
-from tasks.train import predict, scores
+from kaizen.tasks.check import DriftResult, QualityResult, drift_check, quality_check
+from kaizen.tasks.faults import kill_point
+from kaizen.tasks.predict import predict, scores
+from kaizen.tasks.record import DRIFT_SHARE, TAG, batches_seen, score_metric
 
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
 
@@ -55,15 +56,15 @@ def report_dir(ws, it) -> Path:
 
 def check_drift(ws, it) -> DriftResult | None:
     """Drift of the new batch against a sample of the champion's training data (None at bootstrap)."""
-    from tasks import registry
+    from kaizen.tasks import registry
 
     if it.champion is None:
         return None
-    drift = drift_check(champion_reference(ws, it.champion.batches_seen), new_batch_rows(ws, it.batch_id),
+    drift = drift_check(champion_reference(ws, batches_seen(it.champion)), new_batch_rows(ws, it.batch_id),
                         text_column="text", label_column="label", text_method=ws.settings.drift.text_method,
                         threshold=ws.settings.drift.threshold, html_path=report_dir(ws, it) / "drift.html")
     client = registry.connect(ws)
-    metrics = {"drift.share": drift.share, "drift.detected": float(drift.drifted)}
+    metrics = {DRIFT_SHARE: drift.share, "drift.detected": float(drift.drifted)}
     metrics.update({"drift." + METRIC_UNSAFE.sub("_", column): score for column, score in drift.columns.items()})
     registry.log_metrics(client, it.run_id, metrics)
     client.log_artifact(it.run_id, str(drift.html), "reports")
@@ -97,7 +98,7 @@ def worth_training(ws, it, champion_dir: Path | None, drift: DriftResult | None,
 
 def check_quality(ws, it, challenger_dir: Path, champion_dir: Path | None, drift: DriftResult | None) -> Evaluation:
     """Champion vs challenger on every batch's test split: Evidently reports, metrics, the evaluation matrix."""
-    from tasks import lineage, registry
+    from kaizen.tasks import lineage, registry
 
     reports = report_dir(ws, it)
     quality: dict[str, QualityResult] = {}
@@ -116,8 +117,8 @@ def check_quality(ws, it, challenger_dir: Path, champion_dir: Path | None, drift
         for model in ("challenger", "champion"):
             s = getattr(q, model)
             if s is not None:
-                metrics[f"{model}.{batch}.accuracy"] = s.accuracy
-                metrics[f"{model}.{batch}.f1"] = s.f1
+                metrics[score_metric(model, batch, "accuracy")] = s.accuracy
+                metrics[score_metric(model, batch, "f1")] = s.f1
     registry.log_metrics(client, it.run_id, metrics)
     lineage.log_evaluation_matrix(client, it.run_id, evaluation, reports)
     lineage.log_datasets(client, it.run_id, {f"{b}/test": t for b, t in tests.items()}, "evaluation",
@@ -125,3 +126,14 @@ def check_quality(ws, it, challenger_dir: Path, champion_dir: Path | None, drift
     client.log_artifacts(it.run_id, str(reports), "reports")
     kill_point("check:done")
     return evaluation
+
+
+def record_skip(ws, it, drift: DriftResult | None, need: TrainingNeed) -> None:
+    """Record on the run that the champion already serves the new batch well: no training, no new version."""
+    from kaizen.tasks import registry
+
+    client = registry.connect(ws)
+    registry.set_tags(client, it.run_id, {TAG["decision"]: "skipped", TAG["reasons"]: f"training skipped: {need.reason}",
+                                          TAG["champion_version"]: it.champion.version})
+    registry.log_metrics(client, it.run_id,
+                         {score_metric("champion", it.batch_id, ws.settings.gate.metric): need.champion_score})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.faults import kill_point
+from kaizen.tasks.faults import kill_point
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -70,6 +70,12 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-LOOP_RUN = "kaizen-loop"  # the parent run that groups every iteration of one workspace
+from kaizen.tasks.record import score_metric
+from kaizen.tasks.registry import log_metrics
 
 
 def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: str, source: Path) -> None:
@@ -25,17 +26,6 @@ def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: 
             dataset = mlflow.data.from_pandas(frame, source=str(source), name=name, targets="label")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
     client.log_inputs(run_id, datasets=inputs)
-
-
-def loop_run_id(client, experiment_id: str) -> str:
-    """The workspace's parent run (created once): iteration runs nest under it."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{LOOP_RUN}'",
-                              max_results=1, order_by=["attributes.start_time ASC"])
-    if runs:
-        return runs[0].info.run_id
-    return client.create_run(experiment_id, run_name=LOOP_RUN, tags={
-        "mlflow.note.content": "kaizen: every iteration of this workspace's loop is a child run; the metrics "
-                               "here chart the champion's score on each batch over iterations."}).info.run_id
 
 
 def evaluation_matrix(evaluation) -> pd.DataFrame:
@@ -108,21 +98,19 @@ def log_champion_over_time(client, loop_run: str, step: int, evaluation, promote
                            iteration_run: str | None = None) -> None:
     """After the decision: the champion's score on every batch, as step `step` of the loop run's metrics, and
     the forgetting and backward transfer that the history of those scores gives."""
-    from tasks.registry import log_metrics
-
     model = "challenger" if promoted else "champion"
     metrics = {}
     for batch, q in evaluation.quality.items():
         s = getattr(q, model) or q.challenger
-        metrics[f"champion.{batch}.accuracy"] = s.accuracy
-        metrics[f"champion.{batch}.f1"] = s.f1
+        metrics[score_metric("champion", batch, "accuracy")] = s.accuracy
+        metrics[score_metric("champion", batch, "f1")] = s.f1
     metrics["champion.mean_accuracy"] = sum(metrics[k] for k in metrics if k.endswith(".accuracy")) / len(
         evaluation.quality)
     log_metrics(client, loop_run, metrics, step=step)
     order = sorted(evaluation.quality)
     matrix: dict[int, dict[str, float]] = {}
     for batch in order:
-        for m in client.get_metric_history(loop_run, f"champion.{batch}.accuracy"):
+        for m in client.get_metric_history(loop_run, score_metric("champion", batch, "accuracy")):
             matrix.setdefault(m.step, {})[batch] = m.value
     forgetting, bwt = forgetting_and_bwt(matrix, order)
     measures = {f"forgetting.{b}": f for b, f in forgetting.items()}

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks import registry
-from tasks.ledger import now
-from tasks.workspace import Workspace
+from kaizen.tasks import registry
+from kaizen.tasks.ledger import now
+from kaizen.tasks.record import TAG
+from kaizen.tasks.workspace import Workspace
 
 
 class OperationError(RuntimeError):
@@ -54,12 +55,12 @@ def rollback(ws: Workspace, reason: str, to: str | None = None) -> Rollback:
     who, when = getpass.getuser(), now()
     client.set_registered_model_alias(name, registry.CHAMPION, target.version)  # the commit point
     client.set_registered_model_alias(name, registry.PREVIOUS, current.version)
-    record = {"kaizen.rollback.from": current.version, "kaizen.rollback.to": target.version,
-              "kaizen.rollback.reason": reason, "kaizen.rollback.by": who, "kaizen.rollback.at": when}
+    record = {TAG["rollback_from"]: current.version, TAG["rollback_to"]: target.version,
+              TAG["rollback_reason"]: reason, TAG["rollback_by"]: who, TAG["rollback_at"]: when}
     registry.tag_version(client, name, target.version, record)
-    registry.tag_version(client, name, current.version, {"kaizen.rolled_back": f"{when} by {who}: {reason}"})
+    registry.tag_version(client, name, current.version, {TAG["rolled_back"]: f"{when} by {who}: {reason}"})
     run = client.create_run(registry.experiment_id(client, ws), run_name=f"rollback-v{current.version}-to-v"
-                            f"{target.version}", tags={**record, "kaizen.decision": "rollback"})
+                            f"{target.version}", tags={**record, TAG["decision"]: "rollback"})
     client.set_terminated(run.info.run_id, "FINISHED")
     return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
 
@@ -72,15 +73,15 @@ def _dir_manifest(dvc_cache: Path, dir_md5: str) -> list[dict]:
 
 def reproduce(ws: Workspace, version: str, dest: Path | None = None) -> tuple[Path, str]:
     """Restore the exact prepared data a model version was trained on from the DVC remote; verify every md5."""
-    from tasks.data_version import read_data_version, restore_data_version
+    from kaizen.tasks.data_version import read_data_version, restore_data_version
 
     client = registry.connect(ws)
     ref = registry.model_version(client, ws.settings.model.registered_name, version)
     lock_text = client.download_artifacts(ref.run_id, "data/dvc.lock")
     data_version = read_data_version(Path(lock_text).read_text(encoding="utf-8"))
-    if data_version.prepared_md5 != ref.tags.get(registry.TAG["data_version"]):
+    if data_version.prepared_md5 != ref.tags.get(TAG["data_version"]):
         raise OperationError(f"version {version}: its run's dvc.lock names {data_version.prepared_md5}, its tag "
-                             f"{ref.tags.get(registry.TAG['data_version'])}")
+                             f"{ref.tags.get(TAG['data_version'])}")
     dest = dest or ws.state_dir / "reproduce" / f"v{version}"
     prepared = restore_data_version(ws, data_version.lock, dest)
     for entry in _dir_manifest(dest / ".dvc" / "cache", data_version.prepared_md5):
@@ -91,13 +92,17 @@ def reproduce(ws: Workspace, version: str, dest: Path | None = None) -> tuple[Pa
 
 
 def read_texts(path: Path, text_column: str) -> pd.DataFrame:
-    """Texts to label: a CSV, JSON Lines or Parquet file with the text column, or plain text, one per line."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        frame = pd.read_json(path, lines=True, dtype=False)
-    elif suffix in (".parquet", ".pq"):
+    """Texts to label: a CSV, JSON Lines or Parquet file (files.FORMATS) with the text column, or any other file
+    as plain text, one text per line."""
+    from kaizen.tasks.files import FORMATS
+
+    kind = FORMATS.get(path.suffix.lower())
+    if kind == "csv":
+        frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+    elif kind == "jsonl":  # a .json file may hold one array of objects instead of lines
+        array = path.read_text(encoding="utf-8").lstrip().startswith("[")
+        frame = pd.read_json(path, lines=not array, dtype=False)
+    elif kind == "parquet":
         frame = pd.read_parquet(path)
     else:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -109,7 +114,7 @@ def read_texts(path: Path, text_column: str) -> pd.DataFrame:
 
 def predict_with_champion(ws: Workspace, texts: list[str], batch_size: int = 64, progress=None):
     """Labels and probabilities from the champion; `progress(done, total)` is called after every batch."""
-    from tasks.train import pick_device, predict
+    from kaizen.tasks.predict import pick_device, predict
 
     client = registry.connect(ws)
     champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)

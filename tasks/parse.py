@@ -16,11 +16,10 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-           ".parquet": "parquet", ".pq": "parquet"}
+from kaizen.tasks.files import UnsupportedFormat, file_kind
+
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 # UTF-32 first: its little-endian mark starts with UTF-16's.
 BOMS = ((codecs.BOM_UTF32_LE, "utf-32", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
@@ -48,17 +47,12 @@ class Table:
     remarks: tuple[str, ...] = ()  # what was done to read it that a user should know
 
 
-def file_kind(name: str) -> str:
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix not in FORMATS:
-        what = f"unsupported file type {suffix!r}" if suffix else "no file type in the name"
-        raise BadFile(f"{what} (use CSV, JSON Lines or Parquet: .csv, .tsv, .jsonl, .json, .parquet)")
-    return FORMATS[suffix]
-
-
 def parse(data: bytes, name: str, required: Sequence[str] = ()) -> Table:
     """Read a landed file; `required` columns let a CSV with the wrong delimiter be read all the same."""
-    kind = file_kind(name)
+    try:
+        kind = file_kind(name)
+    except UnsupportedFormat as exc:
+        raise BadFile(str(exc)) from exc
     if not data:
         raise BadFile(f"unreadable {kind} file: it is empty (0 bytes)")
     if kind == "parquet":

@@ -1,6 +1,6 @@
 """preprocess: the DVC stage that turns accepted batches into per-batch splits and replay samples.
 
-`dvc repro` runs `python -m tasks.preprocess` in the workspace. Everything is a pure function of the
+`dvc repro` runs `python -m kaizen.tasks.preprocess` in the workspace. Everything is a pure function of the
 accepted batches and the `preprocess`/`replay` params, seeded per batch, so an earlier batch's splits never
 change when a later batch arrives, and any data version can be rebuilt byte for byte.
 
@@ -12,29 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.settings import PreprocessSettings, ReplaySettings
+from kaizen.tasks.settings import PreprocessSettings, ReplaySettings
+from kaizen.tasks.text import normalize_text, text_key
 
 SPLITS = ("train", "val", "test")
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_text(text: str, lowercase: bool = False) -> str:
-    """NFKC (so look-alike code points agree) and collapsed whitespace."""
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-    return text.lower() if lowercase else text
-
-
-def text_key(text: str) -> str:
-    """The identity of a text for deduplication: case and spacing do not make a new example."""
-    return hashlib.sha1(normalize_text(text).casefold().encode("utf-8")).hexdigest()
 
 
 def batch_seed(seed: int, batch_id: str) -> int:
@@ -143,7 +130,7 @@ def main() -> None:
     """The DVC stage: run in the workspace, reads data/accepted, writes data/prepared."""
     import shutil
 
-    from tasks.workspace import Workspace
+    from kaizen.tasks.workspace import Workspace
 
     ws = Workspace.open(Path.cwd())
     batches = {p.stem: pd.read_parquet(p) for p in sorted(ws.accepted_dir.glob("batch-*.parquet"))}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.faults import kill_point
-from tasks.settings import GateSettings
+from kaizen.tasks.faults import kill_point
+from kaizen.tasks.settings import GateSettings
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class Decision:
 
 def decide(ws, it, challenger_version: str, evaluation) -> Decision:
     """Apply the gate, move `champion` if it passes, and record the decision and its reasons either way."""
-    from tasks import lineage, registry
+    from kaizen.tasks import lineage, registry
+    from kaizen.tasks.record import TAG
 
     metric = ws.settings.gate.metric
     gate = promotion_gate(it.batch_id, evaluation.scores("challenger", metric),
@@ -70,18 +71,18 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
     name = ws.settings.model.registered_name
     reasons = "\n".join(gate.reasons)
     # The intent first, on the run: a kill after the alias move below can still be completed from it.
-    registry.set_tags(client, it.run_id, {"kaizen.gate_reasons": reasons,
-                                          "kaizen.challenger_version": challenger_version})
+    registry.set_tags(client, it.run_id, {TAG["gate_reasons"]: reasons, TAG["challenger_version"]: challenger_version})
     previous = None
     if gate.promote:
         previous = registry.move_champion(client, name, challenger_version)  # the commit point
         kill_point("promote:moved")
-    tags = {registry.TAG["decision"]: gate.verdict, registry.TAG["reasons"]: reasons}
+    tags = {TAG["decision"]: gate.verdict, TAG["reasons"]: reasons}
     registry.tag_version(client, name, challenger_version, tags)
     registry.set_tags(client, it.run_id, tags)
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
-    registry.set_tags(client, it.run_id, {"kaizen.champion_version": champion.version if champion else ""})
+    registry.set_tags(client, it.run_id, {TAG["champion_version"]: champion.version if champion else ""})
     if champion is not None:
         lineage.log_champion_over_time(client, it.loop_run_id, len(it.batches), evaluation, gate.promote,
                                        iteration_run=it.run_id)
+    kill_point("finish:before-ledger")  # tests: the decision is recorded, the batch not yet closed
     return Decision(gate, challenger_version, champion.version if champion else None, previous)

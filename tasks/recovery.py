@@ -10,16 +10,15 @@ Moving the `champion` alias is the single commit point of an iteration. So, for 
 
 from __future__ import annotations
 
-from tasks import registry
-from tasks.history import IterationSummary, batch_rows
-from tasks.ledger import Ledger
+from kaizen.tasks import registry
+from kaizen.tasks.record import ORPHANED, TAG, IterationSummary, close_iteration
 
 
 def _attempts(client, ws, batch_id: str) -> list:
     """Runs of earlier attempts at `batch_id` (the ledger says it is pending), orphans already labelled aside."""
     runs = client.search_runs([registry.experiment_id(client, ws)],
-                              filter_string=f"tags.`{registry.TAG['batch']}` = '{batch_id}'", max_results=100)
-    return [run for run in runs if run.data.tags.get(registry.TAG["decision"]) != "orphaned"]
+                              filter_string=f"tags.`{TAG['batch']}` = '{batch_id}'", max_results=100)
+    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED]
 
 
 def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
@@ -34,14 +33,14 @@ def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
         if champion is not None and champion.run_id == run.info.run_id:
             return _complete(client, ws, batch_id, run, "promoted", champion.version)
     for run in attempts:  # the gate refused and said so; only the ledger was not told
-        if run.data.tags.get(registry.TAG["decision"]) == "rejected":
+        if run.data.tags.get(TAG["decision"]) == "rejected":
             return _complete(client, ws, batch_id, run, "rejected", champion.version if champion else None)
     for run in attempts:
         for mv in client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'"):
             registry.tag_version(client, name, str(mv.version), {
-                registry.TAG["decision"]: "orphaned",
-                registry.TAG["reasons"]: "its iteration was killed before the gate decided; never promoted"})
-        registry.set_tags(client, run.info.run_id, {registry.TAG["decision"]: "orphaned"})
+                TAG["decision"]: ORPHANED,
+                TAG["reasons"]: "its iteration was killed before the gate decided; never promoted"})
+        registry.set_tags(client, run.info.run_id, {TAG["decision"]: ORPHANED})
         client.set_terminated(run.info.run_id, "KILLED")
     return None
 
@@ -49,25 +48,10 @@ def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
 def _complete(client, ws, batch_id: str, run, decision: str, champion_version: str | None) -> IterationSummary:
     """The gate had decided (and a promotion's alias had moved) before the kill: write the record where the
     killed attempt did not get to, and close the batch."""
-    reasons = run.data.tags.get("kaizen.gate_reasons", f"{decision} before the iteration was killed")
-    challenger = run.data.tags["kaizen.challenger_version"]
-    tags = {registry.TAG["decision"]: decision, registry.TAG["reasons"]: reasons}
+    reasons = run.data.tags.get(TAG["gate_reasons"], f"{decision} before the iteration was killed")
+    challenger = run.data.tags[TAG["challenger_version"]]
+    tags = {TAG["decision"]: decision, TAG["reasons"]: reasons}
     registry.tag_version(client, ws.settings.model.registered_name, challenger, tags)
-    registry.set_tags(client, run.info.run_id, {**tags, "kaizen.champion_version": champion_version or "",
-                                                "kaizen.recovered": f"{decision}: completed after a kill"})
-    ledger = Ledger(ws.ledger_db)
-    try:
-        files, accepted, quarantined = batch_rows(ledger, batch_id)
-        ledger.finish_batch(batch_id, run_id=run.info.run_id, model_version=challenger, decision=decision)
-    finally:
-        ledger.close()
-    registry.log_metrics(client, run.info.run_id, {"batch.files": files, "batch.rows_accepted": accepted,
-                                                   "batch.rows_quarantined": quarantined})
-    client.set_terminated(run.info.run_id, "FINISHED")
-    metrics, metric = run.data.metrics, ws.settings.gate.metric
-    return IterationSummary(
-        batch=batch_id, files=files, rows_accepted=accepted, rows_quarantined=quarantined,
-        drift_share=metrics.get("drift.share"), champion_score=metrics.get(f"champion.{batch_id}.{metric}"),
-        challenger_score=metrics.get(f"challenger.{batch_id}.{metric}"), decision=decision,
-        reasons=reasons.splitlines(), champion_version=champion_version, challenger_version=challenger,
-        run_id=run.info.run_id)
+    registry.set_tags(client, run.info.run_id, {**tags, TAG["champion_version"]: champion_version or "",
+                                                TAG["recovered"]: f"{decision}: completed after a kill"})
+    return close_iteration(ws, batch_id, run.info.run_id, decision, challenger)

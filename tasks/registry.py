@@ -1,36 +1,21 @@
-"""The MLflow side of kaizen: the tracking store, one run per iteration, model versions and their aliases.
+"""The MLflow side of kaizen: the tracking store, model versions and their aliases, and batched logging.
 
-MLflow has no parent-model field and no tie to DVC, so kaizen adds both as tags with one naming scheme
-(`kaizen.*`, see TAG). Moving the `champion` alias is the single commit point of a promotion.
+Moving the `champion` alias is the single commit point of a promotion. What an iteration records (its tags
+and metrics) is `tasks/record.py`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.faults import kill_point
-from tasks.workspace import CODE_ROOT, Workspace
+from kaizen.tasks.faults import kill_point
+from kaizen.tasks.workspace import Workspace
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
-# Lineage and decision tags, on the model version and on the iteration's run.
-TAG = {
-    "batch": "kaizen.batch",
-    "batches_seen": "kaizen.batches_seen",
-    "parent_version": "kaizen.parent_version",
-    "data_version": "kaizen.data_version",
-    "accepted_md5": "kaizen.accepted_md5",
-    "code_commit": "kaizen.code_commit",
-    "params_hash": "kaizen.params_hash",
-    "flow_run_id": "kaizen.prefect_flow_run_id",
-    "decision": "kaizen.decision",
-    "reasons": "kaizen.decision_reasons",
-}
 PIP_REQUIREMENTS = ["torch", "transformers", "accelerate"]  # skips MLflow's slow, crash-prone inference
 
 
@@ -39,11 +24,6 @@ class ModelRef:
     version: str
     run_id: str
     tags: dict[str, str]
-
-    @property
-    def batches_seen(self) -> list[str]:
-        seen = self.tags.get(TAG["batches_seen"], "")
-        return [b for b in seen.split(",") if b]
 
 
 def connect(ws: Workspace):
@@ -121,20 +101,6 @@ def local_model(ws: Workspace, version: str) -> Path:
     return download_model(client, ws.settings.model.registered_name, version, ws.runs_dir / "models" / f"v{version}")
 
 
-def code_commit() -> str:
-    """The git commit of kaizen's own code (with `+dirty` when it has uncommitted changes)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True)
-    if head.returncode != 0:
-        return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=CODE_ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def params_hash(ws: Workspace) -> str:
-    return hashlib.sha256(ws.params_file.read_bytes()).hexdigest()[:16]
-
-
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """All of an iteration's numbers in one `log_batch` call, not one request per metric."""
     import time
@@ -202,40 +168,3 @@ def move_champion(client, name: str, version: str) -> str | None:
         client.set_registered_model_alias(name, PREVIOUS, former.version)
     client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
     return former.version if former else None
-
-
-@dataclass(frozen=True)
-class Iteration:
-    """One turn of the loop: its batch, its MLflow run, its data version and the champion it starts from."""
-
-    batch_id: str
-    run_id: str
-    data_version: str
-    accepted_md5: str
-    champion: ModelRef | None
-    batches: tuple[str, ...]  # every batch up to and including this one
-    flow_run_id: str
-    loop_run_id: str  # the parent run that groups the workspace's iterations
-
-
-def start_iteration(ws: Workspace, batch_id: str, batches: list[str], data_version, flow_run_id: str = "") -> Iteration:
-    """Open the iteration's MLflow run with its params, lineage tags and the dvc.lock that names its data."""
-    client = connect(ws)
-    name = ws.settings.model.registered_name
-    from tasks.lineage import loop_run_id
-
-    champion = model_by_alias(client, name, CHAMPION)
-    loop_run = loop_run_id(client, experiment_id(client, ws))
-    run = client.create_run(experiment_id(client, ws), run_name=f"iteration-{batch_id}", tags={
-        "mlflow.parentRunId": loop_run,
-        TAG["batch"]: batch_id, TAG["data_version"]: data_version.prepared_md5,
-        TAG["accepted_md5"]: data_version.accepted_md5, TAG["parent_version"]: champion.version if champion else "",
-        TAG["code_commit"]: code_commit(), TAG["params_hash"]: params_hash(ws), TAG["flow_run_id"]: flow_run_id,
-        "mlflow.runName": f"iteration-{batch_id}",
-    })
-    flat = ws.settings.model_dump(mode="json")
-    log_params(client, run.info.run_id, {f"{section}.{k}": v for section, values in flat.items()
-                                         for k, v in values.items()})
-    client.log_text(run.info.run_id, data_version.lock, "data/dvc.lock")
-    return Iteration(batch_id, run.info.run_id, data_version.prepared_md5, data_version.accepted_md5, champion,
-                     tuple(batches), flow_run_id, loop_run)

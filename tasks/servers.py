@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks.workspace import OFFLINE_ENV, Workspace
+from kaizen.tasks.workspace import OFFLINE_ENV, Workspace
 
 SERVERS = ("prefect", "mlflow")
 

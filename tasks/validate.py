@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.ledger import Ledger
-from tasks.parse import Table, encodable, plain, short
-from tasks.preprocess import text_key
-from tasks.settings import DataSettings
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.parse import Table, encodable, plain, short
+from kaizen.tasks.settings import DataSettings
+from kaizen.tasks.text import text_key
 
 NA_MARKERS = {"nan", "null", "none", "na", "n/a", "#n/a", "<na>"}  # what spreadsheets and pandas write for "no value"
 

@@ -7,7 +7,6 @@ DVC remote, Prefect home) under `.kaizen/`; both are ignored by git.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -19,10 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.settings import Settings, load_settings
-
-# The repository that holds this code: its params.yaml and dvc.yaml are the templates of a new workspace.
-CODE_ROOT = Path(__file__).resolve().parent.parent
+from kaizen.tasks.files import locked
+from kaizen.tasks.settings import Settings, load_settings
 
 GITIGNORE = """\
 # kaizen: data and loop state live outside git (DVC and MLflow version them)
@@ -204,30 +201,14 @@ def run_environment(ws: Workspace) -> dict[str, str]:
     return env
 
 
-class WorkspaceBusy(RuntimeError):
-    """Another process holds the workspace for the same purpose."""
-
-
 @contextmanager
 def hold(ws: Workspace, purpose: str, wait: bool) -> Iterator[bool]:
-    """Hold the workspace for one `purpose` ("loop": DVC runs one loop per repository; "serve": one server of
-    its deployment, whose shutdown would pause it under another). Waits for the holder, or raises WorkspaceBusy
-    when `wait` is False. Yields whether it waited; the kernel drops the lock with its process, even on SIGKILL."""
-    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    """Hold the workspace for one `purpose` ("loop": DVC runs one loop per repository; "collect": one ingest at a
+    time; "serve": one server of its deployment, whose shutdown would pause it under another). Waits for the
+    holder, or raises files.Busy when `wait` is False. Yields whether it waited."""
     path = ws.state_dir / f"{purpose}.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
-        except BlockingIOError as exc:
-            if not wait:
-                raise WorkspaceBusy(f"another process holds {path} ({purpose} of {ws.root})") from exc
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            waited = True
-        try:
-            yield waited
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with locked(path, wait, f"another {purpose} is running in {ws.root} (it holds {path}); try again later") as waited:
+        yield waited
 
 
 def run_command(args: list[str], cwd: Path) -> str:
@@ -245,9 +226,32 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+def template(name: str) -> Path:
+    """A file a new workspace starts from (`params.yaml`, `dvc.yaml`), shipped inside the kaizen package."""
+    from importlib.resources import files
+
+    return Path(str(files("kaizen") / "templates" / name))
+
+
+def write_stage_vars(root: Path) -> Path:
+    """The machine-specific values `dvc.yaml` reads (its `vars`): the interpreter that runs the stage, so a
+    `dvc repro` by hand uses this environment's kaizen whatever `python` is first on PATH, and the folder of the
+    stage's code, which the stage lists among its dependencies. Rewritten only when they change."""
+    import kaizen.tasks
+
+    stage_vars = root / ".kaizen" / "stage.yaml"
+    text = (f"# written by kaizen for dvc.yaml (machine-specific, never committed)\n"
+            f"python: {json.dumps(sys.executable)}\ncode: {json.dumps(str(Path(kaizen.tasks.__file__).parent))}\n")
+    if not stage_vars.exists() or stage_vars.read_text(encoding="utf-8") != text:
+        stage_vars.parent.mkdir(parents=True, exist_ok=True)
+        stage_vars.write_text(text, encoding="utf-8")
+    return stage_vars
+
+
 def ensure_dvc(root: Path) -> None:
     """Make `root` a git + DVC repository with a local DVC remote under `.kaizen/` (idempotent)."""
     root = root.resolve()
+    write_stage_vars(root)
     if not (root / ".git").exists():
         run_command(["git", "init", "-q", "-b", "main"], root)
     for key, value in (("user.name", "kaizen"), ("user.email", "kaizen@localhost")):
@@ -262,12 +266,12 @@ def ensure_dvc(root: Path) -> None:
 
 
 def init_workspace(root: Path) -> Workspace:
-    """Create a workspace in `root`: params.yaml and dvc.yaml from this repository, git, DVC, a first commit."""
+    """Create a workspace in `root`: params.yaml and dvc.yaml from the templates, git, DVC, a first commit."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
         if not (root / name).exists():
-            shutil.copyfile(CODE_ROOT / name, root / name)
+            shutil.copyfile(template(name), root / name)
     gitignore = root / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE, encoding="utf-8")

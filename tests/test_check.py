@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from tasks.check import LENGTH_COLUMN, WORDS_COLUMN, DriftResult, QualityResult, drift_check, quality_check
+from kaizen.tasks.check import (
+    LENGTH_COLUMN,
+    WORDS_COLUMN,
+    DriftResult,
+    QualityResult,
+    drift_check,
+    quality_check,
+)
 
 MOVIE = {
     "subject": ["the movie", "this film", "the sequel", "the plot", "the cast", "the soundtrack", "the director",

@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.collect import CollectResult, FileOutcome, collect, next_batch
-from tasks.ledger import Ledger
-from tasks.preprocess import text_key
-from tasks.workspace import Workspace
-from tests.conftest import sample
+from kaizen.tasks.collect import CollectResult, FileOutcome, collect, next_batch
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.text import text_key
+from kaizen.tasks.workspace import Workspace
+from tests.helpers import sample
 
 LABELS = ["negative", "positive"]
 

@@ -21,19 +21,19 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tasks.collect import KILL_POINTS, collect, ingest_file
-from tasks.faults import ENV
-from tasks.ledger import Ledger
-from tasks.preprocess import text_key
-from tasks.settings import load_settings
-from tasks.validate import NA_MARKERS
-from tasks.workspace import CODE_ROOT, Workspace, init_workspace
-from tests.conftest import write_params
+from kaizen.tasks.collect import KILL_POINTS, collect, ingest_file
+from kaizen.tasks.faults import ENV
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.settings import load_settings
+from kaizen.tasks.text import text_key
+from kaizen.tasks.validate import NA_MARKERS
+from kaizen.tasks.workspace import Workspace, init_workspace, template
+from tests.helpers import REPO, write_params
 
-SETTINGS = load_settings(CODE_ROOT / "params.yaml")
+SETTINGS = load_settings(template("params.yaml"))
 LABELS = set(SETTINGS.data.labels)
 
 
@@ -127,8 +127,10 @@ def encode(rows: list[dict], fmt: str) -> tuple[bytes, list[dict]]:
     if fmt == "parquet":
         return parquet_bytes(pd.DataFrame(held, dtype=object)), held
     out = io.StringIO()
+    # "\r\n" as the terminator makes the writer quote every cell holding a "\r": a bare "\r" is a line
+    # break to CSV readers, so a file written with "\n" alone would not hold the rows it was given.
     writer = csv.DictWriter(out, fieldnames=["text", "label", "extra"], delimiter="\t" if fmt == "tsv" else ",",
-                            lineterminator="\n")
+                            lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(held)
     return out.getvalue().encode("utf-8"), [{k: "" if v is None else v for k, v in r.items()} for r in held]
@@ -145,6 +147,7 @@ def learnable(text: Any, label: Any) -> bool:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=ROWS, fmt=st.sampled_from(["csv", "tsv", "jsonl", "parquet"]))
+@example(rows=[{"text": "", "label": None, "extra": None}, {"text": "", "label": None, "extra": "\r0"}], fmt="csv")
 def test_random_rows_are_each_accepted_or_quarantined_and_never_altered(scratch: Workspace, rows: list[dict],
                                                                          fmt: str) -> None:
     data, held = encode(rows, fmt)
@@ -255,7 +258,7 @@ def test_a_collect_killed_at_any_point_is_finished_by_the_next(loaded: Path, ref
                                                                tmp_path: Path, point: str) -> None:
     root = tmp_path / "ws"
     shutil.copytree(loaded, root, symlinks=True)
-    killed = subprocess.run([sys.executable, "-c", CHILD, str(root)], cwd=CODE_ROOT, env={**os.environ, ENV: point},
+    killed = subprocess.run([sys.executable, "-c", CHILD, str(root)], cwd=REPO, env={**os.environ, ENV: point},
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, f"{point} was never reached:\n{killed.stderr[-2000:]}"
     ws = Workspace.open(root)
@@ -282,7 +285,7 @@ def test_a_collect_killed_at_any_point_is_finished_by_the_next(loaded: Path, ref
 def test_leftovers_of_a_killed_collect_go_even_when_their_file_never_comes_back(loaded: Path, tmp_path: Path) -> None:
     root = tmp_path / "ws"
     shutil.copytree(loaded, root, symlinks=True)
-    killed = subprocess.run([sys.executable, "-c", CHILD, str(root)], cwd=CODE_ROOT,
+    killed = subprocess.run([sys.executable, "-c", CHILD, str(root)], cwd=REPO,
                             env={**os.environ, ENV: "atomic:written@3"}, capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
     ws = Workspace.open(root)

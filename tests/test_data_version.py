@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.data_version import DataVersion, build_data_version, read_data_version, restore_data_version
-from tasks.preprocess import prepare, write_prepared
-from tasks.workspace import Workspace
+from kaizen.tasks.data_version import DataVersion, build_data_version, read_data_version, restore_data_version
+from kaizen.tasks.preprocess import prepare, write_prepared
+from kaizen.tasks.workspace import Workspace
 
 
 def write_batch(ws: Workspace, batch_id: str, rows: pd.DataFrame) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import arrivals
-from tasks.settings import load_settings
-from tasks.workspace import CODE_ROOT, OFFLINE_ENV
+from kaizen.tasks import arrivals
+from kaizen.tasks.settings import load_settings
+from kaizen.tasks.workspace import OFFLINE_ENV, template
+from tests.helpers import REPO
 
-INFRA = CODE_ROOT / "infra"
+INFRA = REPO / "infra"
 ROUTES = {"docker": ("kaizen-docker", "kaizen-docker"), "kubernetes": ("kaizen-k8s", "kaizen-k8s")}  # pool, id
 
 
@@ -38,7 +39,7 @@ def test_prefect_yaml_is_the_served_deployment(route: str) -> None:
 
     pool, workspace_id = ROUTES[route]
     raw, deployment = deployment_of(route)
-    settings = load_settings(CODE_ROOT / "params.yaml")
+    settings = load_settings(template("params.yaml"))
     assert [CronSchedule(cron=s["cron"]).cron for s in deployment["schedules"]] == [settings.schedule.cron]
     limit = ConcurrencyLimitConfig.model_validate(deployment["concurrency_limit"])
     assert (limit.limit, limit.collision_strategy.value) == (1, "ENQUEUE")
@@ -47,7 +48,7 @@ def test_prefect_yaml_is_the_served_deployment(route: str) -> None:
 
     # The entrypoint names the flow in the image's code folder, where the pull step starts the run.
     path, _, function = deployment["entrypoint"].partition(":")
-    assert (CODE_ROOT / path).is_file() and re.search(rf"^def {function}\(", (CODE_ROOT / path).read_text(), re.M)
+    assert (REPO / path).is_file() and re.search(rf"^def {function}\(", (REPO / path).read_text(), re.M)
     (step,) = raw["pull"]
     assert step == {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/kaizen"}}
 
@@ -78,11 +79,11 @@ def test_dockerfile_builds_the_code_into_an_image_with_the_pinned_torch() -> Non
     for line in lines:
         if line.startswith("COPY"):
             *sources, _ = line.split()[1:]
-            assert all((CODE_ROOT / s).exists() for s in sources), line
-    pin = re.search(r'"torch==([^"]+)"', (CODE_ROOT / "pyproject.toml").read_text()).group(1)
+            assert all((REPO / s).exists() for s in sources), line
+    pin = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     assert f"ARG TORCH_VERSION={pin}" in lines
     torch_at = next(i for i, line in enumerate(lines) if "torch==${TORCH_VERSION}" in line)
-    assert torch_at < next(i for i, line in enumerate(lines) if "pip install -e ." in line)  # torch first
+    assert torch_at < next(i for i, line in enumerate(lines) if "pip install ." in line)  # torch first
     assert "WORKDIR /opt/kaizen" in lines  # where prefect.yaml's pull step starts each run
     for key, value in OFFLINE_ENV.items():
         assert re.search(rf"\b{key}={re.escape(value)}\b", (INFRA / "Dockerfile").read_text()), key

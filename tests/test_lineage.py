@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.lineage import forgetting_and_bwt
+from kaizen.tasks.lineage import forgetting_and_bwt
 
 ORDER = ["b1", "b2", "b3"]
 

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.loop import iteration
-from tasks import registry
-from tasks.data_version import read_data_version
-from tasks.operations import OperationError, reproduce, rollback
-from tasks.workspace import CODE_ROOT
-from tests.conftest import FAST, sample, write_params
+from kaizen.flows.cli import app
+from kaizen.flows.loop import iteration
+from kaizen.tasks import registry
+from kaizen.tasks.data_version import read_data_version
+from kaizen.tasks.operations import OperationError, reproduce, rollback
+from kaizen.tasks.record import TAG, params_hash
+from tests.helpers import FAST, REPO, sample, write_params
 
 
 def free_port() -> int:
@@ -59,7 +59,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """A real MLflow server, and a workspace that ran bootstrap plus two iterations against it."""
-    from tasks.workspace import Workspace, init_workspace
+    from kaizen.tasks.workspace import Workspace, init_workspace
 
     store = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
@@ -103,13 +103,13 @@ def test_lineage_tags_are_true(served) -> None:
     assert ws.tracking_uri == url
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     for version, lock in zip(("1", "2", "3"), locks, strict=True):
         tags = registry.model_version(client, name, version).tags
-        assert tags[registry.TAG["parent_version"]] == ("" if version == "1" else str(int(version) - 1))
-        assert tags[registry.TAG["data_version"]] == read_data_version(lock).prepared_md5
-        assert tags[registry.TAG["code_commit"]].startswith(head)
-        assert tags[registry.TAG["params_hash"]] == registry.params_hash(ws)
+        assert tags[TAG["parent_version"]] == ("" if version == "1" else str(int(version) - 1))
+        assert tags[TAG["data_version"]] == read_data_version(lock).prepared_md5
+        assert tags[TAG["code_commit"]].startswith(head)
+        assert tags[TAG["params_hash"]] == params_hash(ws)
     run = client.get_run(registry.model_version(client, name, "2").run_id)
     inputs = {d.dataset.name: {t.key: t.value for t in d.tags} for d in run.inputs.dataset_inputs}
     assert inputs["batch-0002/train+replay"]["mlflow.data.context"] == "training"
@@ -137,7 +137,7 @@ def test_reproduce_restores_byte_identical_data(served, tmp_path: Path) -> None:
     folder, md5 = reproduce(ws, "1", tmp_path / "v1")
     assert snapshot(folder) == prepared[0] != prepared[2]
     assert md5 == registry.model_version(registry.connect(ws), ws.settings.model.registered_name, "1").tags[
-        registry.TAG["data_version"]]
+        TAG["data_version"]]
 
 
 def test_predict_history_then_rollback(served, tmp_path: Path) -> None:

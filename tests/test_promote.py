@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import registry
-from tasks.promote import promotion_gate
-from tasks.settings import GateSettings
+from kaizen.tasks import registry
+from kaizen.tasks.promote import promotion_gate
+from kaizen.tasks.record import TAG
+from kaizen.tasks.settings import GateSettings
 
 GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6)
 
@@ -62,7 +63,7 @@ def registered(make_workspace, tiny_backbone: Path):
     for batch in ("batch-0001", "batch-0002"):
         run = client.create_run(exp)
         versions.append(registry.register_model(client, ws, run.info.run_id, tiny_backbone,
-                                                 {registry.TAG["batch"]: batch}))
+                                                 {TAG["batch"]: batch}))
     return ws, client, versions
 
 
@@ -80,7 +81,7 @@ def test_register_aliases_challenger_and_champion_moves_keep_previous(registered
     assert registry.move_champion(client, name, "2") == "1"
     assert registry.model_by_alias(client, name, registry.CHAMPION).version == "2"
     assert registry.model_by_alias(client, name, registry.PREVIOUS).version == "1"
-    assert registry.model_version(client, name, "2").tags[registry.TAG["batch"]] == "batch-0002"
+    assert registry.model_version(client, name, "2").tags[TAG["batch"]] == "batch-0002"
 
 
 def test_a_registered_version_downloads_as_safetensors_without_pickles(registered, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks import registry
-from tasks.faults import ENV
-from tasks.ledger import Ledger
-from tests.conftest import sample
+from kaizen.tasks import registry
+from kaizen.tasks.faults import ENV
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.record import TAG
+from tests.helpers import sample
 
 POINTS = ["preprocess:reproduced", "train:checkpoint", "register:logged", "check:done", "promote:moved",
           "finish:before-ledger"]
@@ -69,7 +70,7 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
     exp = registry.experiment_id(client, ws)
     finished = {}
     for run in client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100):
-        batch, decision = run.data.tags[registry.TAG["batch"]], run.data.tags.get(registry.TAG["decision"])
+        batch, decision = run.data.tags[TAG["batch"]], run.data.tags.get(TAG["decision"])
         if decision == "orphaned":
             assert run.info.status == "KILLED", (batch, run.info.status)
         else:
@@ -80,9 +81,9 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
 
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     orphans = [mv for mv in client.search_model_versions(f"name='{name}'")
-               if mv.tags.get(registry.TAG["decision"]) == "orphaned"]
+               if mv.tags.get(TAG["decision"]) == "orphaned"]
     assert orphans and champion.version not in {str(mv.version) for mv in orphans}
-    assert registry.model_version(client, name, champion.version).tags[registry.TAG["batch"]] == batches[-1].batch_id
+    assert registry.model_version(client, name, champion.version).tags[TAG["batch"]] == batches[-1].batch_id
     # Killed after the alias moved, or before the batch was closed: completed from the record, not trained
     # again (one run each, no orphan).
     completed = [b for b, run in finished.items() if "kaizen.recovered" in run.data.tags]
@@ -90,7 +91,7 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
     for batch in completed:  # earlier attempts at the same batch may be orphans; none came after the completion
         runs = client.search_runs([exp], filter_string=f"tags.`kaizen.batch` = '{batch}'")
         later = [r for r in runs if r.info.start_time > finished[batch].info.start_time]
-        assert later == [], (batch, [r.data.tags.get(registry.TAG["decision"]) for r in later])
+        assert later == [], (batch, [r.data.tags.get(TAG["decision"]) for r in later])
     # Killed at the first checkpoint: the next attempt (which may itself be killed later) trained only the
     # epochs after it.
     every_run = client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.settings import DataSettings, Settings, SettingsError, TrainSettings, load_settings
+from kaizen.tasks.settings import DataSettings, Settings, SettingsError, TrainSettings, load_settings
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SECTIONS = ["data", "preprocess", "replay", "model", "train", "drift", "gate", "schedule", "mlflow", "demo", "servers"]
@@ -213,7 +213,7 @@ def test_a_bad_override_value_is_named(settings: Settings) -> None:
 
 
 def test_write_overrides_keeps_comments_and_refuses_bad_values(tmp_path) -> None:
-    from tasks.settings import write_overrides
+    from kaizen.tasks.settings import write_overrides
 
     path = tmp_path / "params.yaml"
     path.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.stream import DOMAINS, build_stream, fetch_sources, load_domain
+from kaizen.tasks.stream import DOMAINS, build_stream, fetch_sources, load_domain
 
 # (fewest rows, most rows, labels) per domain; the measured counts are in shared/DATA.md.
 EXPECTED = {

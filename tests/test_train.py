@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import ModelSettings, TrainSettings
-from tasks.train import fine_tune, pick_device, predict, resolve_backbone
-from tests.conftest import sample
+from kaizen.tasks.predict import pick_device, predict
+from kaizen.tasks.settings import ModelSettings, TrainSettings
+from kaizen.tasks.train import fine_tune, resolve_backbone
+from tests.helpers import sample
 
 MODEL = ModelSettings(registered_name="m", backbone="tiny", max_length=32)
 TRAIN = TrainSettings(epochs=2, bootstrap_epochs=2, batch_size=16, learning_rate=2e-3, weight_decay=0.0,

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import ModelSettings, TrainSettings
-from tasks.train import fine_tune, predict, resolve_backbone, scores
-from tests.conftest import sample
+from kaizen.tasks.predict import predict, scores
+from kaizen.tasks.settings import ModelSettings, TrainSettings
+from kaizen.tasks.train import fine_tune, resolve_backbone
+from tests.helpers import sample
 
 pytestmark = pytest.mark.slow
 

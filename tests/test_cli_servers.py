@@ -22,10 +22,11 @@ import psutil
 import pytest
 import yaml
 
-from tasks import registry
-from tasks.ledger import Ledger
-from tasks.workspace import Workspace
-from tests.conftest import sample
+from kaizen.tasks import registry
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.record import TAG
+from kaizen.tasks.workspace import Workspace
+from tests.helpers import sample
 from tests.servers import (
     FINAL,
     KAIZEN,
@@ -149,7 +150,7 @@ def test_the_served_deployment_has_its_schedule_trigger_and_limit(ws, served) ->
     assert deployment.parameters == {"workspace": str(ws.root)}
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
-    assert deployment.entrypoint == "flows.loop.iteration"
+    assert deployment.entrypoint == "kaizen.flows.loop.iteration"
     with prefect(served["api"]) as client:
         (automation,) = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
     trigger = automation.trigger
@@ -177,7 +178,7 @@ def test_an_event_starts_exactly_one_run_with_its_files(ws, served, domains, tmp
         assert run.created_by.type == "AUTOMATION"
         steps = {t.name.rsplit("-", 1)[0] for t in client.read_task_runs(
             flow_run_filter=run_filter(run.id))}
-        assert {"collect", "pick-batch", "train", "promote", "finish"} <= steps, steps  # each step a task
+        assert {"collect", "next_batch", "train_challenger", "decide", "close_iteration"} <= steps, steps  # each step a task
         assert any(step.startswith("check") for step in steps), steps
         (artifact,) = client.read_artifacts(flow_run_filter=run_filter(run.id))
     assert artifact.key == "kaizen-iteration" and artifact.type == "markdown"
@@ -186,7 +187,7 @@ def test_an_event_starts_exactly_one_run_with_its_files(ws, served, domains, tmp
     assert f"({mlflow_url}/#/experiments/" in artifact.data and "`movies.csv`" in artifact.data
     client = registry.connect(ws)  # through the tracking server: the champion moved there
     champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
-    assert champion.version == "1" and champion.tags[registry.TAG["flow_run_id"]] == str(run.id)
+    assert champion.version == "1" and champion.tags[TAG["flow_run_id"]] == str(run.id)
 
 
 def test_events_in_quick_succession_queue_and_run_one_loop_at_a_time(ws, served, domains) -> None:

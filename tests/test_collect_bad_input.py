@@ -23,10 +23,10 @@ import fsspec
 import pandas as pd
 import pytest
 
-from tasks import landing
-from tasks.collect import CollectResult, collect, exclusive, ingest_file, quarantine_rows, read_records
-from tasks.ledger import Ledger
-from tasks.workspace import Workspace
+from kaizen.tasks import landing
+from kaizen.tasks.collect import CollectResult, collect, ingest_file
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.workspace import Workspace, hold
 
 GOOD = [
     ("A gripping story, told with care; the cast is superb.", "positive"),
@@ -472,22 +472,6 @@ def test_odd_file_names_cannot_steer_where_collect_writes(new_ws) -> None:
 def test_a_second_collect_at_the_same_time_is_refused_clearly(new_ws) -> None:
     ws = new_ws()
     land(ws, "a.csv", csv_bytes(GOOD))
-    with exclusive(ws), pytest.raises(RuntimeError, match="another collect is running in .*collect.lock"):
+    with hold(ws, "collect", wait=False), pytest.raises(RuntimeError, match="another collect is running in .*collect.lock"):
         collect(ws)
     assert [f.rows_accepted for f in collect(ws).files] == [len(GOOD)]  # the lock went with its holder
-
-
-def test_the_older_entry_points_still_parse_and_judge(new_ws) -> None:
-    ws = new_ws()
-    records = read_records(csv_bytes([GOOD[0], ("", "positive")]), "x.csv")
-    assert records.to_dict(orient="records") == [{"text": GOOD[0][0], "label": "positive"},
-                                                 {"text": "", "label": "positive"}]
-    with pytest.raises(ValueError, match=r"^unreadable jsonl file: line 1 is a JSON array, not an object$"):
-        read_records(b"[1, 2]\n", "x.jsonl")
-    ledger = Ledger(ws.ledger_db)
-    try:
-        verdict = quarantine_rows(records, "x.csv", ws.settings.data, ledger)
-    finally:
-        ledger.close()
-    assert verdict.accepted["text"].tolist() == [GOOD[0][0]]
-    assert [(q["row"], q["reason"]) for q in verdict.quarantined] == [(2, "empty text")]

@@ -14,33 +14,22 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.loop import iteration
-from tasks import registry
-from tasks.data_version import read_data_version
-from tasks.ledger import Ledger
-from tests.conftest import sample, write_params
+from kaizen.flows.cli import app
+from kaizen.flows.loop import iteration
+from kaizen.tasks import registry
+from kaizen.tasks.data_version import read_data_version
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.record import TAG
+from tests.helpers import FAST, land, sample, write_params
 
 PERMISSIVE = {"gate__min_score": 0.0, "gate__min_improvement": -1.0, "gate__max_regression": 1.0}
-
-
-def land(ws, name: str, frame) -> None:
-    landing = Path(ws.landing)
-    landing.mkdir(parents=True, exist_ok=True)
-    path = landing / name
-    if name.endswith(".csv"):
-        frame.to_csv(path, index=False)
-    elif name.endswith(".jsonl"):
-        frame.to_json(path, orient="records", lines=True)
-    else:
-        frame.to_parquet(path, index=False)
 
 
 @pytest.fixture(scope="module")
 def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """Run the iterations once for the whole module; each test inspects what they left."""
-    from tasks.workspace import Workspace, init_workspace
-    from tests.conftest import FAST
+    from kaizen.tasks.workspace import Workspace, init_workspace
+
 
     root = tmp_path_factory.mktemp("loop") / "ws"
     init_workspace(root)
@@ -99,17 +88,17 @@ def test_registry_aliases_and_lineage(loop_state) -> None:
                                                    ("2", "1", "batch-0002", locks[1], "promoted"),
                                                    ("3", "2", "batch-0003", locks[2], "rejected")):
         tags = registry.model_version(client, name, version).tags
-        assert tags[registry.TAG["parent_version"]] == parent
-        assert tags[registry.TAG["batch"]] == batch
-        assert tags[registry.TAG["data_version"]] == read_data_version(lock).prepared_md5
-        assert tags[registry.TAG["decision"]] == decision
-        assert tags[registry.TAG["reasons"]]
-        assert len(tags[registry.TAG["code_commit"]]) >= 7
-        assert tags[registry.TAG["flow_run_id"]]
-    assert registry.model_version(client, name, "2").tags[registry.TAG["batches_seen"]] == "batch-0001,batch-0002"
+        assert tags[TAG["parent_version"]] == parent
+        assert tags[TAG["batch"]] == batch
+        assert tags[TAG["data_version"]] == read_data_version(lock).prepared_md5
+        assert tags[TAG["decision"]] == decision
+        assert tags[TAG["reasons"]]
+        assert len(tags[TAG["code_commit"]]) >= 7
+        assert tags[TAG["flow_run_id"]]
+    assert registry.model_version(client, name, "2").tags[TAG["batches_seen"]] == "batch-0001,batch-0002"
     # The data version names a real DVC state: the md5 of data/prepared in dvc.lock at that time.
     assert yaml.safe_load(locks[2])["stages"]["preprocess"]["outs"][0]["md5"] == \
-        registry.model_version(client, name, "3").tags[registry.TAG["data_version"]]
+        registry.model_version(client, name, "3").tags[TAG["data_version"]]
 
 
 def test_runs_hold_reports_metrics_and_the_dvc_lock(loop_state) -> None:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.loop import iteration
-from tasks import registry
-from tests.conftest import sample, write_params
+from kaizen.flows.loop import iteration
+from kaizen.tasks import registry
+from kaizen.tasks.record import TAG
+from tests.helpers import sample, write_params
 
 pytestmark = pytest.mark.slow
 
 
 def test_new_domain_promoted_flipped_and_random_labels_refused(tmp_path, domains, prefect_server) -> None:
-    from tasks.workspace import Workspace, init_workspace
+    from kaizen.tasks.workspace import Workspace, init_workspace
 
     root = tmp_path / "ws"
     init_workspace(root)
@@ -53,4 +54,4 @@ def test_new_domain_promoted_flipped_and_random_labels_refused(tmp_path, domains
     assert registry.model_by_alias(client, name, registry.CHAMPION).version == "2"
     for version in ("3", "4"):
         tags = registry.model_version(client, name, version).tags
-        assert tags[registry.TAG["decision"]] == "rejected" and tags[registry.TAG["reasons"]]
+        assert tags[TAG["decision"]] == "rejected" and tags[TAG["reasons"]]

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests (fixtures live in conftest.py): fast settings for the tiny model, writing
+params.yaml, label-balanced samples of the real data, landing files, and where the repository is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kaizen.tasks.files import frame_bytes
+from kaizen.tasks.settings import write_overrides
+
+REPO = Path(__file__).resolve().parent.parent  # the kaizen checkout the tests run from
+
+# Settings that let the tiny model learn something in seconds and keep every test small.
+FAST = {
+    "train.learning_rate": 2e-3, "train.epochs": 2, "train.bootstrap_epochs": 3, "train.batch_size": 16,
+    "model.max_length": 32, "drift.max_reference_rows": 400, "data.min_batch_rows": 20, "data.settle_seconds": 0,
+}
+
+
+def write_params(root: Path, overrides: dict) -> None:
+    write_overrides(root / "params.yaml", overrides)
+
+
+def sample(domain: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """A label-balanced sample of a real domain."""
+    per_label = n // domain["label"].nunique()
+    return (domain.groupby("label", group_keys=False)
+            .apply(lambda g: g.sample(n=min(per_label, len(g)), random_state=seed))
+            .sample(frac=1.0, random_state=seed).reset_index(drop=True)[["text", "label"]])
+
+
+def land(ws, name: str, frame: pd.DataFrame) -> Path:
+    """Drop `frame` into the workspace's landing zone as `name` (its ending picks the format)."""
+    landing = Path(ws.landing)
+    landing.mkdir(parents=True, exist_ok=True)
+    path = landing / name
+    path.write_bytes(frame_bytes(frame, name))
+    return path
