@@ -14,20 +14,12 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
+from kaizen.tasks import events
+from kaizen.tasks.events import NoServerError, resource
 from kaizen.tasks.files import write_atomically
 from kaizen.tasks.workspace import Workspace
 
 ARRIVED = "kaizen.data.arrived"
-
-
-class NoServerError(RuntimeError):
-    """No Prefect server to send the event to: nothing would hear it."""
-
-
-def resource(ws: Workspace) -> dict[str, str]:
-    """The Prefect resource an arrival event is about: this workspace."""
-    return {"prefect.resource.id": f"kaizen.workspace.{ws.workspace_id}",
-            "prefect.resource.name": ws.workspace_id, "kaizen.landing": ws.landing}
 
 
 def trigger_spec(ws: Workspace) -> dict:
@@ -42,18 +34,8 @@ def trigger_spec(ws: Workspace) -> dict:
 
 
 def emit(ws: Workspace, files: list[str]) -> str:
-    """Send one arrival event naming `files` to the Prefect server (a plain HTTP POST: the server has it when
-    this returns, unlike the websocket client that sends in the background). Returns the event id."""
-    if not ws.prefect_api_url:
-        raise NoServerError("no Prefect server to announce new data to: start one with `kaizen up` "
-                            "or set PREFECT_API_URL")
-    from prefect.client.orchestration import get_client
-    from prefect.events import Event
-
-    event = Event(event=ARRIVED, resource=resource(ws), payload={"files": files, "landing": ws.landing})
-    with get_client(sync_client=True) as client:
-        client.request("POST", "/events", json=[event.model_dump(mode="json")]).raise_for_status()
-    return str(event.id)
+    """Announce `files` with one arrival event (the server has it when this returns). Returns the event id."""
+    return events.emit(ws, ARRIVED, {"files": files, "landing": ws.landing}, required=True)
 
 
 def submit(ws: Workspace, paths: Iterable[Path]) -> list[str]:
