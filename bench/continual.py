@@ -1,15 +1,19 @@
-"""Continual learning on the real stream, three ways, on this machine (a script that prints a table, not a test).
+"""Continual learning on the real stream, four ways, over several seeds and two orders of the domains (a script
+that prints a table, not a test).
 
-movie snippets -> Amazon product snippets -> Amazon fine food -> airline tweets, each arm on the same batches:
-  naive   fine-tune the latest model on each new batch, no replay, promote always
-  kaizen  the loop as configured in params.yaml (replay + gate, and distillation if switched on)
-  joint   retrain from the pretrained encoder on all batches so far, at every arrival (the upper bound)
-Printed: each arm's final model's accuracy on every batch's test split and their mean, the worst forgetting
-(the largest drop of a batch's accuracy from its best after any step), and the training samples
-(rows x epochs) and seconds each arm spent.
+  naive       fine-tune the latest model on each new batch, no replay, promote always
+  fixed-gate  replay (ratio 0.5) and the fixed-threshold gate kaizen had before: promote when the new batch
+              gains min_improvement and no earlier batch's point estimate drops more than max_regression
+  kaizen      the loop as configured in params.yaml, run for real (Prefect flow, DVC, MLflow, Evidently): label
+              check, replay, WiSE-FT merging, the paired-test gate
+  joint       retrain from the pretrained encoder on every batch so far at each arrival (the upper bound; only
+              the last retraining is run, the others are counted)
+All arms see the same batches and the same splits (the kaizen arm's DVC stage makes them) and start from the
+same bootstrap champion. Printed per order: mean ± sd over seeds of each arm's final test accuracy on every
+domain, their mean, the worst drop of a domain below its best after any step, and training samples
+(rows x epochs) as a share of joint's.
 
-    .venv/bin/python bench/continual.py [--rows 800] [--work bench/results/continual] [--distill 0.5]
-                                        [--set replay.ratio=1.0]
+    .venv/bin/python bench/continual.py [--rows 800] [--seeds 13,14,15] [--orders movies,amazon,finefood,airline]
 """
 
 from __future__ import annotations
@@ -22,145 +26,171 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import yaml
 
+from kaizen.tasks import stream
+from kaizen.tasks.files import frame_bytes
 from kaizen.tasks.settings import write_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-NAIVE = {"replay.ratio": 0.0, "gate.min_score": 0.0, "gate.min_improvement": -1.0, "gate.max_regression": 1.0,
-         "train.distill_weight": 0.0, "train.skip_if_champion_above": 1.01}
+LABELS = ("negative", "positive")
 
 
-def accuracy_on_tests(ws, model_dir: Path, batches: list[str]) -> dict[str, float]:
+def accuracies(model_dir: Path, ws, batches: list[str]) -> dict[str, float]:
     from kaizen.tasks.predict import predict
 
     out = {}
     for batch in batches:
         test = pd.read_parquet(ws.split_file(batch, "test"))
         predicted, _ = predict(model_dir, test["text"].tolist(), max_length=ws.settings.model.max_length)
-        out[batch] = float((pd.Series(predicted) == test["label"].reset_index(drop=True)).mean())
+        out[batch] = float(np.mean(np.asarray(predicted) == test["label"].to_numpy()))
     return out
 
 
-def worst_forgetting(per_step: list[dict[str, float]]) -> float:
-    """Largest drop of any batch from its best accuracy at an earlier step to the last step."""
-    last, drops = per_step[-1], [0.0]
-    for batch, final in last.items():
-        earlier = [step[batch] for step in per_step[:-1] if batch in step]
-        if earlier:
-            drops.append(max(earlier) - final)
-    return max(drops)
-
-
-def loop_arm(root: Path, stream: list[Path], overrides: dict) -> dict:
-    """A workspace fed the stream through the real loop (the Prefect flow), one batch per iteration."""
+def kaizen_arm(root: Path, files: list[Path], seed: int) -> dict:
+    """The real loop, one batch per iteration."""
+    from kaizen.flows.loop import iteration
     from kaizen.tasks import registry
-    from kaizen.tasks.ledger import Ledger
-    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace import Workspace, init_workspace
 
     init_workspace(root)
-    write_overrides(root / "params.yaml", overrides)
+    write_overrides(root / "params.yaml", {"preprocess.seed": seed, "train.seed": seed})
     ws = Workspace.open(root)
-    configure_environment(ws)  # before Prefect is imported; later arms keep the first arm's Prefect home
-    from kaizen.flows.loop import iteration
-
     landing = Path(ws.landing)
     landing.mkdir(parents=True, exist_ok=True)
-    per_step, samples, seconds = [], 0, 0.0
-    for path in stream:
-        shutil.copy(path, landing / path.name)
+    per_step, samples, decisions, batches = [], 0, [], []
+    for path in files:
+        (landing / path.name).write_bytes(path.read_bytes())
         summary = iteration(str(root))
+        batches.append(summary["batch"])
         client = registry.connect(ws)
         champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
-        ledger = Ledger(ws.ledger_db)
-        batches = [b.batch_id for b in ledger.batches()]
-        ledger.close()
-        per_step.append(accuracy_on_tests(ws, registry.local_model(ws, champion.version), batches))
+        per_step.append(accuracies(registry.local_model(ws, champion.version), ws, batches))
+        decisions.append(summary["decision"])
         if summary.get("challenger_version"):
             metrics = client.get_run(summary["run_id"]).data.metrics
             epochs = ws.settings.train.bootstrap_epochs if len(per_step) == 1 else ws.settings.train.epochs
             samples += int(metrics["train.rows"]) * epochs
-            seconds += metrics["train.seconds"]
-        print(f"  {root.name}: {summary['batch']} {summary['decision']} champion v{summary['champion_version']}",
+        print(f"    kaizen: {summary['batch']} {summary['decision']}, champion v{summary['champion_version']}",
               flush=True)
-    return {"final": per_step[-1], "forgetting": worst_forgetting(per_step), "samples": samples,
-            "seconds": seconds, "ws": ws}
+    bootstrap = registry.local_model(ws, "1")
+    return {"steps": per_step, "samples": samples, "decisions": decisions, "ws": ws, "bootstrap": bootstrap,
+            "batches": batches}
 
 
-def joint_arm(ws, work: Path) -> dict:
-    """Retrain from the pretrained encoder on the train splits of all batches so far, after every arrival."""
-    from kaizen.tasks.ledger import Ledger
-    from kaizen.tasks.train import fine_tune, resolve_backbone
+def train_on(ws, start: Path, frame: pd.DataFrame, val: pd.DataFrame, epochs: int, out: Path) -> Path:
+    from kaizen.tasks.train import fine_tune
 
-    ledger = Ledger(ws.ledger_db)
-    batches = [b.batch_id for b in ledger.batches()]
-    ledger.close()
-    settings = ws.settings
-    per_step, samples, seconds = [], 0, 0.0
-    for k in range(1, len(batches) + 1):
-        seen = batches[:k]
-        train = pd.concat([pd.read_parquet(ws.split_file(b, "train")) for b in seen], ignore_index=True)
-        train = train.sample(frac=1.0, random_state=settings.train.seed)
-        val = pd.concat([pd.read_parquet(ws.split_file(b, "val")) for b in seen], ignore_index=True)
-        result = fine_tune(resolve_backbone(settings.model.backbone), train, val, settings.data.labels,
-                           model=settings.model, train_settings=settings.train,
-                           epochs=settings.train.bootstrap_epochs, out_dir=work / f"joint-{k}")
-        samples += len(train) * settings.train.bootstrap_epochs
-        seconds += result.seconds
-        per_step.append(accuracy_on_tests(ws, result.model_dir, seen))
-        print(f"  joint: retrained on {len(seen)} batch(es), {len(train)} rows", flush=True)
-    return {"final": per_step[-1], "forgetting": worst_forgetting(per_step), "samples": samples,
-            "seconds": seconds}
+    return fine_tune(str(start), frame.sample(frac=1.0, random_state=ws.settings.train.seed), val, LABELS,
+                     model=ws.settings.model, train_settings=ws.settings.train, epochs=epochs, out_dir=out).model_dir
 
 
-def table(arms: dict[str, dict], names: dict[str, str]) -> str:
-    batches = list(next(iter(arms.values()))["final"])
-    head = "| arm | " + " | ".join(names[b] for b in batches) + " | mean | worst forgetting | samples | seconds |"
-    lines = [head, "|" + "---|" * (len(batches) + 5)]
-    joint = arms["joint"]
-    for arm, r in arms.items():
-        mean = sum(r["final"].values()) / len(batches)
-        share = f" ({100 * r['samples'] / joint['samples']:.0f}% of joint)" if arm != "joint" else ""
-        lines.append(f"| {arm} | " + " | ".join(f"{r['final'][b]:.3f}" for b in batches)
-                     + f" | {mean:.3f} | {r['forgetting']:.3f} | {r['samples']}{share} | {r['seconds']:.0f} |")
+def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_ratio: float, gated: bool) -> dict:
+    """naive (no replay, always promoted) or fixed-gate (replay and the old point-estimate gate)."""
+    from kaizen.tasks.preprocess import batch_seed, draw_replay
+
+    gate, epochs = ws.settings.gate, ws.settings.train.epochs
+    champion, samples, decisions = bootstrap, 0, ["promoted"]
+    per_step = [accuracies(champion, ws, batches[:1])]
+    for k in range(1, len(batches)):
+        batch, split = batches[k], (lambda b, s: pd.read_parquet(ws.split_file(b, s)))
+        train = split(batch, "train")
+        n_replay = min(ws.settings.replay.max_rows, int(round(replay_ratio * len(train))))
+        if n_replay:
+            pool = {b: split(b, "train") for b in batches[:k]}
+            replay = draw_replay(pool, n_replay, batch_seed(ws.settings.preprocess.seed, f"bench:{batch}"))
+            train = pd.concat([train, replay[["text", "label"]]], ignore_index=True)
+        tuned = train_on(ws, champion, train, split(batch, "val"), epochs, work / batch)
+        samples += len(train) * epochs
+        new, old = accuracies(tuned, ws, batches[: k + 1]), per_step[-1] | accuracies(champion, ws, [batch])
+        promote = not gated or (new[batch] >= gate.min_score and new[batch] - old[batch] >= gate.min_improvement
+                                and all(old[b] - new[b] <= gate.max_regression for b in batches[:k]))
+        champion = tuned if promote else champion
+        decisions.append("promoted" if promote else "rejected")
+        per_step.append(new if promote else {b: old[b] for b in batches[: k + 1]})
+    return {"steps": per_step, "samples": samples, "decisions": decisions}
+
+
+def joint_arm(ws, batches: list[str], work: Path) -> dict:
+    from kaizen.tasks.train import resolve_backbone
+
+    epochs = ws.settings.train.bootstrap_epochs
+    trains = [pd.read_parquet(ws.split_file(b, "train")) for b in batches]
+    val = pd.concat([pd.read_parquet(ws.split_file(b, "val")) for b in batches], ignore_index=True)
+    model = train_on(ws, Path(resolve_backbone(ws.settings.model.backbone)), pd.concat(trains, ignore_index=True),
+                     val, epochs, work / "joint")
+    # Retraining at every arrival: the samples of each retraining, though only the last one is run here.
+    samples = sum(sum(len(t) for t in trains[: k + 1]) * epochs for k in range(len(trains)))
+    return {"steps": [accuracies(model, ws, batches)], "samples": samples, "decisions": []}
+
+
+def summarise(result: dict, batches: list[str]) -> dict:
+    final = result["steps"][-1]
+    worst = max([0.0] + [max(s[b] for s in result["steps"] if b in s) - final[b] for b in batches])
+    return {"final": [final[b] for b in batches], "mean": float(np.mean([final[b] for b in batches])),
+            "forgetting": worst, "samples": result["samples"], "decisions": result["decisions"]}
+
+
+def one_run(work: Path, order: list[str], seed: int, rows: int) -> dict[str, dict]:
+    sources = ROOT / ".kaizen" / "sources"
+    stream.fetch_sources(sources)
+    files = []
+    (work / "stream").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(order, start=1):
+        frame = stream.load_domain(name, sources).sample(frac=1.0, random_state=seed).head(rows)
+        path = work / "stream" / f"{i:02d}-{name}.csv"
+        path.write_bytes(frame_bytes(frame[["text", "label"]], path.name))
+        files.append(path)
+    kaizen = kaizen_arm(work / "kaizen", files, seed)
+    ws, batches = kaizen["ws"], kaizen["batches"]
+    arms = {"naive": sequential_arm(ws, batches, kaizen["bootstrap"], work / "naive", 0.0, gated=False),
+            "fixed-gate": sequential_arm(ws, batches, kaizen["bootstrap"], work / "fixed", 0.5, gated=True),
+            "kaizen": kaizen, "joint": joint_arm(ws, batches, work)}
+    return {name: summarise(result, batches) for name, result in arms.items()}
+
+
+def table(runs: list[dict[str, dict]], order: list[str]) -> str:
+    lines = ["| arm | " + " | ".join(order) + " | mean | worst forgetting | samples (share of joint) |",
+             "|---|" + "---|" * (len(order) + 3)]
+    for arm in runs[0]:
+        cell = lambda values: f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"  # noqa: E731
+        finals = [cell([r[arm]["final"][i] for r in runs]) for i in range(len(order))]
+        share = np.mean([r[arm]["samples"] / r["joint"]["samples"] for r in runs])
+        lines.append(f"| {arm} | " + " | ".join(finals) + f" | {cell([r[arm]['mean'] for r in runs])} | "
+                     f"{cell([r[arm]['forgetting'] for r in runs])} | "
+                     f"{np.mean([r[arm]['samples'] for r in runs]):.0f} ({share:.0%}) |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=800, help="rows per domain (0: all of them)")
+    parser.add_argument("--rows", type=int, default=800, help="rows per domain")
+    parser.add_argument("--seeds", default="13,14,15")
+    parser.add_argument("--orders", default="movies,amazon,finefood,airline;airline,finefood,amazon,movies",
+                        help="orders of the domains, separated by ';'")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
-    parser.add_argument("--set", action="append", default=[], help="override a kaizen param: section.key=value")
-    parser.add_argument("--distill", type=float, default=0.0,
-                        help="also run kaizen with train.distill_weight set to this (a fourth arm)")
     args = parser.parse_args()
-    work = args.work.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    from kaizen.tasks import stream
+    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
 
-    sources = ROOT / ".kaizen" / "sources"
-    stream.fetch_sources(sources)
-    files = stream.build_stream(sources, work / "stream", args.rows, seed=7)
-    kaizen_overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-
-    began = time.perf_counter()
-    arms = {"naive": loop_arm(work / "naive", files, NAIVE)}
-    arms["kaizen"] = loop_arm(work / "kaizen", files, kaizen_overrides)
-    if args.distill:
-        arms["kaizen+distill"] = loop_arm(work / "kaizen-distill", files,
-                                          {**kaizen_overrides, "train.distill_weight": args.distill})
-    arms["joint"] = joint_arm(arms["kaizen"]["ws"], work)
-    names = {f"batch-{i + 1:04d}": name for i, name in enumerate(stream.DOMAINS)}
-    result = table(arms, names)
-    print(f"\nrows per domain: {args.rows}; kaizen overrides: {kaizen_overrides or 'none'}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{time.perf_counter() - began:.0f} s in all\n")
-    print(result)
-    (work / "table.md").write_text(result + "\n")
-    (work / "result.json").write_text(json.dumps({a: {k: v for k, v in r.items() if k != "ws"}
-                                                  for a, r in arms.items()}, indent=2))
+    args.work.mkdir(parents=True, exist_ok=True)
+    configure_environment(Workspace.open(init_workspace(args.work / "prefect-home-ws").root))  # before Prefect
+    began, report = time.perf_counter(), []
+    for order in (o.split(",") for o in args.orders.split(";")):
+        runs = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            work = args.work / f"{'-'.join(order)}-seed{seed}"
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"order {order}, seed {seed}", flush=True)
+            runs.append(one_run(work, order, seed, args.rows))
+            (work / "result.json").write_text(json.dumps(runs[-1], indent=1))
+        report.append(f"order: {' -> '.join(order)}; seeds {args.seeds}; decisions (kaizen): "
+                      f"{[r['kaizen']['decisions'] for r in runs]}\n\n{table(runs, order)}\n")
+        print(report[-1], flush=True)
+    header = (f"rows per domain {args.rows}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+              f"{time.perf_counter() - began:.0f} s in all")
+    (args.work / "table.md").write_text(header + "\n\n" + "\n".join(report))
+    print(header)
 
 
 if __name__ == "__main__":

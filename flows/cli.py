@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from kaizen.flows import cli_servers
+from kaizen.flows.cli_batches import batch_app
 from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace, summary_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -107,6 +108,9 @@ def status(workspace: WorkspaceOpt = Path("."),
     console.print(f"previous champion: {state['previous_champion']['version'] if state['previous_champion'] else '–'}")
     console.print(f"batches: {len(state['batches'])}; files waiting: {len(state['landing'])}; "
                   f"rows staged: {state['staged_rows']}")
+    for batch in state["batches"]:
+        if batch["trust"] != "trusted":
+            console.print(f"  [yellow]{batch['batch']} suspect[/] ({batch['trust_by']}): {batch['trust_reason']}")
     for line in cli_servers.server_lines(servers):
         console.print(line)
 
@@ -213,3 +217,4 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
 for command in (cli_servers.up, cli_servers.down, cli_servers.serve, cli_servers.deploy, cli_servers.watch,
                 cli_servers.submit):
     app.command()(command)
+app.add_typer(batch_app, name="batch")

@@ -14,7 +14,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from kaizen.tasks import arrivals, data_version, evaluate, history, promote, record, recovery, registry, train
+from kaizen.tasks import (
+    arrivals,
+    data_version,
+    evaluate,
+    history,
+    promote,
+    record,
+    recovery,
+    registry,
+    screening,
+    train,
+)
 from kaizen.tasks import collect as ingest
 from kaizen.tasks.record import IterationSummary
 from kaizen.tasks.workspace import Workspace, hold
@@ -33,9 +44,11 @@ recover_interrupted = step(recovery.recover_interrupted, server=True)
 build_data_version = step(data_version.build_data_version)
 start_iteration = step(record.start_iteration, server=True)
 local_model = step(registry.local_model, server=True)
+screen = step(screening.screen, server=True)
 check_drift = step(evaluate.check_drift)
-worth_training = step(evaluate.worth_training)
-record_skip = step(evaluate.record_skip, server=True)
+judge_labels = step(screening.judge_labels)
+worth_training = step(screening.worth_training)
+record_without_training = step(screening.record_without_training, server=True)
 train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
 decide = step(promote.decide, server=True)
@@ -82,13 +95,25 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
     version = build_data_version(ws)
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
+    unusable = screen(ws, it)  # a batch no challenger could be judged on
+    if unusable:
+        return finish_without_training(ws, it, "skipped", unusable, collected)
     drift = check_drift(ws, it)
+    labels = judge_labels(ws, it, champion_dir)
+    if not labels.trusted:  # never trained on, never replayed, no yardstick, until an operator trusts it
+        return finish_without_training(ws, it, "suspect", labels.reason, collected)
     need = worth_training(ws, it, champion_dir, drift, force_train)
     if not need.train:  # the batch still joins the data, the replay pool and every later evaluation
-        record_skip(ws, it, drift, need)
-        return replace(close_iteration(ws, batch_id, it.run_id, "skipped", None), collected=collected.describe())
+        return finish_without_training(ws, it, "skipped", f"training skipped: {need.reason}", collected,
+                                       need.champion_score)
     challenger = train_challenger(ws, it)
-    evaluation = check_quality(ws, it, challenger.model_dir, champion_dir, drift)
+    evaluation = check_quality(ws, it, challenger, champion_dir, drift)
     decision = decide(ws, it, challenger.model.version, evaluation)
     summary = close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
     return replace(summary, collected=collected.describe())
+
+
+def finish_without_training(ws: Workspace, it, decision: str, reason: str, collected,
+                            champion_score: float | None = None) -> IterationSummary:
+    record_without_training(ws, it, decision, reason, champion_score)
+    return replace(close_iteration(ws, it.batch_id, it.run_id, decision, None), collected=collected.describe())

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from kaizen.tasks.faults import kill_point
-from kaizen.tasks.workspace import Workspace, dvc_command
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.workspace import Workspace, dvc_command, write_stage_vars, write_trust_file
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ def read_data_version(lock_text: str) -> DataVersion:
 
 def build_data_version(ws: Workspace) -> DataVersion:
     """`dvc repro` (a no-op when nothing changed), `dvc push` to the remote, and the resulting version."""
+    write_stage_vars(ws.root)
+    with Ledger(ws.ledger_db) as ledger:
+        write_trust_file(ws.trust_file, ledger.suspect_batches())
     _dvc(ws, "repro", "--quiet")
     kill_point("preprocess:reproduced")
     _dvc(ws, "push", "--quiet")

@@ -1,10 +1,14 @@
-"""check: drift of the new batch against the champion's training data, and champion vs challenger on the
-test split of every batch so far. Evidently computes every number; its HTML reports and key numbers go to the
-iteration's MLflow run.
+"""check: drift of the new batch against the champion's training data, and champion vs challenger on the test
+split of the new batch and of every trusted earlier batch. Every score is computed one way, from the models'
+predictions (`predict.scores`); Evidently draws the reports, which go with the numbers to the iteration's run.
+
+A registered version's predictions on a split are computed once and kept (a version never changes, and the
+split is named by its content), so the champion is not scored again at each step or iteration.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,34 +16,60 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaizen.tasks.check import DriftResult, QualityResult, drift_check, quality_check
+from kaizen.tasks.check import DriftResult, drift_check, quality_check
 from kaizen.tasks.faults import kill_point
-from kaizen.tasks.predict import predict, scores
-from kaizen.tasks.record import DRIFT_SHARE, TAG, batches_seen, score_metric
+from kaizen.tasks.files import parquet_bytes, write_atomically
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.predict import pick_device, predict, scores
+from kaizen.tasks.promote import PairedPredictions
+from kaizen.tasks.record import DRIFT_SHARE, batches_seen, score_metric
 
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
+
+
+def predictions_on(ws, model_dir: Path, version: str | None, batch: str, split: str) -> pd.DataFrame:
+    """`label`, `predicted` and each class's probability (`p_<label>`) of a model on one split of a batch. A
+    registered `version`'s are cached under the workspace, keyed by the split's md5."""
+    path = ws.split_file(batch, split)
+    data = path.read_bytes()
+    cache = ws.runs_dir / "predictions" / f"v{version}" / f"{batch}-{split}-{hashlib.md5(data).hexdigest()}.parquet"
+    if version is not None and cache.exists():
+        return pd.read_parquet(cache)
+    frame = pd.read_parquet(path)
+    labels, probs = predict(model_dir, frame["text"].tolist(), max_length=ws.settings.model.max_length,
+                            device=pick_device(ws.settings.train.device))
+    out = pd.DataFrame({"label": frame["label"].to_numpy(), "predicted": labels})
+    for i, name in enumerate(ws.settings.data.labels):
+        out[f"p_{name}"] = probs[:, i]
+    if version is not None:
+        write_atomically(cache, parquet_bytes(out))
+    return out
+
+
+def trusted_batches(ws, batches: tuple[str, ...]) -> list[str]:
+    """The batches among `batches` whose labels are trusted: the only yardsticks of a challenger."""
+    with Ledger(ws.ledger_db) as ledger:
+        suspect = set(ledger.suspect_batches())
+    return [b for b in batches if b not in suspect]
 
 
 @dataclass(frozen=True)
 class Evaluation:
     drift: DriftResult | None  # None at bootstrap: there is no champion's data to compare with
-    quality: dict[str, QualityResult]  # batch id -> champion and challenger scores on its test split
+    paired: dict[str, PairedPredictions]  # batch id -> both models' labels on its test split
     report_dir: Path
 
     def scores(self, model: str, metric: str) -> dict[str, float] | None:
         """Per batch, the `metric` of `model` ("champion" or "challenger"); None when there is no champion."""
-        out = {}
-        for batch, q in self.quality.items():
-            s = getattr(q, model)
-            if s is None:
-                return None
-            out[batch] = getattr(s, metric)
-        return out
+        if any(getattr(rows, model) is None for rows in self.paired.values()):
+            return None
+        return {batch: scores(np.asarray(rows.labels), np.asarray(getattr(rows, model)))[metric]
+                for batch, rows in self.paired.items()}
 
 
-def champion_reference(ws, batches_seen: list[str]) -> pd.DataFrame:
+def champion_reference(ws, seen: list[str]) -> pd.DataFrame:
     """A seeded sample of the train splits the champion has seen: the reference for drift."""
-    frames = [pd.read_parquet(ws.split_file(b, "train")) for b in batches_seen if ws.split_file(b, "train").exists()]
+    frames = [pd.read_parquet(ws.split_file(b, "train")) for b in seen if ws.split_file(b, "train").exists()]
     reference = pd.concat(frames, ignore_index=True)
     limit = ws.settings.drift.max_reference_rows
     return reference.sample(n=limit, random_state=ws.settings.preprocess.seed) if len(reference) > limit else reference
@@ -71,69 +101,28 @@ def check_drift(ws, it) -> DriftResult | None:
     return drift
 
 
-@dataclass(frozen=True)
-class TrainingNeed:
-    train: bool
-    reason: str
-    champion_score: float | None  # the gate's metric of the champion on the new batch's test split
-
-
-def worth_training(ws, it, champion_dir: Path | None, drift: DriftResult | None, force: bool) -> TrainingNeed:
-    """Training pays unless the champion already scores above the threshold on the new batch and nothing drifted."""
-    if it.champion is None or champion_dir is None:
-        return TrainingNeed(True, "no champion yet: bootstrap", None)
-    test = pd.read_parquet(ws.split_file(it.batch_id, "test"))
-    predicted, _ = predict(champion_dir, test["text"].tolist(), max_length=ws.settings.model.max_length)
-    score = scores(np.array(test["label"]), np.array(predicted))[ws.settings.gate.metric]
-    threshold, metric = ws.settings.train.skip_if_champion_above, ws.settings.gate.metric
-    drifted = drift is not None and drift.drifted
-    if force:
-        return TrainingNeed(True, "training forced", score)
-    if score > threshold and not drifted:
-        return TrainingNeed(False, f"champion {metric} {score:.4f} on {it.batch_id} is above "
-                                   f"skip_if_champion_above {threshold:.4f} and no drift was detected", score)
-    why = "drift detected" if drifted else f"champion {metric} {score:.4f} <= {threshold:.4f}"
-    return TrainingNeed(True, why, score)
-
-
-def check_quality(ws, it, challenger_dir: Path, champion_dir: Path | None, drift: DriftResult | None) -> Evaluation:
-    """Champion vs challenger on every batch's test split: Evidently reports, metrics, the evaluation matrix."""
+def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftResult | None) -> Evaluation:
+    """Champion vs challenger on the test split of the new batch and of every trusted earlier batch: paired
+    predictions for the gate, Evidently reports, metrics and the evaluation matrix."""
     from kaizen.tasks import lineage, registry
 
     reports = report_dir(ws, it)
-    quality: dict[str, QualityResult] = {}
-    tests = {batch: pd.read_parquet(ws.split_file(batch, "test")) for batch in it.batches}
-    for batch, test in tests.items():
-        texts = test["text"].tolist()
-        new_pred, _ = predict(challenger_dir, texts, max_length=ws.settings.model.max_length)
-        old_pred = predict(champion_dir, texts, max_length=ws.settings.model.max_length)[0] if champion_dir else None
-        quality[batch] = quality_check(test["label"].tolist(), new_pred, old_pred, labels=ws.settings.data.labels,
-                                       html_path=reports / f"quality-{batch}.html")
-
-    evaluation = Evaluation(drift, quality, reports)
+    paired: dict[str, PairedPredictions] = {}
+    for batch in trusted_batches(ws, it.batches):
+        new = predictions_on(ws, challenger.model_dir, challenger.model.version, batch, "test")
+        old = predictions_on(ws, champion_dir, it.champion.version, batch, "test") if it.champion else None
+        paired[batch] = PairedPredictions(tuple(new["label"]), tuple(new["predicted"]),
+                                          tuple(old["predicted"]) if old is not None else None)
+        quality_check(list(new["label"]), list(new["predicted"]), None if old is None else list(old["predicted"]),
+                      labels=ws.settings.data.labels, html_path=reports / f"quality-{batch}.html")
+    evaluation = Evaluation(drift, paired, reports)
     client = registry.connect(ws)
-    metrics: dict[str, float] = {}
-    for batch, q in quality.items():
-        for model in ("challenger", "champion"):
-            s = getattr(q, model)
-            if s is not None:
-                metrics[score_metric(model, batch, "accuracy")] = s.accuracy
-                metrics[score_metric(model, batch, "f1")] = s.f1
+    metrics = {score_metric(model, batch, metric): value for model in ("challenger", "champion")
+               for metric in ("accuracy", "f1") for batch, value in (evaluation.scores(model, metric) or {}).items()}
     registry.log_metrics(client, it.run_id, metrics)
     lineage.log_evaluation_matrix(client, it.run_id, evaluation, reports)
-    lineage.log_datasets(client, it.run_id, {f"{b}/test": t for b, t in tests.items()}, "evaluation",
-                         ws.prepared_dir)
+    lineage.log_datasets(client, it.run_id, {f"{b}/test": pd.read_parquet(ws.split_file(b, "test")) for b in paired},
+                         "evaluation", ws.prepared_dir)
     client.log_artifacts(it.run_id, str(reports), "reports")
     kill_point("check:done")
     return evaluation
-
-
-def record_skip(ws, it, drift: DriftResult | None, need: TrainingNeed) -> None:
-    """Record on the run that the champion already serves the new batch well: no training, no new version."""
-    from kaizen.tasks import registry
-
-    client = registry.connect(ws)
-    registry.set_tags(client, it.run_id, {TAG["decision"]: "skipped", TAG["reasons"]: f"training skipped: {need.reason}",
-                                          TAG["champion_version"]: it.champion.version})
-    registry.log_metrics(client, it.run_id,
-                         {score_metric("champion", it.batch_id, ws.settings.gate.metric): need.champion_score})

@@ -73,7 +73,8 @@ def workspace_status(ws) -> dict:
     client = registry.connect(ws)
     with Ledger(ws.ledger_db) as ledger:
         batches = [{"batch": b.batch_id, "rows": b.rows, "status": b.status, "decision": b.decision,
-                    "model_version": b.model_version, "created_at": b.created_at} for b in ledger.batches()]
+                    "model_version": b.model_version, "created_at": b.created_at, "trust": b.trust,
+                    "trust_reason": b.trust_reason, "trust_by": b.trust_by} for b in ledger.batches()]
         staged = sum(f.rows_accepted for f in ledger.unbatched_files())
     return {
         "workspace": str(ws.root),

@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS batches (
     status TEXT NOT NULL DEFAULT 'pending', run_id TEXT, model_version TEXT, decision TEXT
 );
 """
+# Columns added after the first release: a ledger written before them gets them on open.
+ADDED_COLUMNS = {
+    "batches": {"trust": "TEXT NOT NULL DEFAULT 'trusted'", "trust_reason": "TEXT", "trust_by": "TEXT"},
+}
+TRUSTED, SUSPECT = "trusted", "suspect"
 
 
 def now() -> str:
@@ -58,6 +63,9 @@ class BatchRecord:
     run_id: str | None
     model_version: str | None
     decision: str | None
+    trust: str = TRUSTED  # suspect: its labels disagree with what the loop knows; never trained on or replayed
+    trust_reason: str | None = None
+    trust_by: str | None = None  # "loop", or the operator who overruled it
 
 
 class Ledger:
@@ -67,6 +75,11 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, spec in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {spec}")
 
     def close(self) -> None:
         self._db.close()
@@ -163,8 +176,26 @@ class Ledger:
                 (run_id, model_version, decision, batch_id),
             )
 
+    def set_trust(self, batch_id: str, trust: str, reason: str, by: str, requeue: bool = False) -> None:
+        """Record whether a batch's labels are trusted, why and by whom; `requeue` makes it pending again, so
+        the loop learns from a batch an operator has cleared."""
+        if trust not in (TRUSTED, SUSPECT):
+            raise ValueError(f"trust must be {TRUSTED!r} or {SUSPECT!r}, got {trust!r}")
+        with self.transaction() as db:
+            changed = db.execute("UPDATE batches SET trust=?, trust_reason=?, trust_by=? WHERE batch_id=?",
+                                 (trust, reason, by, batch_id)).rowcount
+            if not changed:
+                raise KeyError(f"no batch {batch_id!r} in the ledger")
+            if requeue:
+                db.execute("UPDATE batches SET status='pending', run_id=NULL, model_version=NULL, decision=NULL "
+                           "WHERE batch_id=?", (batch_id,))
+
+    def suspect_batches(self) -> list[str]:
+        return [b.batch_id for b in self.batches() if b.trust == SUSPECT]
+
     def batches(self, status: str | None = None) -> list[BatchRecord]:
-        query = "SELECT batch_id, created_at, rows, files, status, run_id, model_version, decision FROM batches"
+        query = ("SELECT batch_id, created_at, rows, files, status, run_id, model_version, decision, trust, "
+                 "trust_reason, trust_by FROM batches")
         args: tuple[str, ...] = ()
         if status:
             query, args = query + " WHERE status=?", (status,)

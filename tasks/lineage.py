@@ -31,11 +31,9 @@ def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: 
 def evaluation_matrix(evaluation) -> pd.DataFrame:
     """One row per (model, batch): accuracy and macro F1 on that batch's test split."""
     rows = []
-    for batch, q in evaluation.quality.items():
-        for model in ("champion", "challenger"):
-            s = getattr(q, model)
-            if s is not None:
-                rows.append({"model": model, "batch": batch, "accuracy": s.accuracy, "f1": s.f1})
+    for model in ("champion", "challenger"):
+        accuracy, f1 = evaluation.scores(model, "accuracy"), evaluation.scores(model, "f1")
+        rows += [{"model": model, "batch": b, "accuracy": accuracy[b], "f1": f1[b]} for b in accuracy or {}]
     return pd.DataFrame(rows, columns=["model", "batch", "accuracy", "f1"])
 
 
@@ -98,16 +96,13 @@ def log_champion_over_time(client, loop_run: str, step: int, evaluation, promote
                            iteration_run: str | None = None) -> None:
     """After the decision: the champion's score on every batch, as step `step` of the loop run's metrics, and
     the forgetting and backward transfer that the history of those scores gives."""
-    model = "challenger" if promoted else "champion"
-    metrics = {}
-    for batch, q in evaluation.quality.items():
-        s = getattr(q, model) or q.challenger
-        metrics[score_metric("champion", batch, "accuracy")] = s.accuracy
-        metrics[score_metric("champion", batch, "f1")] = s.f1
-    metrics["champion.mean_accuracy"] = sum(metrics[k] for k in metrics if k.endswith(".accuracy")) / len(
-        evaluation.quality)
+    model = "challenger" if promoted or evaluation.scores("champion", "accuracy") is None else "champion"
+    accuracy, f1 = evaluation.scores(model, "accuracy"), evaluation.scores(model, "f1")
+    metrics = {score_metric("champion", b, "accuracy"): v for b, v in accuracy.items()}
+    metrics.update({score_metric("champion", b, "f1"): v for b, v in f1.items()})
+    metrics["champion.mean_accuracy"] = sum(accuracy.values()) / len(accuracy)
     log_metrics(client, loop_run, metrics, step=step)
-    order = sorted(evaluation.quality)
+    order = sorted(accuracy)
     matrix: dict[int, dict[str, float]] = {}
     for batch in order:
         for m in client.get_metric_history(loop_run, score_metric("champion", batch, "accuracy")):

@@ -65,6 +65,42 @@ def rollback(ws: Workspace, reason: str, to: str | None = None) -> Rollback:
     return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
 
 
+@dataclass(frozen=True)
+class TrustChange:
+    batch_id: str
+    trust: str
+    requeued: bool  # a batch cleared after the loop held it back is learned from at the next run
+    note: str  # what the operator should know next
+
+
+def set_batch_trust(ws: Workspace, batch_id: str, trusted: bool, reason: str) -> TrustChange:
+    """An operator overrules the loop on a batch's labels. Trusting a suspect batch queues it to be learned
+    from; distrusting one keeps it out of training, replay and every later gate (a model already trained on it
+    stays what it is: roll back to undo that)."""
+    from kaizen.tasks.ledger import SUSPECT, TRUSTED, Ledger
+
+    if not reason.strip():
+        raise OperationError("overruling the loop needs a reason (--reason)")
+    with Ledger(ws.ledger_db) as ledger:
+        record = next((b for b in ledger.batches() if b.batch_id == batch_id), None)
+        if record is None:
+            known = ", ".join(b.batch_id for b in ledger.batches()) or "none yet"
+            raise OperationError(f"no batch {batch_id!r} (batches: {known})")
+        requeue = trusted and record.status == "done" and record.decision == SUSPECT
+        ledger.set_trust(batch_id, TRUSTED if trusted else SUSPECT, reason, f"operator {getpass.getuser()} at {now()}",
+                         requeue=requeue)
+    if requeue:
+        note = "it is pending again: the next run learns from it"
+    elif trusted:
+        note = "it counts as trusted data from now on"
+    elif record.status == "done" and record.model_version:
+        note = (f"model version {record.model_version} was trained on it: `kaizen rollback` to a version before "
+                "it if that one must not serve")
+    else:
+        note = "it stays out of training, replay and every later gate"
+    return TrustChange(batch_id, TRUSTED if trusted else SUSPECT, requeue, note)
+
+
 def _dir_manifest(dvc_cache: Path, dir_md5: str) -> list[dict]:
     """The file list DVC stored for a directory version (its `.dir` object)."""
     digest = dir_md5.removesuffix(".dir")

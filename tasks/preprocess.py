@@ -73,6 +73,7 @@ def split_batch(batch: pd.DataFrame, settings: PreprocessSettings, seed: int) ->
         sizes = [len(f) for f in frames]
         keep = apportion(settings.max_test_rows, [float(n) for n in sizes], sizes)
         parts["test"] = [batch.iloc[:0]] + [f.iloc[:n] for f, n in zip(frames, keep, strict=True)]
+        parts["train"] += [f.iloc[n:] for f, n in zip(frames, keep, strict=True)]  # cut rows are learned from
     return {name: pd.concat(frames).sort_index().reset_index(drop=True) for name, frames in parts.items()}
 
 
@@ -96,8 +97,10 @@ def draw_replay(pool: dict[str, pd.DataFrame], n_rows: int, seed: int) -> pd.Dat
     return replay.iloc[rng.permutation(len(replay))].reset_index(drop=True)
 
 
-def prepare(batches: dict[str, pd.DataFrame], pre: PreprocessSettings, replay: ReplaySettings) -> dict[str, dict[str, pd.DataFrame]]:
-    """All batches (by id, in order) -> per batch its splits and, after the first, its replay sample."""
+def prepare(batches: dict[str, pd.DataFrame], pre: PreprocessSettings, replay: ReplaySettings,
+            suspect: frozenset[str] = frozenset()) -> dict[str, dict[str, pd.DataFrame]]:
+    """All batches (by id, in order) -> per batch its splits and, after the first, its replay sample, drawn from
+    the earlier batches whose labels are trusted (a `suspect` batch never enters replay)."""
     prepared: dict[str, dict[str, pd.DataFrame]] = {}
     seen: set[str] = set()
     for batch_id in sorted(batches):
@@ -107,7 +110,7 @@ def prepare(batches: dict[str, pd.DataFrame], pre: PreprocessSettings, replay: R
         frame = frame[~keys.isin(seen) & ~keys.duplicated()].reset_index(drop=True)
         seen.update(keys)
         splits = split_batch(frame, pre, batch_seed(pre.seed, batch_id))
-        pool = {earlier: parts["train"] for earlier, parts in prepared.items()}
+        pool = {earlier: parts["train"] for earlier, parts in prepared.items() if earlier not in suspect}
         n_replay = min(replay.max_rows, int(round(replay.ratio * len(splits["train"]))))
         if pool:
             splits["replay"] = draw_replay(pool, n_replay, batch_seed(pre.seed, f"replay:{batch_id}"))
@@ -126,6 +129,13 @@ def write_prepared(prepared: dict[str, dict[str, pd.DataFrame]], out_dir: Path) 
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+def read_suspect(trust_file: Path) -> frozenset[str]:
+    """The batches whose labels are suspect, as the loop recorded them for this stage (none before any)."""
+    if not trust_file.exists():
+        return frozenset()
+    return frozenset(json.loads(trust_file.read_text(encoding="utf-8"))["suspect"])
+
+
 def main() -> None:
     """The DVC stage: run in the workspace, reads data/accepted, writes data/prepared."""
     import shutil
@@ -134,7 +144,7 @@ def main() -> None:
 
     ws = Workspace.open(Path.cwd())
     batches = {p.stem: pd.read_parquet(p) for p in sorted(ws.accepted_dir.glob("batch-*.parquet"))}
-    prepared = prepare(batches, ws.settings.preprocess, ws.settings.replay)
+    prepared = prepare(batches, ws.settings.preprocess, ws.settings.replay, read_suspect(ws.trust_file))
     shutil.rmtree(ws.prepared_dir, ignore_errors=True)  # DVC owns this folder: rebuild it whole
     write_prepared(prepared, ws.prepared_dir)
     print(f"prepared {len(prepared)} batch(es) into {ws.prepared_dir}", file=sys.stderr)

@@ -1,54 +1,111 @@
 """promote: the gate that decides whether the challenger replaces the champion, and the alias move.
 
-The gate compares scores on the new batch's test split (the challenger must beat the champion by
-`min_improvement` and reach `min_score`) and on every earlier batch's test split (it may not lose more than
-`max_regression` on any of them: a model that forgets an earlier domain is refused). Its reasons are recorded
-either way, as tags on the model version and on the iteration's run.
+The gate judges champion and challenger on the same rows (tasks/stats.py), so noise is not read as a verdict:
+- on the new batch the challenger must reach `min_score`, predict more than one label, gain at least
+  `min_improvement`, and be better by a one-sided exact McNemar test at `improvement_alpha`;
+- on every trusted earlier batch, and on all of them pooled, it is refused for forgetting only when a loss
+  beyond `max_regression` is shown: a one-sided paired-bootstrap test per batch, Holm-corrected over the
+  batches and the pooled check at `alpha`.
+Every check is recorded with its estimate, interval and verdict, on the model version and the iteration's run,
+and the version gets a one-line description of the verdict.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from kaizen.tasks import stats
 from kaizen.tasks.faults import kill_point
+from kaizen.tasks.predict import scores
 from kaizen.tasks.settings import GateSettings
+
+
+@dataclass(frozen=True)
+class PairedPredictions:
+    """One batch's test split, labelled by the champion and by the challenger."""
+
+    labels: tuple[str, ...]
+    challenger: tuple[str, ...]
+    champion: tuple[str, ...] | None  # None at bootstrap
+
+    def correct(self, model: str) -> np.ndarray:
+        return np.asarray(getattr(self, model)) == np.asarray(self.labels)
 
 
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
-    reasons: list[str]  # every check, passed or failed, in words
+    reasons: list[str]  # every check, failed ones first, in words
+    summary: str  # one line: the verdict and its main reason
 
     @property
     def verdict(self) -> str:
         return "promoted" if self.promote else "rejected"
 
 
-def promotion_gate(new_batch: str, challenger: dict[str, float], champion: dict[str, float] | None,
-                   gate: GateSettings) -> GateDecision:
-    """Scores are per batch id (the gate's metric on that batch's test split)."""
-    metric, new = gate.metric, challenger[new_batch]
+def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings) -> tuple[list[str], list[str]]:
+    """(failed, passed) checks of the challenger on the new batch."""
     failed: list[str] = []
     passed: list[str] = []
-    (passed if new >= gate.min_score else failed).append(
-        f"{metric} on {new_batch} is {new:.4f}, {'at or above' if new >= gate.min_score else 'below'} "
+    score = scores(np.asarray(rows.labels), np.asarray(rows.challenger))[gate.metric]
+    (passed if score >= gate.min_score else failed).append(
+        f"{gate.metric} on {batch} is {score:.4f}, {'at or above' if score >= gate.min_score else 'below'} "
         f"min_score {gate.min_score:.4f}")
-    if champion is None:
-        passed.append("no champion yet: bootstrap")
-        return GateDecision(not failed, failed + passed)
+    if len(set(rows.labels)) > 1 and len(set(rows.challenger)) == 1:
+        failed.append(f"the challenger predicts {rows.challenger[0]!r} for every row of {batch}: a constant "
+                      "predictor is never promoted")
+    if rows.champion is None:
+        return failed, passed + ["no champion yet: bootstrap"]
+    diff, _ = stats.paired_difference(rows.correct("champion"), rows.correct("challenger"),
+                                      confidence=1 - gate.alpha, resamples=gate.resamples)
+    p = stats.mcnemar_exact(diff.wins, diff.losses)
+    ok = diff.estimate >= gate.min_improvement and p <= gate.improvement_alpha
+    (passed if ok else failed).append(
+        f"accuracy on the new batch {batch}: challenger minus champion {diff.describe()}; better by McNemar's "
+        f"exact test p={p:.3f} (improvement_alpha {gate.improvement_alpha:g}, min_improvement "
+        f"{gate.min_improvement:+.3f}): {'improved' if ok else 'no improvement shown'}")
+    return failed, passed
 
-    gain = new - champion[new_batch]
-    (passed if gain >= gate.min_improvement else failed).append(
-        f"{metric} on the new batch {new_batch}: challenger {new:.4f} vs champion {champion[new_batch]:.4f} "
-        f"({gain:+.4f}; min_improvement {gate.min_improvement:+.4f})")
-    for batch in sorted(champion):
-        if batch == new_batch or batch not in challenger:
-            continue
-        drop = champion[batch] - challenger[batch]
-        (failed if drop > gate.max_regression else passed).append(
-            f"{metric} on earlier {batch}: challenger {challenger[batch]:.4f} vs champion {champion[batch]:.4f} "
-            f"({-drop:+.4f}; max_regression {gate.max_regression:.4f})")
-    return GateDecision(not failed, failed + passed)
+
+def _forgetting_checks(earlier: dict[str, PairedPredictions], gate: GateSettings) -> tuple[list[str], list[str]]:
+    """(failed, passed) checks on the earlier batches: a loss beyond the margin, per batch and pooled."""
+    groups = {batch: (rows.correct("champion"), rows.correct("challenger")) for batch, rows in earlier.items()}
+    if len(groups) > 1:
+        groups["all earlier batches pooled"] = tuple(np.concatenate([g[i] for g in groups.values()]) for i in (0, 1))
+    diffs, p_values = {}, {}
+    for name, (old, new) in groups.items():
+        diffs[name], draws = stats.paired_difference(old, new, confidence=1 - gate.alpha, resamples=gate.resamples)
+        p_values[name] = stats.regression_p_value(draws, gate.max_regression)
+    shown = stats.holm(p_values, gate.alpha)
+    failed, passed = [], []
+    for name in groups:
+        (failed if shown[name] else passed).append(
+            f"accuracy on {'earlier ' if name in earlier else ''}{name}: challenger minus champion "
+            f"{diffs[name].describe()}; a loss beyond max_regression {gate.max_regression:g} is "
+            f"{'shown' if shown[name] else 'not shown'} (p={p_values[name]:.3f}, Holm over {len(groups)} tests "
+            f"at alpha {gate.alpha:g})")
+    return failed, passed
+
+
+def promotion_gate(new_batch: str, paired: dict[str, PairedPredictions], gate: GateSettings) -> GateDecision:
+    """Judge the challenger on the new batch and on every other batch in `paired` (the trusted earlier ones)."""
+    failed, passed = _new_batch_checks(new_batch, paired[new_batch], gate)
+    earlier = {b: rows for b, rows in paired.items() if b != new_batch}
+    if paired[new_batch].champion is not None and earlier:
+        more_failed, more_passed = _forgetting_checks(earlier, gate)
+        failed, passed = failed + more_failed, passed + more_passed
+    promote = not failed
+    return GateDecision(promote, failed + passed, _summary(promote, new_batch, failed, passed))
+
+
+def _summary(promote: bool, new_batch: str, failed: list[str], passed: list[str]) -> str:
+    """The version's description: the verdict and the check that decided it."""
+    if not promote:
+        return f"rejected: {failed[0]}"
+    improvement = next((r for r in passed if r.startswith(f"accuracy on the new batch {new_batch}")), passed[-1])
+    return f"promoted: {improvement}"
 
 
 @dataclass(frozen=True)
@@ -64,9 +121,7 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
     from kaizen.tasks import lineage, registry
     from kaizen.tasks.record import TAG
 
-    metric = ws.settings.gate.metric
-    gate = promotion_gate(it.batch_id, evaluation.scores("challenger", metric),
-                          evaluation.scores("champion", metric), ws.settings.gate)
+    gate = promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate)
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
     reasons = "\n".join(gate.reasons)
@@ -78,6 +133,7 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
         kill_point("promote:moved")
     tags = {TAG["decision"]: gate.verdict, TAG["reasons"]: reasons}
     registry.tag_version(client, name, challenger_version, tags)
+    client.update_model_version(name, challenger_version, description=gate.summary)
     registry.set_tags(client, it.run_id, tags)
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     registry.set_tags(client, it.run_id, {TAG["champion_version"]: champion.version if champion else ""})

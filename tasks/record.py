@@ -37,6 +37,8 @@ TAG = {
     "recovered": "kaizen.recovered",
     "start": "kaizen.start",
     "device": "kaizen.device",
+    "remarks": "kaizen.remarks",  # what the screening of the batch noticed without stopping it
+    "merge_alpha": "kaizen.merge_alpha",
     # An operator's rollback: on the restored version, the replaced one, and a run of its own.
     "rollback_from": "kaizen.rollback.from",
     "rollback_to": "kaizen.rollback.to",

@@ -72,6 +72,15 @@ class TrainSettings(_Section):
     distill_weight: float = Field(ge=0.0, lt=1.0)
     distill_temperature: float = Field(gt=0.0)
     skip_if_champion_above: float = Field(ge=0.0)
+    merge_alphas: tuple[float, ...]
+    merge_val_rows: int = Field(ge=10)
+
+    @field_validator("merge_alphas")
+    @classmethod
+    def _mixes(cls, alphas: tuple[float, ...]) -> tuple[float, ...]:
+        if not alphas or any(not 0.0 < a <= 1.0 for a in alphas):
+            raise ValueError(f"merge_alphas must be one or more numbers in (0, 1] (1: no merging), got {list(alphas)}")
+        return alphas
 
 
 class DriftSettings(_Section):
@@ -85,6 +94,16 @@ class GateSettings(_Section):
     min_improvement: float = Field(ge=-1.0, le=1.0)
     max_regression: float = Field(ge=0.0, le=1.0)
     min_score: float = Field(ge=0.0, le=1.0)
+    improvement_alpha: float = Field(gt=0.0, le=1.0)
+    alpha: float = Field(gt=0.0, lt=0.5)
+    resamples: int = Field(ge=100)
+    min_test_rows: int = Field(ge=1)
+
+
+class TrustSettings(_Section):
+    min_kappa: float = Field(ge=-1.0, le=1.0)
+    confident: float = Field(gt=0.5, lt=1.0)
+    max_confident_issues: float = Field(gt=0.0, le=1.0)
 
 
 class ScheduleSettings(_Section):
@@ -124,6 +143,7 @@ class Settings(_Section):
     train: TrainSettings
     drift: DriftSettings
     gate: GateSettings
+    trust: TrustSettings
     schedule: ScheduleSettings
     mlflow: MlflowSettings
     demo: DemoSettings

@@ -176,6 +176,41 @@ def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict
     return mixed, pd.read_parquet(ws.split_file(batch_id, "val")), {str(k): int(v) for k, v in replay_rows.items()}
 
 
+def merge_validation(ws, it) -> dict[str, pd.DataFrame]:
+    """The validation splits the merge is chosen on: the new batch's and every trusted earlier batch's, at most
+    `train.merge_val_rows` rows in all (an equal share per batch, seeded)."""
+    from kaizen.tasks.evaluate import trusted_batches
+
+    batches = trusted_batches(ws, it.batches)
+    share = max(1, ws.settings.train.merge_val_rows // len(batches))
+    frames = {b: pd.read_parquet(ws.split_file(b, "val")) for b in batches}
+    return {b: f.sample(n=min(share, len(f)), random_state=ws.settings.train.seed) for b, f in frames.items() if len(f)}
+
+
+def merge_with_champion(ws, it, client, champion_dir: Path, tuned_dir: Path) -> Path:
+    """WiSE-FT: the mix of champion and fine-tuned weights that scores best on validation (tasks/merge.py);
+    every candidate's scores and the choice go to the run."""
+    from kaizen.tasks import registry
+    from kaizen.tasks.merge import choose_merge, interpolate
+    from kaizen.tasks.record import TAG
+
+    val_sets = merge_validation(ws, it)
+    alphas = ws.settings.train.merge_alphas
+    if it.batch_id not in val_sets:  # no validation rows of the new batch (val_fraction 0): nothing to choose on
+        alpha = max(alphas)
+        registry.set_tags(client, it.run_id, {TAG["merge_alpha"]: f"{alpha:g} (no validation rows to choose on)"})
+        return tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged")
+    choice = choose_merge(champion_dir, tuned_dir, val_sets, it.batch_id, alphas, max_length=ws.settings.model.max_length,
+                          out_dir=tuned_dir.parent / "merged", device=pick_device(ws.settings.train.device))
+    metrics = {"merge.alpha": choice.alpha}
+    for alpha, per_batch in choice.scores.items():
+        metrics[f"merge.alpha_{alpha:g}.val_mean"] = choice.objective(alpha)
+        metrics.update({f"merge.alpha_{alpha:g}.val.{b}": v for b, v in per_batch.items()})
+    registry.log_metrics(client, it.run_id, metrics)
+    registry.set_tags(client, it.run_id, {TAG["merge_alpha"]: f"{choice.alpha:g}"})
+    return choice.model_dir
+
+
 def train_challenger(ws, it) -> Challenger:
     """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger."""
     from kaizen.tasks import lineage, registry
@@ -202,6 +237,9 @@ def train_challenger(ws, it) -> Challenger:
     result = fine_tune(start, train, val, ws.settings.data.labels, model=ws.settings.model,
                        train_settings=ws.settings.train, epochs=epochs, out_dir=ws.runs_dir / it.batch_id,
                        log_epoch=log_epoch, teacher_logits=teacher)
+    model_dir = result.model_dir
+    if it.champion is not None:
+        model_dir = merge_with_champion(ws, it, client, Path(start), result.model_dir)
     lineage.log_datasets(client, it.run_id, {f"{it.batch_id}/train+replay": train, f"{it.batch_id}/val": val},
                          "training", ws.prepared_dir / it.batch_id)
     registry.log_metrics(client, it.run_id, {"train.rows": result.train_rows,
@@ -212,5 +250,5 @@ def train_challenger(ws, it) -> Challenger:
                                           f"{name}/{it.champion.version}", TAG["device"]: result.device})
     seen = (batches_seen(it.champion) if it.champion else []) + [it.batch_id]
     tags = {**it.lineage, TAG["batches_seen"]: ",".join(seen), TAG["decision"]: "pending"}
-    model = registry.register_model(client, ws, it.run_id, result.model_dir, tags)
-    return Challenger(model, result.model_dir, result, sum(replay_rows.values()))
+    model = registry.register_model(client, ws, it.run_id, model_dir, tags)
+    return Challenger(model, model_dir, result, sum(replay_rows.values()))

@@ -18,8 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaizen.tasks.files import locked
+from kaizen.tasks.files import locked, write_atomically
 from kaizen.tasks.settings import Settings, load_settings
+
+TRUST_FILE = Path("data") / "trust.json"  # relative to the workspace: see Workspace.trust_file
 
 GITIGNORE = """\
 # kaizen: data and loop state live outside git (DVC and MLflow version them)
@@ -72,6 +74,12 @@ class Workspace:
     def prepared_dir(self) -> Path:
         """The DVC stage's output: per-batch splits and replay samples."""
         return self.data_dir / "prepared"
+
+    @property
+    def trust_file(self) -> Path:
+        """The batches whose labels are suspect, written from the ledger before each `dvc repro` (a dependency of
+        the stage: replay never draws from them)."""
+        return self.root / TRUST_FILE
 
     @property
     def quarantine_dir(self) -> Path:
@@ -233,6 +241,14 @@ def template(name: str) -> Path:
     return Path(str(files("kaizen") / "templates" / name))
 
 
+def write_trust_file(path: Path, suspect: list[str]) -> None:
+    """The suspect batches as the DVC stage reads them; rewritten only when the list changes, so an unchanged
+    ledger leaves the data version as it was."""
+    text = json.dumps({"suspect": sorted(suspect)}, indent=1) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        write_atomically(path, text.encode("utf-8"))
+
+
 def write_stage_vars(root: Path) -> Path:
     """The machine-specific values `dvc.yaml` reads (its `vars`): the interpreter that runs the stage, so a
     `dvc repro` by hand uses this environment's kaizen whatever `python` is first on PATH, and the folder of the
@@ -252,6 +268,8 @@ def ensure_dvc(root: Path) -> None:
     """Make `root` a git + DVC repository with a local DVC remote under `.kaizen/` (idempotent)."""
     root = root.resolve()
     write_stage_vars(root)
+    if not (root / TRUST_FILE).exists():  # a `dvc repro` before the loop ever ran: no batch is suspect yet
+        write_trust_file(root / TRUST_FILE, [])
     if not (root / ".git").exists():
         run_command(["git", "init", "-q", "-b", "main"], root)
     for key, value in (("user.name", "kaizen"), ("user.email", "kaizen@localhost")):

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kaizen.tasks.workspace import Workspace, init_workspace
-from tests.helpers import FAST, write_params
+from tests.helpers import FAST, OPEN_GATE, write_params
 
 KAIZEN = str(Path(sys.executable).parent / "kaizen")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -86,8 +86,7 @@ def wait_until(what: str, check, seconds: float, every: float = 2.0):
 
 def make_ws(root: Path, tiny_backbone: Path, **overrides) -> Workspace:
     init_workspace(root)
-    write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "gate.min_score": 0.0,
-                        "gate.min_improvement": -1.0, "gate.max_regression": 1.0, "schedule.poll_seconds": 2,
+    write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone), "schedule.poll_seconds": 2,
                         "servers.slot_wait_seconds": 2, "servers.prefect_port": free_port(),
                         "servers.mlflow_port": free_port(), **overrides})
     return Workspace.open(root)

@@ -20,9 +20,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.data_version import read_data_version
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG
-from tests.helpers import FAST, land, sample, write_params
-
-PERMISSIVE = {"gate__min_score": 0.0, "gate__min_improvement": -1.0, "gate__max_regression": 1.0}
+from tests.helpers import FAST, OPEN_GATE, land, sample, write_params
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +28,9 @@ def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """Run the iterations once for the whole module; each test inspects what they left."""
     from kaizen.tasks.workspace import Workspace, init_workspace
 
-
     root = tmp_path_factory.mktemp("loop") / "ws"
     init_workspace(root)
-    write_params(root, {**FAST, "model.backbone": str(tiny_backbone),
-                        **{k.replace("__", "."): v for k, v in PERMISSIVE.items()}})
+    write_params(root, {**FAST, "model.backbone": str(tiny_backbone), **OPEN_GATE})
     ws = Workspace.open(root)
     summaries, locks = [], []
 
@@ -117,7 +113,7 @@ def test_runs_hold_reports_metrics_and_the_dvc_lock(loop_state) -> None:
         assert key in metrics
     assert metrics["challenger.batch-0002.accuracy"] == pytest.approx(summaries[1]["challenger_score"])
     history = client.get_metric_history(run.info.run_id, "train.accuracy")
-    assert [m.step for m in history] == [1, 2]
+    assert [m.step for m in history] == list(range(1, FAST["train.epochs"] + 1))
     assert run.info.status == "FINISHED"
 
 

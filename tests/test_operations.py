@@ -24,7 +24,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.data_version import read_data_version
 from kaizen.tasks.operations import OperationError, reproduce, rollback
 from kaizen.tasks.record import TAG, params_hash
-from tests.helpers import FAST, REPO, sample, write_params
+from tests.helpers import FAST, OPEN_GATE, REPO, sample, write_params
 
 
 def free_port() -> int:
@@ -76,8 +76,7 @@ def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
         os.environ["MLFLOW_TRACKING_URI"] = url
         root = tmp_path_factory.mktemp("served") / "ws"
         init_workspace(root)
-        write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "gate.min_score": 0.0,
-                            "gate.min_improvement": -1.0, "gate.max_regression": 1.0})
+        write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
         ws = Workspace.open(root)
         prepared, locks = [], []
         for name, domain in (("movies", "movies"), ("amazon", "amazon"), ("food", "finefood")):

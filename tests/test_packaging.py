@@ -18,7 +18,7 @@ import pytest
 from kaizen.tasks import registry
 from kaizen.tasks.record import TAG
 from kaizen.tasks.workspace import Workspace
-from tests.helpers import FAST, REPO, land, sample, write_params
+from tests.helpers import FAST, OPEN_GATE, REPO, land, sample, write_params
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_init_and_one_iteration_from_the_wheel(fresh_venv: Path, tmp_path: Path,
     init = subprocess.run([kaizen, "init", str(root)], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert init.returncode == 0, init.stdout + init.stderr
     assert (root / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
-    write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "gate.min_score": 0.0})
+    write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
     ws = Workspace.open(root)
     land(ws, "movies.csv", sample(domains["movies"], 120, seed=4))
 

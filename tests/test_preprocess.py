@@ -91,8 +91,10 @@ def test_max_test_rows_caps_the_test_split_and_keeps_its_balance(airline: pd.Dat
     capped = split_batch(airline, pre_settings(max_test_rows=50), seed=5)
     assert len(capped["test"]) == 50
     assert set(capped["test"]["text"]) <= set(uncapped["test"]["text"])
-    for name in ("train", "val"):  # only the test split is cut
-        pd.testing.assert_frame_equal(capped[name], uncapped[name])
+    pd.testing.assert_frame_equal(capped["val"], uncapped["val"])
+    cut = set(uncapped["test"]["text"]) - set(capped["test"]["text"])  # rows cut from the test split are learned from
+    assert set(capped["train"]["text"]) == set(uncapped["train"]["text"]) | cut
+    assert sum(len(capped[n]) for n in ("train", "val", "test")) == len(airline)
     counts = airline["label"].value_counts(normalize=True)
     test_counts = capped["test"]["label"].value_counts()
     for label, share in counts.items():
@@ -205,6 +207,17 @@ def test_replay_size_and_source(batches: dict[str, pd.DataFrame]) -> None:
             got = replay.loc[replay["batch"] == source, "label"].value_counts()
             for label, share in train_shares.items():
                 assert abs(got.get(label, 0) - shares[source] * share) <= 1, (batch_id, source, label)
+
+
+def test_a_suspect_batch_never_enters_replay(batches: dict[str, pd.DataFrame]) -> None:
+    trusting = prepare(batches, pre_settings(), replay_settings(ratio=1.0, max_rows=1000))
+    wary = prepare(batches, pre_settings(), replay_settings(ratio=1.0, max_rows=1000), suspect=frozenset({"batch-0002"}))
+    last = sorted(batches)[-1]
+    assert "batch-0002" in set(trusting[last]["replay"]["batch"])
+    assert "batch-0002" not in set(wary[last]["replay"]["batch"]) and len(wary[last]["replay"]) > 0
+    for batch_id in batches:  # the splits themselves do not depend on trust
+        for name in ("train", "val", "test"):
+            pd.testing.assert_frame_equal(wary[batch_id][name], trusting[batch_id][name])
 
 
 def test_replay_is_bounded_by_max_rows_and_by_the_pool(batches: dict[str, pd.DataFrame]) -> None:

@@ -17,7 +17,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.faults import ENV
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG
-from tests.helpers import sample
+from tests.helpers import FAST, OPEN_GATE, sample
 
 POINTS = ["preprocess:reproduced", "train:checkpoint", "register:logged", "check:done", "promote:moved",
           "finish:before-ledger"]
@@ -38,7 +38,7 @@ def kaizen_run(ws, kill_at: str | None) -> subprocess.CompletedProcess:
 
 
 def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains) -> None:
-    ws = make_workspace(gate__min_score=0.0, gate__min_improvement=-1.0, gate__max_regression=1.0)
+    ws = make_workspace(**{k.replace(".", "__"): v for k, v in OPEN_GATE.items()})
     landing = Path(ws.landing)
     landing.mkdir(parents=True, exist_ok=True)
     sample(domains["movies"], 80, seed=30).to_csv(landing / "b0.csv", index=False)
@@ -96,7 +96,7 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
     # epochs after it.
     every_run = client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100)
     steps = [[m.step for m in client.get_metric_history(run.info.run_id, "train.accuracy")] for run in every_run]
-    assert [2] in steps, steps
+    assert list(range(2, FAST["train.epochs"] + 1)) in steps, steps
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=ws.root, env=env, capture_output=True,
