@@ -83,7 +83,7 @@ def postgres() -> Iterator[dict]:
                     "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"], check=True, capture_output=True)
     (home / "pw").unlink()
     (port,) = free_ports(1)
-    log = Path(tempfile.mkdtemp(prefix="kaizen-pg-log-")) / "postgres.log"
+    log = home / "postgres.log"  # its tail goes into any error: the folder goes at the end
     # Durability off: a throwaway test database; the ledger's guarantees come from its transactions.
     proc = launch([*as_user, server, "-D", str(home / "data"), "-p", str(port), "-h", "127.0.0.1", "-k", "",
                    "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
@@ -132,7 +132,9 @@ def object_store(bucket: str = "kaizen") -> Iterator[dict]:
     (home / "data").mkdir()
     proc = launch([weed, "server", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
-                   f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.preStopSeconds=0",
+                   # Each bucket needs volumes of its own (SeaweedFS grows up to 7 at a time; the default cap is 8).
+                   f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=100",
+                   "-volume.preStopSeconds=0",
                    f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", "-s3", f"-s3.port={s3}",
                    f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0"],
                   home / "weed.log", {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret})
