@@ -35,7 +35,7 @@ class ServerState:
     answers: bool  # its health endpoint said so just now
     pid: int | None  # set when `kaizen up` started it
     log: str | None
-    source: str  # "kaizen up", "environment" or "embedded"
+    source: str  # "kaizen up", "params.yaml" (storage.tracking_uri), "environment" or "embedded"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -217,7 +217,8 @@ def status(ws: Workspace) -> list[ServerState]:
         else:
             url = ws.tracking_uri if is_server(ws.tracking_uri) else None
         source = "embedded" if url is None else (
-            "kaizen up" if record is not None and record["url"] == url else "environment")
+            "kaizen up" if record is not None and record["url"] == url else
+            "params.yaml" if url == ws.settings.storage.tracking_uri else "environment")
         states.append(ServerState(
             name=name, url=url, answers=bool(url) and answers(name, url),
             pid=record["pid"] if source == "kaizen up" else None,

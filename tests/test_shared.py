@@ -97,6 +97,8 @@ def test_kaizen_up_serves_mlflow_on_the_storage_settings(machine_a, tmp_path: Pa
     assert command[command.index("--backend-store-uri") + 1] == machine_a["backend"]
     assert command[command.index("--artifacts-destination") + 1] == machine_a["storage"]["artifacts"]
     assert servers.wanted(ws) == ("prefect", "mlflow") and servers.wanted(machine_a["ws"]) == ("prefect",)
+    (mlflow,) = [s for s in servers.status(machine_a["ws"]) if s.name == "mlflow"]  # what `kaizen status` shows
+    assert (mlflow.url, mlflow.source, mlflow.answers) == (machine_a["url"], "params.yaml", True)
 
 
 def test_another_machine_reproduces_the_data_and_predicts_from_the_server_alone(machine_a, tmp_path: Path) -> None:
