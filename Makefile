@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-fast lint clean up down
+.PHONY: install browser postgres demo test test-fast lint clean up down
 
 # torch first, exactly 2.13.0: on a CPU machine that is the local CPU wheel, and installing it before the
 # rest stops accelerate from pulling a multi-GB CUDA build. On a GPU machine install a CUDA build of
@@ -37,10 +37,18 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium not installed: the MLflow UI screenshot test will be skipped"
 
-test: install browser
+# PostgreSQL (Debian's package) for the tests of the shared set-up: they start a private server on a loopback
+# port. Installed when running as root with apt, else those tests are skipped and say why.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "postgresql not installed: the tests of the shared set-up will be skipped"
+
+test: install browser postgres
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install postgres
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install

@@ -21,11 +21,28 @@ from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace, su
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="kaizen: keep a text classifier improving as labeled data arrives, without regressions.")
 @app.command()
-def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a workspace.")]) -> None:
-    """Create a workspace: params.yaml, dvc.yaml, a git + DVC repository and a local DVC remote."""
+def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a workspace.")],
+         tracking_uri: Annotated[str | None, typer.Option(help="MLflow: a server (http://...) or a database "
+                                                          "URL (postgresql://user@host/db).")] = None,
+         artifacts: Annotated[str | None, typer.Option(help="MLflow artifacts: s3://bucket/prefix, gs://...")] = None,
+         dvc_remote: Annotated[str | None, typer.Option(help="DVC remote: s3://bucket/prefix, gs://..., ssh://...")]
+         = None,
+         landing: Annotated[str | None, typer.Option(help="Landing zone: a folder or fsspec URL.")] = None,
+         ledger: Annotated[str | None, typer.Option(help="Ingestion ledger: postgresql://user@host/db.")] = None,
+         train_deployment: Annotated[str | None, typer.Option(help="Train elsewhere: a Prefect deployment "
+                                                              "(kaizen-train/NAME).")] = None,
+         ) -> None:
+    """Create a workspace: params.yaml, dvc.yaml, a git + DVC repository and its DVC remote (local unless
+    --dvc-remote); the options set params.yaml's `storage` section. Credentials come from the environment."""
+    from kaizen.tasks.settings import SettingsError
     from kaizen.tasks.workspace import init_workspace
 
-    ws = init_workspace(directory)
+    chosen = {"storage.tracking_uri": tracking_uri, "storage.artifacts": artifacts, "storage.dvc_remote": dvc_remote,
+              "storage.landing": landing, "storage.ledger": ledger, "train.deployment": train_deployment}
+    try:
+        ws = init_workspace(directory, {key: value for key, value in chosen.items() if value is not None})
+    except SettingsError as exc:
+        raise fail("bad storage setting:", exc, code=2) from exc
     console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing}")
 
 
@@ -164,15 +181,17 @@ def rollback(reason: Annotated[str, typer.Option("--reason", help="Why: recorded
 @app.command()
 def reproduce(version: Annotated[str, typer.Argument(help="Model version whose training data to restore.")],
               out: Annotated[Path | None, typer.Option(help="Folder to restore into.")] = None,
+              remote: Annotated[str | None, typer.Option(help="DVC remote URL or folder (default: storage."
+                                                         "dvc_remote)")] = None,
               workspace: WorkspaceOpt = Path(".")) -> None:
-    """Restore a model version's exact training data from the DVC remote and verify its md5s."""
+    """Restore a model version's exact training data from a DVC remote and verify its md5s."""
     from kaizen.tasks.operations import OperationError
     from kaizen.tasks.operations import reproduce as restore
 
     ws = open_workspace(workspace)
     try:
         with console.status(f"restoring the data of version {version} from the DVC remote"):
-            prepared, md5 = restore(ws, version, out)
+            prepared, md5 = restore(ws, version, out, remote)
     except OperationError as exc:
         raise fail("cannot reproduce:", exc) from exc
     console.print(f"version {version}: data {md5} restored into {prepared}; every file's md5 verified")

@@ -19,8 +19,9 @@ WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", envvar="KAIZEN_
 
 
 def open_workspace(path: Path):
+    from kaizen.tasks.repo import ensure_dvc
     from kaizen.tasks.settings import SettingsError
-    from kaizen.tasks.workspace import Workspace, configure_environment, ensure_dvc
+    from kaizen.tasks.workspace import Workspace, configure_environment
 
     try:
         ws = Workspace.open(path)
@@ -28,7 +29,7 @@ def open_workspace(path: Path):
         console.print(f"[red]bad settings:[/] {exc}")
         raise typer.Exit(2) from exc
     if not (ws.root / ".dvc").exists() or not (ws.root / ".git").exists():
-        ensure_dvc(ws.root)
+        ensure_dvc(ws.root, ws.dvc_remote)
     configure_environment(ws)
     return ws
 

@@ -16,7 +16,8 @@ import yaml
 
 from kaizen.tasks.faults import kill_point
 from kaizen.tasks.ledger import Ledger
-from kaizen.tasks.workspace import Workspace, dvc_command, write_stage_vars, write_trust_file
+from kaizen.tasks.repo import configure_remote, dvc_command, write_stage_vars, write_trust_file
+from kaizen.tasks.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def read_data_version(lock_text: str) -> DataVersion:
 
 def build_data_version(ws: Workspace) -> DataVersion:
     """`dvc repro` (a no-op when nothing changed), `dvc push` to the remote, and the resulting version."""
+    configure_remote(ws.root, ws.dvc_remote)  # params.yaml's storage.dvc_remote may have changed since
     write_stage_vars(ws.root)
     with Ledger(ws.ledger_db) as ledger:
         write_trust_file(ws.trust_file, ledger.suspect_batches())
@@ -60,17 +62,15 @@ def build_data_version(ws: Workspace) -> DataVersion:
     return read_data_version(ws.dvc_lock.read_text(encoding="utf-8"))
 
 
-def restore_data_version(ws: Workspace, lock_text: str, dest: Path) -> Path:
-    """Materialise the prepared data of a recorded version from the DVC remote into `dest` (a new repo)."""
-    from kaizen.tasks.workspace import ensure_dvc
+def restore_data_version(ws: Workspace, lock_text: str, dest: Path, remote: str | None = None) -> Path:
+    """Materialise the prepared data of a recorded version from a DVC remote (default: the workspace's) into
+    `dest`, a new DVC repository with that remote as its default: `dvc pull` works there too."""
+    from kaizen.tasks.repo import ensure_dvc
 
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "dvc.yaml").write_text((ws.root / "dvc.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     (dest / "params.yaml").write_text(ws.params_file.read_text(encoding="utf-8"), encoding="utf-8")
     (dest / "dvc.lock").write_text(lock_text, encoding="utf-8")
-    ensure_dvc(dest)
-    remote = str(ws.dvc_remote_dir)
-    subprocess.run(dvc_command("remote", "add", "-f", "-d", "local", remote), cwd=dest, check=True,
-                   capture_output=True)
+    ensure_dvc(dest, remote or ws.dvc_remote)
     _dvc(Workspace(dest, ws.settings), "pull", "--quiet", "data/prepared")
     return dest / "data" / "prepared"

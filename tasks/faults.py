@@ -12,6 +12,9 @@ import os
 import signal
 
 ENV = "KAIZEN_KILL_AT"
+# PIDs a kill point takes with it: a job started by the loop (training) dies with the loop, the way a machine
+# dies whole, when the point is reached inside the job.
+KILL_ALSO = "KAIZEN_KILL_ALSO"
 
 _hits: dict[str, int] = {}
 
@@ -26,4 +29,6 @@ def kill_point(name: str) -> None:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == int(nth or "1"):
+        for pid in os.environ.get(KILL_ALSO, "").split():
+            os.kill(int(pid), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,19 +1,21 @@
 """The ingestion ledger: which files were ingested (by content hash), which rows exist, which batches they formed.
 
-SQLite, because every state change of collect must be one atomic commit: a file is either fully recorded
-(its rows' keys, its counts, its batch) or not at all, whatever kills the process.
+A transactional database, because every state change of collect must be one atomic commit: a file is either
+fully recorded (its rows' keys, its counts, its batch) or not at all, whatever kills the process. SQLite in
+the workspace by default; PostgreSQL (storage.ledger) when machines share the workspace. The SQL below is the
+same for both; tasks/sqldb.py adapts what differs.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kaizen.tasks import sqldb
 from kaizen.tasks.faults import kill_point
 
 SCHEMA = """
@@ -69,17 +71,13 @@ class BatchRecord:
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+    def __init__(self, location: Path | str) -> None:
+        """`location`: a SQLite file, or a postgresql:// URL (Workspace.ledger_db gives the workspace's)."""
+        self._db = sqldb.connect(location)
+        self._db.create(SCHEMA, rowid_tables=("files",))  # files are listed in the order they were ingested
         for table, columns in ADDED_COLUMNS.items():
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for name, spec in columns.items():
-                if name not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {spec}")
+            for name, declaration in columns.items():
+                self._db.add_column(table, name, declaration)
 
     def close(self) -> None:
         self._db.close()
@@ -91,14 +89,10 @@ class Ledger:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def transaction(self) -> Iterator[sqldb.SQLite | sqldb.Postgres]:
+        """One atomic commit; writers are serialised (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock)."""
+        with self._db.transaction() as db:
+            yield db
 
     # --- files and rows ---------------------------------------------------------------------------
     def file(self, sha256: str) -> FileRecord | None:
@@ -121,7 +115,8 @@ class Ledger:
     def record_file(self, record: FileRecord, size: int, row_keys: list[tuple[str, int]]) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO files VALUES (?,?,?,?,?,?,?,NULL)",
+                "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
+                "VALUES (?,?,?,?,?,?,?)",
                 (record.sha256, record.name, size, now(), record.rows_in, record.rows_accepted,
                  record.rows_quarantined),
             )

@@ -107,8 +107,9 @@ def _dir_manifest(dvc_cache: Path, dir_md5: str) -> list[dict]:
     return json.loads((dvc_cache / "files" / "md5" / digest[:2] / f"{digest[2:]}.dir").read_text())
 
 
-def reproduce(ws: Workspace, version: str, dest: Path | None = None) -> tuple[Path, str]:
-    """Restore the exact prepared data a model version was trained on from the DVC remote; verify every md5."""
+def reproduce(ws: Workspace, version: str, dest: Path | None = None, remote: str | None = None) -> tuple[Path, str]:
+    """Restore the exact prepared data a model version was trained on from a DVC remote (default: the
+    workspace's, storage.dvc_remote); verify every md5."""
     from kaizen.tasks.data_version import read_data_version, restore_data_version
 
     client = registry.connect(ws)
@@ -119,7 +120,7 @@ def reproduce(ws: Workspace, version: str, dest: Path | None = None) -> tuple[Pa
         raise OperationError(f"version {version}: its run's dvc.lock names {data_version.prepared_md5}, its tag "
                              f"{ref.tags.get(TAG['data_version'])}")
     dest = dest or ws.state_dir / "reproduce" / f"v{version}"
-    prepared = restore_data_version(ws, data_version.lock, dest)
+    prepared = restore_data_version(ws, data_version.lock, dest, remote)
     for entry in _dir_manifest(dest / ".dvc" / "cache", data_version.prepared_md5):
         actual = hashlib.md5((prepared / entry["relpath"]).read_bytes()).hexdigest()
         if actual != entry["md5"]:

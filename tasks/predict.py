@@ -29,12 +29,13 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 
 def predict(model_dir: Path | str, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
-            device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
-    """Labels and class probabilities for `texts`, batched, shortest-first so padding stays small;
-    `progress(done, total)` after every batch."""
+            device: str = "auto", progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
+    """Labels and class probabilities for `texts`, batched, shortest-first so padding stays small, on `device`
+    (auto: the GPU when there is one); `progress(done, total)` after every batch."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    device = pick_device(device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     net = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
     order = np.argsort([len(t) for t in texts], kind="stable")

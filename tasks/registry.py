@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kaizen.tasks.faults import kill_point
-from kaizen.tasks.workspace import Workspace
+from kaizen.tasks.workspace import Workspace, is_server
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 PIP_REQUIREMENTS = ["torch", "transformers", "accelerate"]  # skips MLflow's slow, crash-prone inference
@@ -43,12 +43,15 @@ def connect(ws: Workspace):
             os.environ[key] = value
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     if client.get_experiment_by_name(ws.settings.mlflow.experiment) is None:
-        if ws.tracking_uri.startswith(("http://", "https://")):
+        if is_server(ws.tracking_uri):
             # A tracking server stores artifacts itself (proxied): runs on other machines can write them too.
             client.create_experiment(ws.settings.mlflow.experiment)
-        else:
-            ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
-            client.create_experiment(ws.settings.mlflow.experiment, artifact_location=ws.artifacts_dir.as_uri())
+        else:  # storage.artifacts (an object store: credentials from the environment), else a folder here
+            root = ws.artifact_root
+            if "://" not in root:
+                Path(root).mkdir(parents=True, exist_ok=True)
+                root = Path(root).as_uri()
+            client.create_experiment(ws.settings.mlflow.experiment, artifact_location=root)
     return client
 
 

@@ -1,5 +1,6 @@
-"""Local servers for one workspace: a Prefect server (SQLite) and an MLflow tracking server (the workspace's
-own SQLite store and artifact folder), both on the loopback address from params.yaml `servers`.
+"""Local servers for one workspace: a Prefect server (SQLite) and an MLflow tracking server (on params.yaml's
+`storage`: PostgreSQL and an object store, or the workspace's own SQLite store and artifact folder; none
+when `storage.tracking_uri` names a shared server), on the loopback address from params.yaml `servers`.
 
 `start` launches each one in its own session and records its PID, the process's start time, its address and
 its log under `.kaizen/servers/`; `stop` ends exactly those process groups, checking the start time first so
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kaizen.tasks.workspace import OFFLINE_ENV, Workspace
+from kaizen.tasks.workspace import OFFLINE_ENV, Workspace, is_server
 
 SERVERS = ("prefect", "mlflow")
 
@@ -34,7 +35,7 @@ class ServerState:
     answers: bool  # its health endpoint said so just now
     pid: int | None  # set when `kaizen up` started it
     log: str | None
-    source: str  # "kaizen up", "environment" or "embedded"
+    source: str  # "kaizen up", "params.yaml" (storage.tracking_uri), "environment" or "embedded"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,8 +75,10 @@ def _command(ws: Workspace, name: str) -> tuple[list[str], dict[str, str], str]:
     else:
         # Without these two, `mlflow server` starts about ten processes and 2.4 GB.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{ws.mlflow_db}",
-               "--artifacts-destination", str(ws.artifacts_dir), "--host", cfg.host, "--port", str(port),
+        # storage.tracking_uri / storage.artifacts (PostgreSQL, S3...) or the workspace's own files; the
+        # credentials they need (PGPASSWORD, AWS_...) come with this environment.
+        cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", ws.backend_store_uri,
+               "--artifacts-destination", ws.artifact_root, "--host", cfg.host, "--port", str(port),
                "--workers", "1"]
     return cmd, env, f"http://{cfg.host}:{port}"
 
@@ -117,7 +120,8 @@ def _launch(ws: Workspace, name: str) -> dict:
         raise ServerError(f"{name}: port {port} on {ws.settings.servers.host} is taken by another program; "
                           f"choose another in params.yaml (servers.{name}_port)")
     ws.servers_dir.mkdir(parents=True, exist_ok=True)
-    ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    if "://" not in ws.artifact_root:
+        Path(ws.artifact_root).mkdir(parents=True, exist_ok=True)
     log = ws.servers_dir / f"{name}.log"
     with open(log, "ab") as out:
         # A session of its own: the server's children share its process group, which `stop` signals whole.
@@ -129,13 +133,18 @@ def _launch(ws: Workspace, name: str) -> dict:
     return record
 
 
+def wanted(ws: Workspace) -> tuple[str, ...]:
+    """The servers `kaizen up` runs here: not MLflow when storage.tracking_uri names a shared tracking server."""
+    return tuple(n for n in SERVERS if n != "mlflow" or not is_server(ws.settings.storage.tracking_uri))
+
+
 def start(ws: Workspace) -> list[ServerState]:
-    """Start whichever of the two servers is not already running for this workspace; wait until both answer.
+    """Start whichever of the servers is not already running for this workspace; wait until they answer.
     If one fails, the ones started by this call are stopped again and the error carries the log's tail."""
     started: list[str] = []
     records: dict[str, dict] = {}
     try:
-        for name in SERVERS:
+        for name in wanted(ws):
             record = _read_record(ws, name)
             if record is not None and _alive(record):
                 records[name] = record
@@ -144,7 +153,7 @@ def start(ws: Workspace) -> list[ServerState]:
             records[name] = _launch(ws, name)
             started.append(name)
         deadline = time.monotonic() + ws.settings.servers.startup_timeout_seconds
-        waiting = set(SERVERS)
+        waiting = set(wanted(ws))
         while waiting:
             for name in sorted(waiting):
                 if answers(name, records[name]["url"]):
@@ -206,9 +215,10 @@ def status(ws: Workspace) -> list[ServerState]:
             api = ws.prefect_api_url
             url = api.removesuffix("/").removesuffix("/api") if api else None
         else:
-            url = ws.tracking_uri if ws.tracking_uri.startswith(("http://", "https://")) else None
+            url = ws.tracking_uri if is_server(ws.tracking_uri) else None
         source = "embedded" if url is None else (
-            "kaizen up" if record is not None and record["url"] == url else "environment")
+            "kaizen up" if record is not None and record["url"] == url else
+            "params.yaml" if url == ws.settings.storage.tracking_uri else "environment")
         states.append(ServerState(
             name=name, url=url, answers=bool(url) and answers(name, url),
             pid=record["pid"] if source == "kaizen up" else None,

@@ -18,7 +18,6 @@ class _Section(BaseModel):
 
 
 class DataSettings(_Section):
-    landing: str = Field(min_length=1)
     text_column: str = Field(min_length=1)
     label_column: str = Field(min_length=1)
     labels: tuple[str, ...] = Field(min_length=2)
@@ -38,6 +37,50 @@ class DataSettings(_Section):
         if self.text_column == self.label_column:
             raise ValueError("text_column and label_column must differ")
         return self
+
+
+def _no_password(url: str) -> str:
+    """Credentials come from the environment only (PGPASSWORD, AWS_SECRET_ACCESS_KEY...), never from a file."""
+    from urllib.parse import urlsplit
+
+    if "://" in url and urlsplit(url).password is not None:
+        raise ValueError("holds a password: leave it out and set it in the environment (PGPASSWORD, AWS_...)")
+    return url
+
+
+class StorageSettings(_Section):
+    tracking_uri: str
+    artifacts: str
+    dvc_remote: str
+    landing: str = Field(min_length=1)
+    ledger: str
+
+    @field_validator("tracking_uri", "artifacts", "dvc_remote", "landing", "ledger")
+    @classmethod
+    def _credentials_elsewhere(cls, url: str) -> str:
+        return _no_password(url)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking(cls, uri: str) -> str:
+        if uri and not uri.startswith(("http://", "https://", "sqlite:///", "postgresql", "mysql")):
+            raise ValueError("expected a tracking server (http://...), a database URL (postgresql://..., "
+                             "sqlite:///...) or empty for the workspace's own SQLite file")
+        return uri
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger(cls, url: str) -> str:
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a PostgreSQL URL (postgresql://user@host/db) or empty for SQLite")
+        return url
+
+    @field_validator("artifacts", "dvc_remote")
+    @classmethod
+    def _absolute(cls, url: str) -> str:
+        if url and "://" not in url and not url.startswith("/"):
+            raise ValueError("expected a URL (s3://bucket/prefix) or an absolute path, or empty for .kaizen/")
+        return url
 
 
 class PreprocessSettings(_Section):
@@ -69,6 +112,8 @@ class TrainSettings(_Section):
     max_train_rows: int = Field(ge=0)
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    processes: int = Field(ge=1, le=64)
+    deployment: str = Field(pattern=r"^$|^[^/]+/[^/]+$")
     distill_weight: float = Field(ge=0.0, lt=1.0)
     distill_temperature: float = Field(gt=0.0)
     skip_if_champion_above: float = Field(ge=0.0)
@@ -137,6 +182,7 @@ class MlflowSettings(_Section):
 
 class Settings(_Section):
     data: DataSettings
+    storage: StorageSettings
     preprocess: PreprocessSettings
     replay: ReplaySettings
     model: ModelSettings
@@ -164,6 +210,13 @@ class SettingsError(ValueError):
     """params.yaml is missing, unreadable or holds a bad value; the message names it."""
 
 
+def _redacted(text: str) -> str:
+    """An error never repeats a password someone put in a URL (it would end up in logs)."""
+    import re
+
+    return re.sub(r"(://[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
+
+
 def _validate(raw: Any, source: str) -> Settings:
     if not isinstance(raw, dict):
         raise SettingsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
@@ -171,7 +224,7 @@ def _validate(raw: Any, source: str) -> Settings:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {_redacted(repr(err.get('input')))})"
             for err in exc.errors()
         )
         raise SettingsError(f"{source}: {problems}") from exc

@@ -1,12 +1,14 @@
 """train: fine-tune the champion (or, at bootstrap, the pretrained encoder) on the new batch plus replay.
 
-The Hugging Face Trainer does the work: dynamic padding (DataCollatorWithPadding), length-grouped batches,
-mixed precision on a GPU, an evaluation and a checkpoint per epoch (a killed run resumes from its last one).
+The Hugging Face Trainer does the work, in a job of its own (tasks/train_job.py, `accelerate launch` past one
+process): dynamic padding (DataCollatorWithPadding), length-grouped batches, mixed precision on a GPU, DDP
+over several, an evaluation and a checkpoint per epoch (a killed run resumes from its last one). Everything
+after the fine-tune (registration) stays in this process.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaizen.tasks.faults import kill_point
-from kaizen.tasks.predict import pick_device, predict, scores
+from kaizen.tasks import jobs
+from kaizen.tasks.predict import pick_device, predict
 from kaizen.tasks.settings import ModelSettings, TrainSettings
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -51,107 +53,30 @@ def load_for_training(start: str, labels: Sequence[str]):
     return model, AutoTokenizer.from_pretrained(start)
 
 
-class _Encoded:
-    """A map-style dataset of tokenized rows (the Trainer needs no `datasets` library for this)."""
-
-    def __init__(self, tokenizer, texts: list[str], label_ids: list[int], max_length: int,
-                 teacher_logits: np.ndarray | None = None) -> None:
-        enc = tokenizer(texts, truncation=True, max_length=max_length)
-        self.rows = [{"input_ids": ids, "attention_mask": mask, "labels": y}
-                     for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], label_ids, strict=True)]
-        if teacher_logits is not None:
-            for row, logits in zip(self.rows, teacher_logits.tolist(), strict=True):
-                row["teacher_logits"] = logits
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
-
-
-def distilling_trainer(weight: float, temperature: float):
-    """A Trainer whose loss mixes in KL to the champion's outputs (learning without forgetting), for rows that
-    carry `teacher_logits`; rows without them (validation) get the plain loss."""
-    import torch.nn.functional as F
-    from transformers import Trainer
-
-    class DistillingTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            teacher = inputs.pop("teacher_logits", None)
-            outputs = model(**inputs)
-            loss = outputs.loss
-            if teacher is not None and weight > 0:
-                kd = F.kl_div(F.log_softmax(outputs.logits / temperature, dim=-1),
-                              F.softmax(teacher.to(outputs.logits.dtype) / temperature, dim=-1),
-                              reduction="batchmean") * temperature**2
-                loss = (1 - weight) * loss + weight * kd
-            return (loss, outputs) if return_outputs else loss
-
-    return DistillingTrainer
-
-
 def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequence[str], *, model: ModelSettings,
               train_settings: TrainSettings, epochs: int, out_dir: Path,
               log_epoch: EpochLogger | None = None, teacher_logits: np.ndarray | None = None) -> TrainResult:
     """Fine-tune `start` on `train` (text, label), evaluating on `val` after every epoch; with `teacher_logits`
-    (one row per training row) the loss also keeps the outputs close to the teacher's."""
-    import torch
-    from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments, set_seed
-
+    (one row per training row) the loss also keeps the outputs close to the teacher's. The training runs as a
+    job of its own (tasks/train_job.py, started by tasks/jobs.py: `train.processes` processes here, or on the
+    machine of `train.deployment`) while this process waits, logging each epoch as it ends; a job resumes from
+    the last checkpoint in `out_dir`."""
     if train.empty:
         raise ValueError("nothing to train on: the training split is empty")
-    device = pick_device(train_settings.device)
-    set_seed(train_settings.seed)
-    net, tokenizer = load_for_training(start, labels)
-    label_id = {label: i for i, label in enumerate(labels)}
-    encode = lambda frame, teacher=None: _Encoded(  # noqa: E731
-        tokenizer, frame["text"].tolist(), [label_id[y] for y in frame["label"]], model.max_length, teacher)
-    epochs_seen: list[dict[str, float]] = []
-
-    class EpochMetrics(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            row = {k.removeprefix("eval_"): float(v) for k, v in (metrics or {}).items()
-                   if k in ("eval_loss", "eval_accuracy", "eval_f1")}
-            losses = [h["loss"] for h in state.log_history if "loss" in h]
-            if losses:
-                row["train_loss"] = float(losses[-1])
-            epoch = int(round(state.epoch or 0))
-            epochs_seen.append({"epoch": epoch, **row})
-            if log_epoch:
-                log_epoch(epoch, row)
-
-        def on_save(self, args, state, control, **kwargs):
-            kill_point("train:checkpoint")  # tests: the next run must resume from this checkpoint
-
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"), num_train_epochs=epochs,
-        per_device_train_batch_size=train_settings.batch_size, per_device_eval_batch_size=64,
-        learning_rate=train_settings.learning_rate, weight_decay=train_settings.weight_decay,
-        warmup_steps=train_settings.warmup_ratio, lr_scheduler_type="linear",
-        eval_strategy="epoch" if len(val) else "no", save_strategy="epoch", save_total_limit=1,
-        logging_strategy="epoch", report_to="none", train_sampling_strategy="group_by_length",
-        use_cpu=device == "cpu", bf16=bf16, fp16=device == "cuda" and not bf16,
-        seed=train_settings.seed, dataloader_num_workers=0, save_only_model=False,
-        remove_unused_columns=False,  # keep teacher_logits: compute_loss takes them out itself
-    )
-    trainer_class = distilling_trainer(train_settings.distill_weight, train_settings.distill_temperature)
-    trainer = trainer_class(
-        model=net, args=args, train_dataset=encode(train, teacher_logits),
-        eval_dataset=encode(val) if len(val) else None,
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=lambda p: scores(p.label_ids, np.argmax(p.predictions, axis=-1)),
-        callbacks=[EpochMetrics()],
-    )
-    checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    began = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    seconds = time.perf_counter() - began
-    model_dir = out_dir / "model"
-    trainer.save_model(str(model_dir))  # safetensors, with the tokenizer beside it
-    (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle: never ship one
-    return TrainResult(model_dir, epochs_seen, len(train), seconds, device)
+    job = out_dir / "job"
+    job.mkdir(parents=True, exist_ok=True)
+    for stale in ("epochs.jsonl", "result.json", "teacher.npy"):
+        (job / stale).unlink(missing_ok=True)
+    (job / "spec.json").write_text(json.dumps({
+        "start": start, "labels": list(labels), "epochs": epochs, "out_dir": str(out_dir),
+        "model": model.model_dump(mode="json"), "train": train_settings.model_dump(mode="json")}), encoding="utf-8")
+    train[["text", "label"]].to_parquet(job / "train.parquet", index=False)
+    val[["text", "label"]].to_parquet(job / "val.parquet", index=False)
+    if teacher_logits is not None:
+        np.save(job / "teacher.npy", teacher_logits)
+    epochs_seen = jobs.run(job, train_settings, log_epoch)
+    result = json.loads((job / "result.json").read_text(encoding="utf-8"))
+    return TrainResult(out_dir / "model", epochs_seen, len(train), result["seconds"], result["device"])
 
 
 @dataclass(frozen=True)

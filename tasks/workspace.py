@@ -12,16 +12,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaizen.tasks.files import locked, write_atomically
+from kaizen.tasks import sqldb
+from kaizen.tasks.files import locked
+from kaizen.tasks.repo import TRUST_FILE, ensure_dvc, run_command
 from kaizen.tasks.settings import Settings, load_settings
-
-TRUST_FILE = Path("data") / "trust.json"  # relative to the workspace: see Workspace.trust_file
 
 GITIGNORE = """\
 # kaizen: data and loop state live outside git (DVC and MLflow version them)
@@ -53,7 +52,7 @@ class Workspace:
     @property
     def landing(self) -> str:
         """The landing zone as an fsspec URL or an absolute local path."""
-        landing = self.settings.data.landing
+        landing = self.settings.storage.landing
         return landing if "://" in landing else str(self.root / landing)
 
     @property
@@ -101,8 +100,9 @@ class Workspace:
         return self.root / ".kaizen"
 
     @property
-    def ledger_db(self) -> Path:
-        return self.state_dir / "ledger.db"
+    def ledger_db(self) -> Path | str:
+        """The ingestion ledger: storage.ledger (a PostgreSQL URL) when the workspace is shared, else SQLite here."""
+        return self.settings.storage.ledger or self.state_dir / "ledger.db"
 
     @property
     def mlflow_db(self) -> Path:
@@ -110,13 +110,26 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        """MLFLOW_TRACKING_URI when the user set it, else the server `kaizen up` started here, else the SQLite file."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.recorded_url("mlflow") or f"sqlite:///{self.mlflow_db}"
+        """MLFLOW_TRACKING_URI when the user set it, else the server `kaizen up` started here, else
+        storage.tracking_uri, else the SQLite file."""
+        return (os.environ.get("MLFLOW_TRACKING_URI") or self.recorded_url("mlflow")
+                or self.settings.storage.tracking_uri or f"sqlite:///{self.mlflow_db}")
+
+    @property
+    def backend_store_uri(self) -> str:
+        """The database behind `kaizen up`'s MLflow server: storage.tracking_uri when it names one, else SQLite here."""
+        uri = self.settings.storage.tracking_uri
+        return uri if uri and not is_server(uri) else f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def artifact_root(self) -> str:
+        """Where MLflow stores artifacts (the server's destination, or a new experiment's location without one)."""
+        return self.settings.storage.artifacts or str(self.artifacts_dir)
 
     @property
     def mlflow_ui_url(self) -> str:
         """Where a browser finds this workspace's MLflow UI: the tracking server, or where `kaizen ui` serves it."""
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if is_server(self.tracking_uri):
             return self.tracking_uri.rstrip("/")
         return f"http://{self.settings.servers.host}:{self.settings.servers.mlflow_port}"
 
@@ -157,6 +170,11 @@ class Workspace:
         return self.state_dir / "dvc-remote"
 
     @property
+    def dvc_remote(self) -> str:
+        """The DVC remote that data versions are pushed to and restored from: storage.dvc_remote, else local."""
+        return self.settings.storage.dvc_remote or str(self.dvc_remote_dir)
+
+    @property
     def prefect_home(self) -> Path:
         return self.state_dir / "prefect"
 
@@ -175,6 +193,11 @@ class Workspace:
 
     def split_file(self, batch_id: str, split: str) -> Path:
         return self.prepared_dir / batch_id / f"{split}.parquet"
+
+
+def is_server(uri: str) -> bool:
+    """A tracking URI that names an MLflow server (which stores artifacts itself), not a database."""
+    return uri.startswith(("http://", "https://"))
 
 
 # Every process of the loop, wherever it runs: offline, and no telemetry.
@@ -213,25 +236,16 @@ def run_environment(ws: Workspace) -> dict[str, str]:
 def hold(ws: Workspace, purpose: str, wait: bool) -> Iterator[bool]:
     """Hold the workspace for one `purpose` ("loop": DVC runs one loop per repository; "collect": one ingest at a
     time; "serve": one server of its deployment, whose shutdown would pause it under another). Waits for the
-    holder, or raises files.Busy when `wait` is False. Yields whether it waited."""
+    holder, or raises files.Busy when `wait` is False. Yields whether it waited. A workspace shared by several
+    machines (its ledger on PostgreSQL) is held in that database, where every machine sees the lock."""
+    busy = f"another {purpose} is running in {ws.root} (it holds %s); try again later"
+    if sqldb.is_postgres(ws.ledger_db):
+        with sqldb.advisory_lock(str(ws.ledger_db), purpose, wait, busy % f"the ledger's {purpose!r} lock") as waited:
+            yield waited
+        return
     path = ws.state_dir / f"{purpose}.lock"
-    with locked(path, wait, f"another {purpose} is running in {ws.root} (it holds {path}); try again later") as waited:
+    with locked(path, wait, busy % path) as waited:
         yield waited
-
-
-def run_command(args: list[str], cwd: Path) -> str:
-    """Run a tool; on failure raise with its own words, so nothing is swallowed."""
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"`{' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n{result.stderr or result.stdout}"
-        )
-    return result.stdout
-
-
-def dvc_command(*args: str) -> list[str]:
-    """`dvc` of this interpreter's environment, whatever is first on PATH."""
-    return [sys.executable, "-m", "dvc", *args]
 
 
 def template(name: str) -> Path:
@@ -241,60 +255,37 @@ def template(name: str) -> Path:
     return Path(str(files("kaizen") / "templates" / name))
 
 
-def write_trust_file(path: Path, suspect: list[str]) -> None:
-    """The suspect batches as the DVC stage reads them; rewritten only when the list changes, so an unchanged
-    ledger leaves the data version as it was."""
-    text = json.dumps({"suspect": sorted(suspect)}, indent=1) + "\n"
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        write_atomically(path, text.encode("utf-8"))
+def make_buckets(ws: Workspace) -> None:
+    """The object-store locations of `storage` exist afterwards (a missing bucket is made, with the credentials
+    of the environment), so the first push, upload or landed file has somewhere to go."""
+    import fsspec
+
+    storage = ws.settings.storage
+    for url in sorted({storage.landing, storage.dvc_remote, storage.artifacts}):
+        if url.startswith(("s3://", "gs://", "gcs://")):
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.makedirs(path, exist_ok=True)
 
 
-def write_stage_vars(root: Path) -> Path:
-    """The machine-specific values `dvc.yaml` reads (its `vars`): the interpreter that runs the stage, so a
-    `dvc repro` by hand uses this environment's kaizen whatever `python` is first on PATH, and the folder of the
-    stage's code, which the stage lists among its dependencies. Rewritten only when they change."""
-    import kaizen.tasks
+def init_workspace(root: Path, settings: dict[str, str] | None = None) -> Workspace:
+    """Create a workspace in `root`: params.yaml and dvc.yaml from the templates with `settings` set (dotted keys:
+    `{"storage.tracking_uri": "http://mlflow:5000", "storage.dvc_remote": "s3://bucket/dvc"}`), git, DVC, a
+    first commit."""
+    from kaizen.tasks.settings import write_overrides
 
-    stage_vars = root / ".kaizen" / "stage.yaml"
-    text = (f"# written by kaizen for dvc.yaml (machine-specific, never committed)\n"
-            f"python: {json.dumps(sys.executable)}\ncode: {json.dumps(str(Path(kaizen.tasks.__file__).parent))}\n")
-    if not stage_vars.exists() or stage_vars.read_text(encoding="utf-8") != text:
-        stage_vars.parent.mkdir(parents=True, exist_ok=True)
-        stage_vars.write_text(text, encoding="utf-8")
-    return stage_vars
-
-
-def ensure_dvc(root: Path) -> None:
-    """Make `root` a git + DVC repository with a local DVC remote under `.kaizen/` (idempotent)."""
-    root = root.resolve()
-    write_stage_vars(root)
-    if not (root / TRUST_FILE).exists():  # a `dvc repro` before the loop ever ran: no batch is suspect yet
-        write_trust_file(root / TRUST_FILE, [])
-    if not (root / ".git").exists():
-        run_command(["git", "init", "-q", "-b", "main"], root)
-    for key, value in (("user.name", "kaizen"), ("user.email", "kaizen@localhost")):
-        if subprocess.run(["git", "config", key], cwd=root, capture_output=True).returncode != 0:
-            run_command(["git", "config", key, value], root)
-    if not (root / ".dvc").exists():
-        run_command(dvc_command("init", "-q"), root)
-    run_command(dvc_command("config", "core.analytics", "false"), root)
-    # Given relative to the repository, DVC stores the URL relative to .dvc/: the config works in every clone.
-    run_command(dvc_command("remote", "add", "-f", "-d", "local", ".kaizen/dvc-remote"), root)
-    run_command(dvc_command("config", "--local", "core.site_cache_dir", str(root / ".kaizen" / "dvc-site")), root)
-
-
-def init_workspace(root: Path) -> Workspace:
-    """Create a workspace in `root`: params.yaml and dvc.yaml from the templates, git, DVC, a first commit."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
         if not (root / name).exists():
             shutil.copyfile(template(name), root / name)
+    if settings:
+        write_overrides(root / "params.yaml", settings)
     gitignore = root / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE, encoding="utf-8")
-    ensure_dvc(root)
     ws = Workspace.open(root)
+    make_buckets(ws)
+    ensure_dvc(root, ws.dvc_remote)
     run_command(["git", "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc/config", ".dvcignore"], root)
     staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode
     if staged:

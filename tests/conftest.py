@@ -98,3 +98,21 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[dict]:
+    """One real PostgreSQL server for the session (tests/services.py); its password only in PGPASSWORD."""
+    from tests import services
+
+    with services.postgres() as server, services.environment(server["env"]):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[dict]:
+    """One real S3-compatible store for the session (SeaweedFS); its keys and endpoint only in AWS_* variables."""
+    from tests import services
+
+    with services.object_store() as store, services.environment(store["env"]):
+        yield store

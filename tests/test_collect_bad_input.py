@@ -430,7 +430,7 @@ def test_links_and_odd_entries_are_never_followed_and_say_why(new_ws, tmp_path: 
 
 
 def test_a_path_trick_in_a_listing_is_not_read(new_ws) -> None:
-    ws = new_ws(data__landing=f"memory://kaizen-{uuid.uuid4().hex}/landing")
+    ws = new_ws(storage__landing=f"memory://kaizen-{uuid.uuid4().hex}/landing")
     fs, root = fsspec.core.url_to_fs(ws.landing)
     fs.pipe_file(f"{root}/..", csv_bytes(GOOD[:1]))  # a key an object store can hold; never a file name here
     fs.pipe_file(f"{root}/ok.csv", csv_bytes(GOOD[1:2]))

@@ -139,6 +139,22 @@ def test_reproduce_restores_byte_identical_data(served, tmp_path: Path) -> None:
         TAG["data_version"]]
 
 
+def test_reproduce_reads_any_dvc_remote(served, tmp_path: Path) -> None:
+    """`--remote` names another DVC remote (a mirror, another bucket): the data comes from it alone."""
+    ws, _, prepared, _ = served
+    mirror = tmp_path / "mirror"
+    shutil.copytree(ws.dvc_remote_dir, mirror)
+    away = ws.dvc_remote_dir.with_name("dvc-remote.away")
+    ws.dvc_remote_dir.rename(away)  # the workspace's own remote is out of reach meanwhile
+    try:
+        result = CliRunner().invoke(app, ["reproduce", "2", "--remote", str(mirror), "--out", str(tmp_path / "v2"),
+                                          "-w", str(ws.root)])
+    finally:
+        away.rename(ws.dvc_remote_dir)
+    assert result.exit_code == 0, result.output
+    assert snapshot(tmp_path / "v2" / "data" / "prepared") == prepared[1]
+
+
 def test_predict_history_then_rollback(served, tmp_path: Path) -> None:
     ws, _, _, _ = served
     runner = CliRunner()

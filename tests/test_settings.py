@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from kaizen.tasks.settings import DataSettings, Settings, SettingsError, TrainSettings, load_settings
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SECTIONS = ["data", "preprocess", "replay", "model", "train", "drift", "gate", "trust", "schedule", "mlflow", "demo",
-            "servers"]
+SECTIONS = ["data", "storage", "preprocess", "replay", "model", "train", "drift", "gate", "trust", "schedule", "mlflow",
+            "demo", "servers"]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,11 @@ def test_settings_are_frozen(settings: Settings) -> None:
     ("servers.prefect_port", 70000),
     ("servers.mlflow_port", 0),
     ("servers.startup_timeout_seconds", 1),
+    ("train.processes", 0),
+    ("storage.landing", ""),
+    ("storage.tracking_uri", "mlruns"),
+    ("storage.ledger", "sqlite:///ledger.db"),
+    ("storage.dvc_remote", "relative/remote"),
 ])
 def test_a_bad_value_is_named_by_its_dotted_key(tmp_path: Path, raw: dict, dotted: str, value: Any) -> None:
     path = write(tmp_path, changed(raw, dotted, value))
@@ -227,3 +232,16 @@ def test_write_overrides_keeps_comments_and_refuses_bad_values(tmp_path) -> None
     with pytest.raises(SettingsError, match="unknown setting"):
         write_overrides(path, {"train.nope": 1})
     assert path.read_text() == before
+
+
+def test_storage_takes_urls_without_credentials(settings: Settings) -> None:
+    shared = settings.with_overrides({
+        "storage.tracking_uri": "postgresql://kaizen@db:5432/mlflow", "storage.artifacts": "s3://kaizen/mlartifacts",
+        "storage.dvc_remote": "s3://kaizen/dvc", "storage.landing": "s3://kaizen/landing",
+        "storage.ledger": "postgresql://kaizen@db:5432/ledger"})
+    assert shared.storage.dvc_remote == "s3://kaizen/dvc" and shared.storage.ledger.endswith("/ledger")
+    assert settings.with_overrides({"storage.tracking_uri": "http://mlflow:5000"}).storage.tracking_uri
+    for key in ("tracking_uri", "artifacts", "dvc_remote", "landing", "ledger"):
+        with pytest.raises(SettingsError, match=rf"storage\.{key}: .*password.*environment") as caught:
+            settings.with_overrides({f"storage.{key}": "postgresql://kaizen:hunter2@db:5432/x"})
+        assert "hunter2" not in str(caught.value) and "kaizen:***@db" in str(caught.value)

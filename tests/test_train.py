@@ -13,8 +13,9 @@ from tests.helpers import sample
 
 MODEL = ModelSettings(registered_name="m", backbone="tiny", max_length=32)
 TRAIN = TrainSettings(epochs=2, bootstrap_epochs=2, batch_size=16, learning_rate=2e-3, weight_decay=0.0,
-                      warmup_ratio=0.0, max_train_rows=0, seed=3, device="cpu", distill_weight=0.0,
-                      distill_temperature=2.0, skip_if_champion_above=1.01, merge_alphas=(1.0,), merge_val_rows=100)
+                      warmup_ratio=0.0, max_train_rows=0, seed=3, device="cpu", processes=1, deployment="",
+                      distill_weight=0.0, distill_temperature=2.0, skip_if_champion_above=1.01, merge_alphas=(1.0,),
+                      merge_val_rows=100)
 LABELS = ("negative", "positive")
 
 
@@ -24,11 +25,17 @@ def movie_rows(domains):
     return rows.iloc[:200], rows.iloc[200:]
 
 
-def test_fine_tune_logs_each_epoch_and_saves_safetensors(tiny_backbone: Path, movie_rows, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_fine_tune_logs_each_epoch_and_saves_safetensors(tiny_backbone: Path, movie_rows, tmp_path: Path,
+                                                         processes: int) -> None:
+    """In a job of its own; with two processes (DDP over gloo on the CPU) the model passes the same checks."""
     train, val = movie_rows
     logged: list[tuple[int, dict]] = []
-    result = fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=TRAIN, epochs=2,
+    settings = TRAIN.model_copy(update={"processes": processes})
+    result = fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=settings, epochs=2,
                        out_dir=tmp_path, log_epoch=lambda e, m: logged.append((e, m)))
+    log = (tmp_path / "job" / "train.log").read_text()
+    assert [f"rank {r} of {processes} processes on cpu" in log for r in range(processes + 1)] == [True] * processes + [False]
     assert [e for e, _ in logged] == [1, 2]
     assert all({"loss", "accuracy", "f1", "train_loss"} <= set(m) for _, m in logged)
     assert result.train_rows == 200 and result.device == "cpu" and result.seconds > 0

@@ -1,0 +1,20 @@
+"""The training job as a Prefect flow, for `train.deployment`: a deployment of it on a work pool with GPUs
+(infra/kubernetes/prefect.yaml: a Job on a GPU node) trains while the loop itself runs in a pod without one.
+Both mount the workspace's volume, where the job's folder is the whole interface (tasks/jobs.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from kaizen.tasks import jobs
+
+
+@flow(name="kaizen-train", log_prints=True)
+def train_job(job: str, processes: int = 1) -> None:
+    """Run the training job that tasks/train.fine_tune wrote into the folder `job`, on this machine; the loop
+    that started this run follows its epochs in the same folder and registers the model when it is done."""
+    jobs.run_here(Path(job), processes)
+    print(f"training job {job}: done")
