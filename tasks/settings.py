@@ -85,11 +85,23 @@ class GateSettings(_Section):
     min_improvement: float = Field(ge=-1.0, le=1.0)
     max_regression: float = Field(ge=0.0, le=1.0)
     min_score: float = Field(ge=0.0, le=1.0)
+    require_approval: bool
+    approval_timeout_seconds: int = Field(ge=1)
 
 
 class ScheduleSettings(_Section):
     cron: str = Field(min_length=9)
     poll_seconds: int = Field(ge=1, le=3600)
+
+
+class ServingSettings(_Section):
+    port: int = Field(ge=1, le=65535)
+    batch_size: int = Field(ge=1)
+    chunk_rows: int = Field(ge=1)
+
+
+class AlertsSettings(_Section):
+    webhook_url: str = Field(pattern=r"^$|^https?://\S+$|^env:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ServersSettings(_Section):
@@ -125,6 +137,8 @@ class Settings(_Section):
     drift: DriftSettings
     gate: GateSettings
     schedule: ScheduleSettings
+    serving: ServingSettings
+    alerts: AlertsSettings
     mlflow: MlflowSettings
     demo: DemoSettings
     servers: ServersSettings
