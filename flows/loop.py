@@ -14,7 +14,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from kaizen.tasks import arrivals, data_version, evaluate, history, promote, record, recovery, registry, train
+from kaizen.tasks import (
+    alerts,
+    approval,
+    arrivals,
+    data_version,
+    evaluate,
+    history,
+    promote,
+    record,
+    recovery,
+    registry,
+    train,
+)
 from kaizen.tasks import collect as ingest
 from kaizen.tasks.record import IterationSummary
 from kaizen.tasks.workspace import Workspace, hold
@@ -38,7 +50,12 @@ worth_training = step(evaluate.worth_training)
 record_skip = step(evaluate.record_skip, server=True)
 train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
+judge = step(promote.judge)
 decide = step(promote.decide, server=True)
+announce_drift = step(alerts.announce_drift, server=True)
+announce_decision = step(alerts.announce_decision, server=True)
+# A subflow, not a task: it pauses for a person's answer (tasks/approval.py says why not the whole run).
+ask_approval = flow(approval.ask_approval, name="kaizen-approval", validate_parameters=False, log_prints=True)
 close_iteration = step(record.close_iteration, server=True)
 queue_follow_up = step(arrivals.queue_follow_up, server=True)
 
@@ -58,6 +75,7 @@ def iteration(workspace: str = ".", files: list[str] | None = None, force_train:
         if waited:
             print("waited for another loop in this workspace to finish (DVC allows one at a time)")
         summary = one_turn(ws, force_train)
+    announce_decision(ws, summary)  # promoted, rejected or suspect: the automations tell people
     create_markdown_artifact(markdown=history.run_markdown(summary, ws, files or []), key="kaizen-iteration",
                              description=f"kaizen iteration on {summary.batch or 'no new data'}")
     if summary.batch:  # a served run learns from one batch; more waiting get a run of their own
@@ -83,12 +101,16 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
     drift = check_drift(ws, it)
+    announce_drift(ws, it, drift)
     need = worth_training(ws, it, champion_dir, drift, force_train)
     if not need.train:  # the batch still joins the data, the replay pool and every later evaluation
         record_skip(ws, it, drift, need)
         return replace(close_iteration(ws, batch_id, it.run_id, "skipped", None), collected=collected.describe())
     challenger = train_challenger(ws, it)
     evaluation = check_quality(ws, it, challenger.model_dir, champion_dir, drift)
-    decision = decide(ws, it, challenger.model.version, evaluation)
+    verdict = judge(ws, it, evaluation)
+    if verdict.promote and ws.settings.gate.require_approval:  # a person has the last word before the alias moves
+        verdict = ask_approval(ws, it.batch_id, challenger.model.version, verdict)
+    decision = decide(ws, it, challenger.model.version, evaluation, verdict)
     summary = close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
     return replace(summary, collected=collected.describe())

@@ -11,7 +11,8 @@ from kaizen.tasks.promote import promotion_gate
 from kaizen.tasks.record import TAG
 from kaizen.tasks.settings import GateSettings
 
-GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6)
+GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6,
+                    require_approval=False, approval_timeout_seconds=3600)
 
 
 def test_bootstrap_is_promoted_when_it_reaches_min_score() -> None:
