@@ -66,7 +66,7 @@ def load_version(ws: Workspace, version: str) -> Classifier:
     registry.connect(ws)  # models:/ URIs resolve against the workspace's registry
     folder = version_dir(ws, version)
     device = pick_device(ws.settings.train.device)
-    if "max_length" in (Model.load(folder).flavors.get("python_function", {}).get("model_config") or {}):
+    if "max_length" in (Model.load(folder).flavors.get("python_function", {}).get("config") or {}):
         return Classifier(version, mlflow.pyfunc.load_model(str(folder), model_config={"device": device}))
     from types import SimpleNamespace
 

@@ -149,6 +149,38 @@ def test_mlflow_builds_a_serving_image_context_from_the_registry(champion_ws, tm
     assert (tmp_path / "image" / "model_dir" / "code" / "kaizen" / "tasks" / "predict.py").exists()
 
 
+def test_kaizen_loads_the_champion_as_mlflow_does(champion_ws) -> None:
+    from mlflow.pyfunc import PyFuncModel
+
+    classifier = serving.load_champion(champion_ws)
+    assert isinstance(classifier.model, PyFuncModel) and classifier.version == "1"
+
+
+def test_a_version_logged_before_serving_still_predicts(make_workspace, champion_ws, texts) -> None:
+    """A champion logged with the transformers flavour (kaizen before serving) is read from its weights by the
+    same code path, with the workspace's max_length and normalisation."""
+    import mlflow
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ws = make_workspace("legacy")
+    weights = registry.local_model(champion_ws, "1")
+    client = registry.connect(ws)
+    run = client.create_run(registry.experiment_id(client, ws))
+    with mlflow.start_run(run_id=run.info.run_id):
+        info = mlflow.transformers.log_model(
+            {"model": AutoModelForSequenceClassification.from_pretrained(weights),
+             "tokenizer": AutoTokenizer.from_pretrained(weights)},
+            name="model", task="text-classification", pip_requirements=["torch", "transformers"])
+    name = ws.settings.model.registered_name
+    client.create_registered_model(name)
+    version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id).version
+    registry.move_champion(client, name, str(version))
+    legacy = serving.load_champion(ws).predict(texts)
+    current = serving.load_champion(champion_ws).predict(texts)
+    assert list(legacy["prediction"]) == list(current["prediction"])
+    assert list(legacy["reason"]) == list(current["reason"])
+
+
 def test_serve_model_with_no_champion_says_so(make_workspace) -> None:
     ws = make_workspace("empty")
     result = CliRunner().invoke(app, ["serve-model", "-w", str(ws.root)])
