@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from kaizen.flows import cli_servers
+from kaizen.flows import cli_servers, cli_serving
 from kaizen.flows.cli_batches import batch_app
 from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace, summary_table
 
@@ -201,39 +201,46 @@ def reproduce(version: Annotated[str, typer.Argument(help="Model version whose t
 def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON Lines / Parquet / text file.")],
             out: Annotated[Path | None, typer.Option(help="Where a file's predictions go (CSV).")] = None,
             workspace: WorkspaceOpt = Path(".")) -> None:
-    """Label texts with the champion; a file's predictions, with probabilities, are written as CSV."""
+    """Label texts with the champion, as `kaizen serve-model` would; a file's predictions go to CSV."""
+    import pandas as pd
     from rich.progress import Progress
 
-    from kaizen.tasks.operations import OperationError, predict_with_champion, read_texts
+    from kaizen.tasks.operations import OperationError, read_texts
+    from kaizen.tasks.serving import ServingError, load_champion
 
     ws = open_workspace(workspace)
-    labels = ws.settings.data.labels
     path = Path(source)
     try:
+        with console.status("loading the champion"):
+            classifier = load_champion(ws)
         if not path.is_file():
-            version, predicted, probs = predict_with_champion(ws, [source])
-            shown = ", ".join(f"{label} {p:.3f}" for label, p in zip(labels, probs[0], strict=True))
-            console.print(f"{predicted[0]}  ({shown}; champion v{version})")
+            row = classifier.predict([source]).iloc[0]
+            if row["reason"] is not None:
+                raise fail("cannot predict:", ValueError(f"{row['reason']} (champion v{classifier.version})"))
+            shown = ", ".join(f"{label} {row[f'p_{label}']:.3f}" for label in ws.settings.data.labels)
+            console.print(f"{row['prediction']}  ({shown}; champion v{classifier.version})")
             return
         frame = read_texts(path, ws.settings.data.text_column)
-        with Progress(console=console) as bar:
-            job = bar.add_task(f"labelling {len(frame)} texts", total=len(frame))
-            version, predicted, probs = predict_with_champion(
-                ws, frame[ws.settings.data.text_column].astype(str).tolist(),
-                progress=lambda done, total: bar.update(job, completed=done))
-    except OperationError as exc:
+    except (OperationError, ServingError) as exc:
         raise fail("cannot predict:", exc) from exc
-    frame["prediction"] = predicted
-    for i, label in enumerate(labels):
-        frame[f"p_{label}"] = [p[i] for p in probs]
-    frame["model_version"] = version
+    texts, step, parts = frame[ws.settings.data.text_column].tolist(), ws.settings.serving.chunk_rows, []
+    with Progress(console=console) as bar:
+        job = bar.add_task(f"labelling {len(frame)} texts", total=len(frame))
+        for start in range(0, len(texts), step):
+            parts.append(classifier.predict(texts[start : start + step]))
+            bar.update(job, completed=start + len(parts[-1]))
+    predicted = pd.concat(parts, ignore_index=True) if parts else classifier.predict([])
+    frame = frame.join(predicted.set_index(frame.index), rsuffix="_predicted").assign(model_version=classifier.version)
     out = out or path.with_name(path.stem + ".predictions.csv")
     frame.to_csv(out, index=False)
-    console.print(f"wrote {len(frame)} predictions (champion v{version}) to {out}")
+    unlabelled = int(frame["reason"].notna().sum())
+    console.print(f"wrote {len(frame)} predictions (champion v{classifier.version}) to {out}"
+                  + (f"; {unlabelled} text(s) got a reason instead of a label" if unlabelled else ""))
 
 
-# The production commands (up, down, serve, deploy, watch, submit) live in their own module.
+# The production commands (up, down, serve, deploy, watch, submit) and those that use the champion (serve-model,
+# score) live in modules of their own.
 for command in (cli_servers.up, cli_servers.down, cli_servers.serve, cli_servers.deploy, cli_servers.watch,
-                cli_servers.submit):
+                cli_servers.submit, cli_serving.serve_model, cli_serving.score):
     app.command()(command)
 app.add_typer(batch_app, name="batch")

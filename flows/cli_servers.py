@@ -80,20 +80,30 @@ def _require_server(ws) -> None:
         raise typer.Exit(2)
 
 
+def alert_lines(names: list[str]) -> str:
+    if not names:
+        return "alerts: off (alerts.webhook_url is empty)"
+    return f"alerts: {len(names)} Prefect automations send the loop's events to alerts.webhook_url"
+
+
 def serve(workspace: WorkspaceOpt = Path(".")) -> None:
     """Serve the loop's deployment from this process: the cron of params.yaml, a run per data-arrival event,
-    one run at a time. Ctrl-C stops serving (and pauses the deployment)."""
+    one run at a time; and the batch-scoring deployment. Ctrl-C stops serving (and pauses both)."""
     ws = open_workspace(workspace)
     _require_server(ws)
-    from kaizen.flows.deployment import FLOW_NAME, deployment_name, serve
+    from kaizen.flows.deployment import FLOW_NAME, SCORING_FLOW_NAME, deployment_name, serve
+    from kaizen.tasks.alerts import AlertsError
     from kaizen.tasks.files import Busy
 
     console.print(f"serving {FLOW_NAME}/{deployment_name(ws)} on {ws.prefect_api_url}: cron "
-                  f"'{ws.settings.schedule.cron}', and a run per kaizen.data.arrived event for this workspace")
+                  f"'{ws.settings.schedule.cron}', and a run per kaizen.data.arrived event for this workspace; "
+                  f"and {SCORING_FLOW_NAME}/{deployment_name(ws)} (batch scoring, on demand)")
     try:
-        serve(ws)
+        serve(ws, on_alerts=lambda names: console.print(alert_lines(names)))
     except Busy as exc:
         raise fail("already served:", exc, 2) from exc
+    except AlertsError as exc:
+        raise fail("cannot serve:", exc, 2) from exc
 
 
 def deploy(pool: Annotated[str, typer.Option("--pool", help="Work pool (created as a process pool if missing).")],
@@ -101,10 +111,15 @@ def deploy(pool: Annotated[str, typer.Option("--pool", help="Work pool (created 
     """Register the loop's deployment on a work pool; a worker (`prefect worker start --pool POOL`) runs it."""
     ws = open_workspace(workspace)
     _require_server(ws)
-    from kaizen.flows.deployment import FLOW_NAME, deploy, deployment_name
+    from kaizen.flows.deployment import FLOW_NAME, SCORING_FLOW_NAME, deploy, deployment_name
+    from kaizen.tasks.alerts import AlertsError
 
-    deployment_id = deploy(ws, pool)
-    console.print(f"deployment {FLOW_NAME}/{deployment_name(ws)} ({deployment_id}) on pool {pool}; start a worker:\n"
+    try:
+        deployment_id, names = deploy(ws, pool)
+    except AlertsError as exc:
+        raise fail("cannot deploy:", exc, 2) from exc
+    console.print(f"deployment {FLOW_NAME}/{deployment_name(ws)} ({deployment_id}) and {SCORING_FLOW_NAME}/"
+                  f"{deployment_name(ws)} on pool {pool}; {alert_lines(names)}; start a worker:\n"
                   f"  PREFECT_API_URL={ws.prefect_api_url} prefect worker start --pool {pool}")
 
 

@@ -9,14 +9,20 @@ holds a file lock on the workspace (tasks.workspace.hold) for runs that bypass t
 The same deployment is either served by `kaizen serve` (runs start as child processes of that command) or
 registered on a work pool by `kaizen deploy --pool` (a `prefect worker start` process, Docker container or
 Kubernetes job starts them; see infra/).
+
+Beside it, each workspace gets a second deployment, `kaizen-score/<workspace>` (flows/scoring.py: batch scoring
+with the champion, on demand), and the alert automations of tasks/alerts.py (when `alerts.webhook_url` is set).
 """
 
 from __future__ import annotations
 
-from kaizen.tasks import arrivals
+from collections.abc import Callable
+
+from kaizen.tasks import alerts, arrivals
 from kaizen.tasks.workspace import Workspace, hold, run_environment
 
 FLOW_NAME = "kaizen-iteration"
+SCORING_FLOW_NAME = "kaizen-score"
 
 
 def deployment_name(ws: Workspace) -> str:
@@ -45,13 +51,29 @@ def build(ws: Workspace, job_variables: dict | None = None):
     )
 
 
-def serve(ws: Workspace) -> None:
-    """Register the deployment and run it from this process until interrupted (Ctrl-C pauses it). A second
-    `kaizen serve` of the workspace is refused: stopping either would pause the deployment under the other."""
+def build_scoring(ws: Workspace, job_variables: dict | None = None):
+    """The RunnerDeployment of this workspace's batch scoring (flows/scoring.py): no schedule, run on demand."""
+    from prefect.deployments.runner import EntrypointType
+
+    from kaizen.flows.scoring import score
+
+    return score.to_deployment(
+        name=deployment_name(ws), parameters={"workspace": str(ws.root)}, job_variables=job_variables,
+        description=f"kaizen batch scoring with the champion of {ws.root}: give `source` and `out`",
+        tags=["kaizen", f"workspace:{ws.workspace_id}"], entrypoint_type=EntrypointType.MODULE_PATH)
+
+
+def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -> None:
+    """Register both deployments and the alert automations (their names go to `on_alerts`), and run the
+    deployments from this process until interrupted (Ctrl-C pauses them). A second `kaizen serve` of the
+    workspace is refused: stopping either would pause the deployments under the other."""
     from prefect import serve as prefect_serve
 
     with hold(ws, "serve", wait=False):
-        prefect_serve(build(ws))
+        names = alerts.ensure_automations(ws)
+        if on_alerts:
+            on_alerts(names)
+        prefect_serve(build(ws), build_scoring(ws))
 
 
 def ensure_process_pool(pool: str) -> str:
@@ -72,10 +94,13 @@ def ensure_process_pool(pool: str) -> str:
             return "process"
 
 
-def deploy(ws: Workspace, pool: str) -> str:
-    """Register the deployment on a work pool (created as a process pool if missing). Returns its id."""
+def deploy(ws: Workspace, pool: str) -> tuple[str, list[str]]:
+    """Register both deployments on a work pool (created as a process pool if missing) and the alert
+    automations. Returns the loop deployment's id and the automations' names."""
     kind = ensure_process_pool(pool)
     job_variables = {"env": run_environment(ws)}
     if kind == "process":
         job_variables["working_dir"] = str(ws.root)
-    return str(build(ws, job_variables).apply(work_pool_name=pool))
+    names = alerts.ensure_automations(ws)
+    build_scoring(ws, job_variables).apply(work_pool_name=pool)
+    return str(build(ws, job_variables).apply(work_pool_name=pool)), names

@@ -15,6 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from kaizen.tasks import (
+    alerts,
+    approval,
     arrivals,
     data_version,
     evaluate,
@@ -51,7 +53,12 @@ worth_training = step(screening.worth_training)
 record_without_training = step(screening.record_without_training, server=True)
 train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
+judge = step(promote.judge)
 decide = step(promote.decide, server=True)
+announce_drift = step(alerts.announce_drift, server=True)
+announce_decision = step(alerts.announce_decision, server=True)
+# A subflow, not a task: it pauses for a person's answer (tasks/approval.py says why not the whole run).
+ask_approval = flow(approval.ask_approval, name="kaizen-approval", validate_parameters=False, log_prints=True)
 close_iteration = step(record.close_iteration, server=True)
 queue_follow_up = step(arrivals.queue_follow_up, server=True)
 
@@ -71,6 +78,7 @@ def iteration(workspace: str = ".", files: list[str] | None = None, force_train:
         if waited:
             print("waited for another loop in this workspace to finish (DVC allows one at a time)")
         summary = one_turn(ws, force_train)
+    announce_decision(ws, summary)  # promoted, rejected or suspect: the automations tell people
     create_markdown_artifact(markdown=history.run_markdown(summary, ws, files or []), key="kaizen-iteration",
                              description=f"kaizen iteration on {summary.batch or 'no new data'}")
     if summary.batch:  # a served run learns from one batch; more waiting get a run of their own
@@ -99,6 +107,7 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
     if unusable:
         return finish_without_training(ws, it, "skipped", unusable, collected)
     drift = check_drift(ws, it)
+    announce_drift(ws, it, drift)
     labels = judge_labels(ws, it, champion_dir)
     if not labels.trusted:  # never trained on, never replayed, no yardstick, until an operator trusts it
         return finish_without_training(ws, it, "suspect", labels.reason, collected)
@@ -108,7 +117,10 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
                                        need.champion_score)
     challenger = train_challenger(ws, it)
     evaluation = check_quality(ws, it, challenger, champion_dir, drift)
-    decision = decide(ws, it, challenger.model.version, evaluation)
+    verdict = judge(ws, it, evaluation)
+    if verdict.promote and ws.settings.gate.require_approval:  # a person has the last word before the alias moves
+        verdict = ask_approval(ws, it.batch_id, challenger.model.version, verdict)
+    decision = decide(ws, it, challenger.model.version, evaluation, verdict)
     summary = close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
     return replace(summary, collected=collected.describe())
 

@@ -20,10 +20,15 @@ def _score(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def run_url(ws, run_id: str | None, ui_url: str | None = None) -> str:
+    """Where the MLflow UI shows the run (the workspace's tracking server, or where `kaizen ui` serves it)."""
+    experiment = registry.experiment_id(registry.connect(ws), ws)
+    return f"{ui_url or ws.mlflow_ui_url}/#/experiments/{experiment}/runs/{run_id}"
+
+
 def as_markdown(summary: IterationSummary, ws, ui_url: str = "http://127.0.0.1:5000") -> str:
     """The iteration's summary for a Prefect artifact, with a link to its run in the MLflow UI."""
-    experiment = registry.experiment_id(registry.connect(ws), ws)
-    link = f"{ui_url}/#/experiments/{experiment}/runs/{summary.run_id}"
+    link = run_url(ws, summary.run_id, ui_url)
     reasons = "\n".join(f"- {r}" for r in summary.reasons)
     return (
         f"# kaizen iteration: {summary.batch}\n\n"

@@ -1,4 +1,4 @@
-"""Operating the registry: roll the champion back, reproduce a version's training data, predict with the champion.
+"""Operating the registry: roll the champion back, reproduce a version's training data, read texts to predict.
 
 A rollback is one alias move (the commit point), recorded with who, when and why on the model versions and
 on a run of its own, so the MLflow UI shows it beside the iterations.
@@ -147,17 +147,3 @@ def read_texts(path: Path, text_column: str) -> pd.DataFrame:
     if text_column not in frame.columns:
         raise OperationError(f"{path}: no column {text_column!r} (columns: {list(frame.columns)})")
     return frame
-
-
-def predict_with_champion(ws: Workspace, texts: list[str], batch_size: int = 64, progress=None):
-    """Labels and probabilities from the champion; `progress(done, total)` is called after every batch."""
-    from kaizen.tasks.predict import pick_device, predict
-
-    client = registry.connect(ws)
-    champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
-    if champion is None:
-        raise OperationError("there is no champion yet: run the loop first")
-    labels, probs = predict(registry.local_model(ws, champion.version), texts, batch_size=batch_size,
-                            max_length=ws.settings.model.max_length, device=pick_device(ws.settings.train.device),
-                            progress=progress)
-    return champion.version, labels, probs

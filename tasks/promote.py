@@ -116,12 +116,18 @@ class Decision:
     previous_version: str | None  # the champion before, when it was replaced
 
 
-def decide(ws, it, challenger_version: str, evaluation) -> Decision:
-    """Apply the gate, move `champion` if it passes, and record the decision and its reasons either way."""
+def judge(ws, it, evaluation) -> GateDecision:
+    """The gate's verdict on the iteration's evaluation (nothing recorded or moved yet)."""
+    return promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate)
+
+
+def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | None = None) -> Decision:
+    """Move `champion` if the verdict (`gate`, else the gate's own) says so, and record the decision and its
+    reasons either way. The verdict may come from `judge` and a person after it (tasks/approval.py)."""
     from kaizen.tasks import lineage, registry
     from kaizen.tasks.record import TAG
 
-    gate = promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate)
+    gate = gate or judge(ws, it, evaluation)
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
     reasons = "\n".join(gate.reasons)

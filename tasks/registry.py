@@ -16,7 +16,6 @@ from kaizen.tasks.faults import kill_point
 from kaizen.tasks.workspace import Workspace, is_server
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
-PIP_REQUIREMENTS = ["torch", "transformers", "accelerate"]  # skips MLflow's slow, crash-prone inference
 
 
 @dataclass(frozen=True)
@@ -127,17 +126,15 @@ def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
 
 
 def register_model(client, ws: Workspace, run_id: str, model_dir: Path, tags: dict[str, str]) -> ModelRef:
-    """Log the model with the transformers flavour (safetensors), register it, tag it, alias it challenger."""
+    """Log the model as a servable pyfunc (tasks/servable.py: safetensors weights, kaizen's prediction code, the
+    trained max_length and normalisation), register it, tag it, alias it challenger."""
     import mlflow
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from kaizen.tasks import servable
 
     name = ws.settings.model.registered_name
-    components = {"model": AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True),
-                  "tokenizer": AutoTokenizer.from_pretrained(model_dir)}
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.transformers.log_model(
-            components, name="model", task="text-classification", pip_requirements=PIP_REQUIREMENTS,
-        )
+        info = servable.log_classifier(model_dir, ws.settings)
     client.update_run(run_id, status="RUNNING")  # leaving `start_run` ended it; the iteration goes on
     kill_point("register:logged")
     if not _registered(client, name):

@@ -23,8 +23,6 @@ from kaizen.tasks.ledger import SUSPECT, TRUSTED, Ledger
 from kaizen.tasks.predict import scores
 from kaizen.tasks.record import TAG, score_metric
 
-SUSPECT_EVENT = "kaizen.batch.suspect"
-
 
 def unusable_reason(ws, batch_id: str) -> str | None:
     """Why no challenger can be judged on this batch; None when one can. A label with a single row is only
@@ -131,9 +129,9 @@ def worth_training(ws, it, champion_dir: Path | None, drift, force: bool) -> Tra
 
 
 def record_without_training(ws, it, decision: str, reason: str, champion_score: float | None = None) -> None:
-    """Record on the run why the iteration trains nothing ("skipped" or "suspect"); a suspect batch is also
-    announced as a Prefect event."""
-    from kaizen.tasks import events, registry
+    """Record on the run why the iteration trains nothing ("skipped" or "suspect"; the flow announces a suspect
+    batch with the other decisions, tasks/alerts.py)."""
+    from kaizen.tasks import registry
 
     client = registry.connect(ws)
     registry.set_tags(client, it.run_id, {TAG["decision"]: decision, TAG["reasons"]: reason,
@@ -141,6 +139,3 @@ def record_without_training(ws, it, decision: str, reason: str, champion_score: 
     if champion_score is not None:
         registry.log_metrics(client, it.run_id,
                              {score_metric("champion", it.batch_id, ws.settings.gate.metric): champion_score})
-    if decision == SUSPECT:
-        events.emit(ws, SUSPECT_EVENT, {"batch": it.batch_id, "reason": reason, "run_id": it.run_id,
-                                        "champion_version": it.champion.version if it.champion else None})

@@ -143,6 +143,8 @@ class GateSettings(_Section):
     alpha: float = Field(gt=0.0, lt=0.5)
     resamples: int = Field(ge=100)
     min_test_rows: int = Field(ge=1)
+    require_approval: bool
+    approval_timeout_seconds: int = Field(ge=1)
 
 
 class TrustSettings(_Section):
@@ -154,6 +156,16 @@ class TrustSettings(_Section):
 class ScheduleSettings(_Section):
     cron: str = Field(min_length=9)
     poll_seconds: int = Field(ge=1, le=3600)
+
+
+class ServingSettings(_Section):
+    port: int = Field(ge=1, le=65535)
+    batch_size: int = Field(ge=1)
+    chunk_rows: int = Field(ge=1)
+
+
+class AlertsSettings(_Section):
+    webhook_url: str = Field(pattern=r"^$|^https?://\S+$|^env:[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ServersSettings(_Section):
@@ -191,6 +203,8 @@ class Settings(_Section):
     gate: GateSettings
     trust: TrustSettings
     schedule: ScheduleSettings
+    serving: ServingSettings
+    alerts: AlertsSettings
     mlflow: MlflowSettings
     demo: DemoSettings
     servers: ServersSettings

@@ -18,6 +18,7 @@ import pandas as pd
 
 from kaizen.tasks import jobs
 from kaizen.tasks.predict import pick_device, predict
+from kaizen.tasks.progress import RunProgress
 from kaizen.tasks.settings import ModelSettings, TrainSettings
 
 EpochLogger = Callable[[int, dict[str, float]], None]
@@ -156,8 +157,12 @@ def train_challenger(ws, it) -> Challenger:
                            device=pick_device(ws.settings.train.device))
         teacher = np.log(np.clip(probs, 1e-7, 1.0))
 
+    progress = RunProgress("kaizen-training", f"fine-tuning on {it.batch_id}: {epochs} epoch(s)")
+
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
         registry.log_metrics(client, it.run_id, {f"train.{k}": v for k, v in metrics.items()}, step=epoch)
+        progress.update(epoch / epochs, f"epoch {epoch} of {epochs} on {it.batch_id}: "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     result = fine_tune(start, train, val, ws.settings.data.labels, model=ws.settings.model,
                        train_settings=ws.settings.train, epochs=epochs, out_dir=ws.runs_dir / it.batch_id,

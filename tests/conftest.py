@@ -116,3 +116,41 @@ def object_store() -> Iterator[dict]:
 
     with services.object_store() as store, services.environment(store["env"]):
         yield store
+
+
+@pytest.fixture(scope="session")
+def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, domains) -> Workspace:
+    """A workspace whose champion (v1) is the tiny BERT with a classification head, registered as the loop
+    registers it (registry.register_model, then the alias move) without a Prefect run: for the tests that serve,
+    predict and score. Untrained (training costs a minute here), so no accuracy is promised: its head is set along
+    the direction in which real movie snippets differ most, centred on them, so that different texts get clearly
+    different probabilities and both labels, which the comparisons need."""
+    import torch
+
+    from kaizen.tasks import registry
+    from kaizen.tasks.train import load_for_training
+    from tests.helpers import sample
+
+    root = tmp_path_factory.mktemp("champion") / "ws"
+    init_workspace(root)
+    write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "serving.chunk_rows": 7})
+    ws = Workspace.open(root)
+    net, tokenizer = load_for_training(str(tiny_backbone), ws.settings.data.labels)
+    probes = tokenizer(sample(domains["movies"], 64, seed=1)["text"].tolist(), truncation=True, max_length=32,
+                       padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = net.eval().bert(**probes).pooler_output
+        direction = torch.linalg.svd(pooled - pooled.mean(0), full_matrices=False).Vh[0]
+        net.classifier.weight.zero_()
+        net.classifier.weight[1] = 2 * direction / (pooled @ direction).std()
+        net.classifier.bias.zero_()
+        net.classifier.bias[1] = -(pooled @ net.classifier.weight[1]).median()
+    model_dir = tmp_path_factory.mktemp("champion-model")
+    net.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    client = registry.connect(ws)
+    run = client.create_run(registry.experiment_id(client, ws), run_name="champion-fixture")
+    version = registry.register_model(client, ws, run.info.run_id, model_dir, {}).version
+    registry.move_champion(client, ws.settings.model.registered_name, version)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return ws

@@ -180,8 +180,10 @@ def test_an_event_starts_exactly_one_run_with_its_files(ws, served, domains, tmp
             flow_run_filter=run_filter(run.id))}
         assert {"collect", "next_batch", "train_challenger", "decide", "close_iteration"} <= steps, steps  # each step a task
         assert any(step.startswith("check") for step in steps), steps
-        (artifact,) = client.read_artifacts(flow_run_filter=run_filter(run.id))
-    assert artifact.key == "kaizen-iteration" and artifact.type == "markdown"
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=run_filter(run.id))}
+    assert set(artifacts) == {"kaizen-iteration", "kaizen-training"}  # the summary, and training's progress
+    artifact = artifacts["kaizen-iteration"]
+    assert artifact.type == "markdown" and artifacts["kaizen-training"].type == "progress"
     assert "| batch-0001 | 80 | 0 |" in artifact.data and "promoted" in artifact.data
     mlflow_url = f"http://127.0.0.1:{ws.settings.servers.mlflow_port}"
     assert f"({mlflow_url}/#/experiments/" in artifact.data and "`movies.csv`" in artifact.data

@@ -12,7 +12,8 @@ from kaizen.tasks.record import TAG
 from kaizen.tasks.settings import GateSettings
 
 GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6,
-                    improvement_alpha=0.2, alpha=0.05, resamples=2000, min_test_rows=20)
+                    improvement_alpha=0.2, alpha=0.05, resamples=2000, min_test_rows=20,
+                    require_approval=False, approval_timeout_seconds=3600)
 
 
 def rows(both: int, wins: int, losses: int, neither: int, champion: bool = True) -> PairedPredictions:

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from kaizen.flows.cli import app
 from kaizen.flows.loop import iteration
 from kaizen.tasks import registry
+from kaizen.tasks.alerts import SUSPECT as SUSPECT_EVENT
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.preprocess import prepare, write_prepared
 from kaizen.tasks.record import TAG
-from kaizen.tasks.screening import SUSPECT_EVENT, unusable_reason
+from kaizen.tasks.screening import unusable_reason
 from kaizen.tasks.workspace import Workspace, init_workspace
 from tests.helpers import FAST, OPEN_GATE, land, sample, write_params
 
@@ -85,7 +86,7 @@ def test_the_suspect_batch_was_announced(flipped_then_good) -> None:
     with get_client(sync_client=True) as client:
         found = client.request("POST", "/events/filter", json={
             "filter": {"event": {"name": [SUSPECT_EVENT]}}, "limit": 50}).json()["events"]
-    mine = [e for e in found if e["payload"].get("run_id") == suspect["run_id"]]
+    mine = [e for e in found if e["payload"].get("mlflow_run_id") == suspect["run_id"]]
     assert len(mine) == 1 and mine[0]["payload"]["batch"] == "batch-0002"
     assert mine[0]["resource"]["prefect.resource.id"] == f"kaizen.workspace.{ws.workspace_id}"
 

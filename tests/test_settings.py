@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from kaizen.tasks.settings import DataSettings, Settings, SettingsError, TrainSettings, load_settings
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SECTIONS = ["data", "storage", "preprocess", "replay", "model", "train", "drift", "gate", "trust", "schedule", "mlflow",
-            "demo", "servers"]
+SECTIONS = ["data", "storage", "preprocess", "replay", "model", "train", "drift", "gate", "trust", "schedule", "serving",
+            "alerts", "mlflow", "demo", "servers"]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,10 @@ def test_settings_are_frozen(settings: Settings) -> None:
     ("storage.tracking_uri", "mlruns"),
     ("storage.ledger", "sqlite:///ledger.db"),
     ("storage.dvc_remote", "relative/remote"),
+    ("gate.approval_timeout_seconds", 0),
+    ("serving.port", 0),
+    ("serving.chunk_rows", 0),
+    ("alerts.webhook_url", "hooks.slack.com/no-scheme"),
 ])
 def test_a_bad_value_is_named_by_its_dotted_key(tmp_path: Path, raw: dict, dotted: str, value: Any) -> None:
     path = write(tmp_path, changed(raw, dotted, value))

@@ -1,0 +1,39 @@
+"""Batch scoring as a Prefect flow: the second deployment of a workspace (flows/deployment.py), run from the
+Prefect UI or API with a `source` and an `out` (`prefect deployment run 'kaizen-score/<workspace>' -p
+source=... -p out=...`). The work is tasks/scoring.py's, as under `kaizen score`; the run shows a progress
+artifact while it goes and a markdown artifact with the outcome.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kaizen.tasks import scoring
+from kaizen.tasks.progress import RunProgress
+from kaizen.tasks.workspace import Workspace
+
+
+@task(name="score", cache_policy=NO_CACHE)
+def score_with_progress(ws: Workspace, source: str, out: str) -> scoring.ScoreResult:
+    progress = RunProgress("kaizen-scoring", f"scoring {source} with the champion")
+    return scoring.score(ws, source, out, progress=lambda done, rows: progress.update(done, f"{rows} rows written"))
+
+
+@flow(name="kaizen-score", log_prints=True)
+def score(source: str, out: str, workspace: str = ".") -> dict:
+    """Label every text of `source` (a file, a folder or an fsspec URL) with the champion into the Parquet `out`."""
+    ws = Workspace.open(Path(workspace))
+    result = score_with_progress(ws, source, out)
+    problems = "".join(f"- {problem}\n" for problem in result.problems)
+    create_markdown_artifact(
+        key="kaizen-scoring-summary", description=f"kaizen scoring of {source}",
+        markdown=(f"# kaizen scoring\n\n`{source}` -> `{result.out}` with champion v{result.model_version}: "
+                  f"{result.rows} rows from {result.files} file(s), {result.labelled} labelled, "
+                  f"{result.with_reason} with a reason, in {result.seconds:.1f} s.\n"
+                  + (f"\n## Files or parts not read\n{problems}" if problems else "")))
+    print(f"wrote {result.rows} rows to {result.out} (champion v{result.model_version})")
+    return result.as_dict()
