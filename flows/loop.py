@@ -100,7 +100,7 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
     completed = recover_interrupted(ws, batch_id)  # a killed attempt that had decided: only its record was left
     if completed is not None:
         return replace(completed, collected=collected.describe())
-    version = build_data_version(ws)
+    version = build_data_version(ws, batch_id)
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
     unusable = screen(ws, it)  # a batch no challenger could be judged on

@@ -23,6 +23,7 @@ from kaizen.tasks.files import json_line, parquet_bytes, write_atomically
 from kaizen.tasks.landing import Skipped
 from kaizen.tasks.ledger import FileRecord, Ledger
 from kaizen.tasks.parse import BadFile, parse
+from kaizen.tasks.repo import write_stage_vars
 from kaizen.tasks.validate import Verdict, judge
 from kaizen.tasks.workspace import Workspace, hold
 
@@ -196,6 +197,7 @@ def collect(ws: Workspace) -> CollectResult:
             kill_point("collect:removed")
             outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
         batches = form_batches(ws, ledger)
+        write_stage_vars(ws.root)  # the DVC stages list every accepted batch, for the loop and a `dvc repro` alike
         held = sum(f.rows_accepted for f in ledger.unbatched_files())
         return CollectResult(outcomes, batches, skipped, held)
 

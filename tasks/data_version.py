@@ -1,15 +1,19 @@
 """The data version: run the DVC pipeline, push its outputs, and read the md5s that name what was trained on.
 
+Each output has its own md5 in dvc.lock (each batch's splits, the replay sample); the data version is one md5
+over all of them, so it names everything a challenger was trained, validated and tested on.
+
 DVC is driven as a subprocess with the workspace as its working directory (DVC resolves paths against the
 process's cwd) and this interpreter's folder first on PATH (the stage's `python` must be the venv's).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,13 +26,18 @@ from kaizen.tasks.workspace import Workspace
 
 @dataclass(frozen=True)
 class DataVersion:
-    prepared_md5: str  # md5 of data/prepared (a `.dir` hash): the training, test and replay data
-    accepted_md5: str  # md5 of data/accepted: the batches it was built from
+    prepared_md5: str  # one md5 over every output's md5: the training, validation, test and replay data
+    accepted_md5: str  # one md5 over the accepted batches they were built from
     lock: str  # the whole dvc.lock, so the version can be restored from the remote later
+    outs: dict[str, str] = field(default_factory=dict)  # each output (data/prepared/<batch>, data/replay) -> md5
 
     @property
     def short(self) -> str:
-        return self.prepared_md5.removesuffix(".dir")[:12]
+        return self.prepared_md5[:12]
+
+
+def _digest(entries: dict[str, str]) -> str:
+    return hashlib.md5("".join(f"{path} {md5}\n" for path, md5 in sorted(entries.items())).encode()).hexdigest()
 
 
 def _dvc(ws: Workspace, *args: str) -> str:
@@ -42,18 +51,27 @@ def _dvc(ws: Workspace, *args: str) -> str:
 
 def read_data_version(lock_text: str) -> DataVersion:
     lock = yaml.safe_load(lock_text) or {}
-    stage = lock.get("stages", {}).get("preprocess")
-    if not stage:
-        raise ValueError("dvc.lock has no `preprocess` stage: run the pipeline first")
-    deps = {d["path"]: d["md5"] for d in stage.get("deps", [])}
-    outs = {o["path"]: o["md5"] for o in stage.get("outs", [])}
-    return DataVersion(prepared_md5=outs["data/prepared"], accepted_md5=deps["data/accepted"], lock=lock_text)
+    stages = lock.get("stages", {})
+    if not any(name.startswith("split@") for name in stages) or "replay" not in stages:
+        raise ValueError("dvc.lock has no `split` and `replay` stages: run the pipeline first")
+    outs = {o["path"]: o["md5"] for stage in stages.values() for o in stage.get("outs", [])}
+    accepted = {d["path"]: d["md5"] for name, stage in stages.items() if name.startswith("split@")
+                for d in stage.get("deps", []) if d["path"].startswith("data/accepted/")}
+    return DataVersion(prepared_md5=_digest(outs), accepted_md5=_digest(accepted), lock=lock_text, outs=outs)
 
 
-def build_data_version(ws: Workspace) -> DataVersion:
-    """`dvc repro` (a no-op when nothing changed), `dvc push` to the remote, and the resulting version."""
+def lock_stage_vars(lock_text: str) -> tuple[list[str], str]:
+    """The batches and the batch being learned that a recorded dvc.lock was made with."""
+    stages = (yaml.safe_load(lock_text) or {}).get("stages", {})
+    batches = sorted(name.removeprefix("split@") for name in stages if name.startswith("split@"))
+    return batches, stages["replay"]["cmd"].split()[-1]
+
+
+def build_data_version(ws: Workspace, learning: str) -> DataVersion:
+    """`dvc repro` for the batch being `learning` (only what changed runs: a new batch's split, the replay
+    sample), `dvc push` to the remote (only new objects travel), and the resulting version."""
     configure_remote(ws.root, ws.dvc_remote)  # params.yaml's storage.dvc_remote may have changed since
-    write_stage_vars(ws.root)
+    write_stage_vars(ws.root, learning)
     with Ledger(ws.ledger_db) as ledger:
         write_trust_file(ws.trust_file, ledger.suspect_batches())
     _dvc(ws, "repro", "--quiet")
@@ -72,5 +90,8 @@ def restore_data_version(ws: Workspace, lock_text: str, dest: Path, remote: str 
     (dest / "params.yaml").write_text(ws.params_file.read_text(encoding="utf-8"), encoding="utf-8")
     (dest / "dvc.lock").write_text(lock_text, encoding="utf-8")
     ensure_dvc(dest, remote or ws.dvc_remote)
-    _dvc(Workspace(dest, ws.settings), "pull", "--quiet", "data/prepared")
-    return dest / "data" / "prepared"
+    batches, learning = lock_stage_vars(lock_text)
+    write_stage_vars(dest, learning, batches)
+    outs = list(read_data_version(lock_text).outs)
+    _dvc(Workspace(dest, ws.settings), "pull", "--quiet", *outs)
+    return dest / "data"

@@ -27,23 +27,40 @@ from kaizen.tasks.record import DRIFT_SHARE, batches_seen, score_metric
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
 
 
-def predictions_on(ws, model_dir: Path, version: str | None, batch: str, split: str) -> pd.DataFrame:
+def predictions_on(ws, model_dir: Path, model, batch: str, split: str, logged: bool = True) -> pd.DataFrame:
     """`label`, `predicted` and each class's probability (`p_<label>`) of a model on one split of a batch. A
-    registered `version`'s are cached under the workspace, keyed by the split's md5."""
+    registered version's (`model`, a registry.ModelRef) are kept, named by the split's md5, under the workspace
+    and as an artifact of the version's run (logged by `check_quality`), so that no machine computes them twice;
+    `logged` False: the run has none yet (the challenger being checked), do not look."""
     path = ws.split_file(batch, split)
-    data = path.read_bytes()
-    cache = ws.runs_dir / "predictions" / f"v{version}" / f"{batch}-{split}-{hashlib.md5(data).hexdigest()}.parquet"
-    if version is not None and cache.exists():
+    name = f"{batch}-{split}-{hashlib.md5(path.read_bytes()).hexdigest()}.parquet"
+    cache = prediction_dir(ws, model.version) / name if model is not None else None
+    if cache is not None and logged and not cache.exists():
+        _fetch_logged(ws, model.run_id, name, cache)
+    if cache is not None and cache.exists():
         return pd.read_parquet(cache)
     frame = pd.read_parquet(path)
     labels, probs = predict(model_dir, frame["text"].tolist(), max_length=ws.settings.model.max_length,
                             device=pick_device(ws.settings.train.device))
     out = pd.DataFrame({"label": frame["label"].to_numpy(), "predicted": labels})
-    for i, name in enumerate(ws.settings.data.labels):
-        out[f"p_{name}"] = probs[:, i]
-    if version is not None:
+    for i, label in enumerate(ws.settings.data.labels):
+        out[f"p_{label}"] = probs[:, i]
+    if cache is not None:
         write_atomically(cache, parquet_bytes(out))
     return out
+
+
+def prediction_dir(ws, version: str) -> Path:
+    return ws.runs_dir / "predictions" / f"v{version}"
+
+
+def _fetch_logged(ws, run_id: str, name: str, cache: Path) -> None:
+    """Copy a version's logged predictions into the local cache, when its run has them."""
+    from kaizen.tasks import registry
+
+    client = registry.connect(ws)
+    if any(a.path == f"predictions/{name}" for a in client.list_artifacts(run_id, "predictions")):
+        write_atomically(cache, Path(client.download_artifacts(run_id, f"predictions/{name}")).read_bytes())
 
 
 def trusted_batches(ws, batches: tuple[str, ...]) -> list[str]:
@@ -103,26 +120,37 @@ def check_drift(ws, it) -> DriftResult | None:
 
 def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftResult | None) -> Evaluation:
     """Champion vs challenger on the test split of the new batch and of every trusted earlier batch: paired
-    predictions for the gate, Evidently reports, metrics and the evaluation matrix."""
+    predictions for the gate, metrics, the evaluation matrix, and two Evidently reports (the new batch, and every
+    earlier batch pooled), so the cost grows with the rows scored, not with one report per batch. The champion's
+    predictions come from its cache: only the challenger is scored."""
     from kaizen.tasks import lineage, registry
 
     reports = report_dir(ws, it)
     paired: dict[str, PairedPredictions] = {}
     for batch in trusted_batches(ws, it.batches):
-        new = predictions_on(ws, challenger.model_dir, challenger.model.version, batch, "test")
-        old = predictions_on(ws, champion_dir, it.champion.version, batch, "test") if it.champion else None
+        new = predictions_on(ws, challenger.model_dir, challenger.model, batch, "test", logged=False)
+        old = predictions_on(ws, champion_dir, it.champion, batch, "test") if it.champion else None
         paired[batch] = PairedPredictions(tuple(new["label"]), tuple(new["predicted"]),
                                           tuple(old["predicted"]) if old is not None else None)
-        quality_check(list(new["label"]), list(new["predicted"]), None if old is None else list(old["predicted"]),
-                      labels=ws.settings.data.labels, html_path=reports / f"quality-{batch}.html")
+    earlier = [b for b in paired if b != it.batch_id]
+    for title, batches in ((it.batch_id, [it.batch_id]), ("earlier", earlier)):
+        if batches:
+            rows = [paired[b] for b in batches]
+            quality_check([y for r in rows for y in r.labels], [y for r in rows for y in r.challenger],
+                          None if it.champion is None else [y for r in rows for y in r.champion],
+                          labels=ws.settings.data.labels, html_path=reports / f"quality-{title}.html")
     evaluation = Evaluation(drift, paired, reports)
     client = registry.connect(ws)
     metrics = {score_metric(model, batch, metric): value for model in ("challenger", "champion")
                for metric in ("accuracy", "f1") for batch, value in (evaluation.scores(model, metric) or {}).items()}
     registry.log_metrics(client, it.run_id, metrics)
     lineage.log_evaluation_matrix(client, it.run_id, evaluation, reports)
-    lineage.log_datasets(client, it.run_id, {f"{b}/test": pd.read_parquet(ws.split_file(b, "test")) for b in paired},
-                         "evaluation", ws.prepared_dir)
+    tests = {f"{it.batch_id}/test": pd.read_parquet(ws.split_file(it.batch_id, "test"))}
+    if earlier:
+        tests[f"{len(earlier)} earlier batch(es)/test"] = pd.concat(
+            [pd.read_parquet(ws.split_file(b, "test")) for b in earlier], ignore_index=True)
+    lineage.log_datasets(client, it.run_id, tests, "evaluation", ws.prepared_dir)
     client.log_artifacts(it.run_id, str(reports), "reports")
+    client.log_artifacts(it.run_id, str(prediction_dir(ws, challenger.model.version)), "predictions")
     kill_point("check:done")
     return evaluation

@@ -72,49 +72,40 @@ def log_evaluation_matrix(client, run_id: str, evaluation, report_dir: Path) -> 
     return matrix
 
 
-def forgetting_and_bwt(matrix: dict[int, dict[str, float]], order: list[str]) -> tuple[dict[str, float], float | None]:
-    """Avalanche's continual-learning measures from R[t][b], the champion's accuracy on batch b after step t
-    (batch `order[i]` arrives at step i + 1). At the last step k: forgetting of each earlier batch is its best
-    accuracy at any earlier step minus its accuracy now; backward transfer (Lopez-Paz & Ranzato) is the mean of
-    now minus just-after-learning over the earlier batches."""
-    if not matrix:
-        return {}, None
-    k = max(matrix)
-    forgetting, transfer = {}, []
-    for i, batch in enumerate(order[: k - 1], start=1):
-        now = matrix[k].get(batch)
-        before = [matrix[t][batch] for t in range(i, k) if t in matrix and batch in matrix[t]]
-        if now is None or not before:
-            continue
-        forgetting[batch] = max(before) - now
-        if i in matrix and batch in matrix[i]:
-            transfer.append(now - matrix[i][batch])
+def forgetting_and_bwt(now: dict[str, float], best: dict[str, float], first: dict[str, float]
+                       ) -> tuple[dict[str, float], float | None]:
+    """Avalanche's continual-learning measures at one step, from the champion's accuracy `now` on each batch and,
+    for the batches seen at earlier steps, their `best` accuracy at any earlier step and their `first` (just
+    after they were learned): forgetting is best minus now; backward transfer (Lopez-Paz & Ranzato) the mean of
+    now minus first. Running values, so a step costs the same however long the history."""
+    earlier = [b for b in now if b in best and b in first]
+    forgetting = {b: best[b] - now[b] for b in earlier}
+    transfer = [now[b] - first[b] for b in earlier]
     return forgetting, (sum(transfer) / len(transfer) if transfer else None)
 
 
 def log_champion_over_time(client, loop_run: str, step: int, evaluation, promoted: bool,
                            iteration_run: str | None = None) -> None:
     """After the decision: the champion's score on every batch, as step `step` of the loop run's metrics, and
-    the forgetting and backward transfer that the history of those scores gives."""
+    the forgetting and backward transfer they give, from each batch's running best and first accuracy (kept on
+    the loop run: one read, whatever the number of batches)."""
     model = "challenger" if promoted or evaluation.scores("champion", "accuracy") is None else "champion"
     accuracy, f1 = evaluation.scores(model, "accuracy"), evaluation.scores(model, "f1")
+    before = client.get_run(loop_run).data.metrics
+    best = {b: before[f"best.{b}.accuracy"] for b in accuracy if f"best.{b}.accuracy" in before}
+    first = {b: before[f"first.{b}.accuracy"] for b in accuracy if f"first.{b}.accuracy" in before}
+    forgetting, bwt = forgetting_and_bwt(accuracy, best, first)
     metrics = {score_metric("champion", b, "accuracy"): v for b, v in accuracy.items()}
     metrics.update({score_metric("champion", b, "f1"): v for b, v in f1.items()})
     metrics["champion.mean_accuracy"] = sum(accuracy.values()) / len(accuracy)
-    log_metrics(client, loop_run, metrics, step=step)
-    order = sorted(accuracy)
-    matrix: dict[int, dict[str, float]] = {}
-    for batch in order:
-        for m in client.get_metric_history(loop_run, score_metric("champion", batch, "accuracy")):
-            matrix.setdefault(m.step, {})[batch] = m.value
-    forgetting, bwt = forgetting_and_bwt(matrix, order)
+    metrics.update({f"best.{b}.accuracy": max(v, best.get(b, v)) for b, v in accuracy.items()})
+    metrics.update({f"first.{b}.accuracy": first.get(b, v) for b, v in accuracy.items()})
     measures = {f"forgetting.{b}": f for b, f in forgetting.items()}
     if forgetting:
         measures["forgetting.max"] = max(forgetting.values())
     if bwt is not None:
         measures["bwt"] = bwt
-    if measures:
-        log_metrics(client, loop_run, measures, step=step)
-        if iteration_run:
-            log_metrics(client, iteration_run, measures, step=step)
+    log_metrics(client, loop_run, {**metrics, **measures}, step=step)
+    if measures and iteration_run:
+        log_metrics(client, iteration_run, measures, step=step)
     client.set_terminated(loop_run, "FINISHED")  # shown as done between iterations; metrics can still be added

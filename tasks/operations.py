@@ -108,8 +108,9 @@ def _dir_manifest(dvc_cache: Path, dir_md5: str) -> list[dict]:
 
 
 def reproduce(ws: Workspace, version: str, dest: Path | None = None, remote: str | None = None) -> tuple[Path, str]:
-    """Restore the exact prepared data a model version was trained on from a DVC remote (default: the
-    workspace's, storage.dvc_remote); verify every md5."""
+    """Restore the exact data a model version was trained, validated and tested on (every batch's splits and its
+    replay sample) from a DVC remote (default: the workspace's, storage.dvc_remote) into `dest`; verify every
+    file's md5. Returns `dest`'s data folder and the data version."""
     from kaizen.tasks.data_version import read_data_version, restore_data_version
 
     client = registry.connect(ws)
@@ -120,12 +121,15 @@ def reproduce(ws: Workspace, version: str, dest: Path | None = None, remote: str
         raise OperationError(f"version {version}: its run's dvc.lock names {data_version.prepared_md5}, its tag "
                              f"{ref.tags.get(TAG['data_version'])}")
     dest = dest or ws.state_dir / "reproduce" / f"v{version}"
-    prepared = restore_data_version(ws, data_version.lock, dest, remote)
-    for entry in _dir_manifest(dest / ".dvc" / "cache", data_version.prepared_md5):
-        actual = hashlib.md5((prepared / entry["relpath"]).read_bytes()).hexdigest()
-        if actual != entry["md5"]:
-            raise OperationError(f"{entry['relpath']}: md5 {actual} does not match the recorded {entry['md5']}")
-    return prepared, data_version.prepared_md5
+    data = restore_data_version(ws, data_version.lock, dest, remote)
+    for out, md5 in data_version.outs.items():  # each batch's splits and the replay sample, file by file
+        for entry in _dir_manifest(dest / ".dvc" / "cache", md5):
+            path = dest / out / entry["relpath"]
+            actual = hashlib.md5(path.read_bytes()).hexdigest()
+            if actual != entry["md5"]:
+                raise OperationError(f"{path.relative_to(dest)}: md5 {actual} does not match the recorded "
+                                     f"{entry['md5']}")
+    return data, data_version.prepared_md5
 
 
 def read_texts(path: Path, text_column: str) -> pd.DataFrame:

@@ -1,11 +1,14 @@
-"""preprocess: the DVC stage that turns accepted batches into per-batch splits and replay samples.
+"""preprocess: the DVC stages that turn accepted batches into per-batch splits and the replay sample.
 
-`dvc repro` runs `python -m kaizen.tasks.preprocess` in the workspace. Everything is a pure function of the
-accepted batches and the `preprocess`/`replay` params, seeded per batch, so an earlier batch's splits never
-change when a later batch arrives, and any data version can be rebuilt byte for byte.
+`dvc repro` runs them in the workspace (dvc.yaml): `python -m kaizen.tasks.preprocess split <batch>` once per
+batch (a `foreach` stage: a new batch leaves every earlier batch's splits and md5s as they were, and costs only
+its own split), and `python -m kaizen.tasks.preprocess replay <batch>` for the batch being learned. Everything is
+a pure function of the inputs and the `preprocess`/`replay` params, seeded per batch, so any data version can be
+rebuilt byte for byte.
 
-Output, per batch: `data/prepared/<batch>/{train,val,test}.parquet`, and for every batch after the first a
-`replay.parquet` drawn from the train splits of the batches before it.
+Output: `data/prepared/<batch>/{train,val,test}.parquet` per batch, and `data/replay/replay.parquet`: the sample
+of earlier trusted batches' train splits that the batch being learned is mixed with. Duplicates across batches
+never reach here: collect refuses a row whose text an earlier file already brought (the same `text_key`).
 """
 
 from __future__ import annotations
@@ -97,36 +100,45 @@ def draw_replay(pool: dict[str, pd.DataFrame], n_rows: int, seed: int) -> pd.Dat
     return replay.iloc[rng.permutation(len(replay))].reset_index(drop=True)
 
 
+def split_one(batch: pd.DataFrame, batch_id: str, pre: PreprocessSettings) -> dict[str, pd.DataFrame]:
+    """One accepted batch -> its train, val and test splits: texts normalised, duplicates within it dropped."""
+    frame = batch[["text", "label"]].copy()
+    frame["text"] = frame["text"].map(lambda t: normalize_text(t, pre.lowercase))
+    frame = frame[~frame["text"].map(text_key).duplicated()].reset_index(drop=True)
+    return split_batch(frame, pre, batch_seed(pre.seed, batch_id))
+
+
+def replay_for(target: str, train_splits: dict[str, pd.DataFrame], n_train: int, pre: PreprocessSettings,
+               replay: ReplaySettings, suspect: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """The replay sample of `target`: drawn from the train splits of the batches before it whose labels are
+    trusted (a `suspect` batch never enters replay), `replay.ratio` rows per training row of `target`."""
+    pool = {b: frame for b, frame in train_splits.items() if b < target and b not in suspect}
+    n_replay = min(replay.max_rows, int(round(replay.ratio * n_train)))
+    return draw_replay(pool, n_replay, batch_seed(pre.seed, f"replay:{target}"))
+
+
 def prepare(batches: dict[str, pd.DataFrame], pre: PreprocessSettings, replay: ReplaySettings,
             suspect: frozenset[str] = frozenset()) -> dict[str, dict[str, pd.DataFrame]]:
-    """All batches (by id, in order) -> per batch its splits and, after the first, its replay sample, drawn from
-    the earlier batches whose labels are trusted (a `suspect` batch never enters replay)."""
-    prepared: dict[str, dict[str, pd.DataFrame]] = {}
-    seen: set[str] = set()
-    for batch_id in sorted(batches):
-        frame = batches[batch_id][["text", "label"]].copy()
-        frame["text"] = frame["text"].map(lambda t: normalize_text(t, pre.lowercase))
-        keys = frame["text"].map(text_key)
-        frame = frame[~keys.isin(seen) & ~keys.duplicated()].reset_index(drop=True)
-        seen.update(keys)
-        splits = split_batch(frame, pre, batch_seed(pre.seed, batch_id))
-        pool = {earlier: parts["train"] for earlier, parts in prepared.items() if earlier not in suspect}
-        n_replay = min(replay.max_rows, int(round(replay.ratio * len(splits["train"]))))
-        if pool:
-            splits["replay"] = draw_replay(pool, n_replay, batch_seed(pre.seed, f"replay:{batch_id}"))
-        prepared[batch_id] = splits
+    """What the stages make of a whole stream at once (for tests and benchmarks): per batch its splits and,
+    after the first, the replay sample it would be learned with."""
+    prepared = {b: split_one(batches[b], b, pre) for b in sorted(batches)}
+    trains = {b: splits["train"] for b, splits in prepared.items()}
+    for batch_id in list(prepared)[1:]:
+        prepared[batch_id]["replay"] = replay_for(batch_id, trains, len(trains[batch_id]), pre, replay, suspect)
     return prepared
 
 
-def write_prepared(prepared: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> None:
+def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {}
+    for name, frame in splits.items():
+        frame.to_parquet(out_dir / f"{name}.parquet", index=False)
+    (out_dir / "summary.json").write_text(json.dumps({n: len(f) for n, f in splits.items()}, indent=2) + "\n")
+
+
+def write_prepared(prepared: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> None:
+    """Every batch's splits under `out_dir`, as the split stages lay them out."""
     for batch_id, splits in prepared.items():
-        (out_dir / batch_id).mkdir(exist_ok=True)
-        for name, frame in splits.items():
-            frame.to_parquet(out_dir / batch_id / f"{name}.parquet", index=False)
-        summary[batch_id] = {name: len(frame) for name, frame in splits.items()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_splits({n: f for n, f in splits.items() if n in SPLITS}, out_dir / batch_id)
 
 
 def read_suspect(trust_file: Path) -> frozenset[str]:
@@ -136,19 +148,31 @@ def read_suspect(trust_file: Path) -> frozenset[str]:
     return frozenset(json.loads(trust_file.read_text(encoding="utf-8"))["suspect"])
 
 
-def main() -> None:
-    """The DVC stage: run in the workspace, reads data/accepted, writes data/prepared."""
+def main(argv: list[str]) -> None:
+    """The DVC stages: `split <batch>` writes data/prepared/<batch>/; `replay <batch>` writes data/replay/ for the
+    batch being learned (empty for the first one)."""
     import shutil
 
     from kaizen.tasks.workspace import Workspace
 
+    if len(argv) != 2 or argv[0] not in ("split", "replay"):
+        raise SystemExit("usage: python -m kaizen.tasks.preprocess split|replay BATCH")
+    stage, batch_id = argv
     ws = Workspace.open(Path.cwd())
-    batches = {p.stem: pd.read_parquet(p) for p in sorted(ws.accepted_dir.glob("batch-*.parquet"))}
-    prepared = prepare(batches, ws.settings.preprocess, ws.settings.replay, read_suspect(ws.trust_file))
-    shutil.rmtree(ws.prepared_dir, ignore_errors=True)  # DVC owns this folder: rebuild it whole
-    write_prepared(prepared, ws.prepared_dir)
-    print(f"prepared {len(prepared)} batch(es) into {ws.prepared_dir}", file=sys.stderr)
+    pre = ws.settings.preprocess
+    if stage == "split":
+        out = ws.prepared_dir / batch_id
+        shutil.rmtree(out, ignore_errors=True)  # DVC owns this folder: rebuild it whole
+        write_splits(split_one(pd.read_parquet(ws.batch_file(batch_id)), batch_id, pre), out)
+    else:
+        trains = {p.parent.name: pd.read_parquet(p) for p in sorted(ws.prepared_dir.glob("batch-*/train.parquet"))}
+        n_train = len(trains.get(batch_id, ()))
+        sample = replay_for(batch_id, trains, n_train, pre, ws.settings.replay, read_suspect(ws.trust_file))
+        shutil.rmtree(ws.replay_dir, ignore_errors=True)
+        write_splits({"replay": sample}, ws.replay_dir)
+        (ws.replay_dir / "target.json").write_text(json.dumps({"batch": batch_id}) + "\n")
+    print(f"{stage} {batch_id}: done", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -39,15 +39,22 @@ def write_trust_file(path: Path, suspect: list[str]) -> None:
         write_atomically(path, text.encode("utf-8"))
 
 
-def write_stage_vars(root: Path) -> Path:
-    """The machine-specific values `dvc.yaml` reads (its `vars`): the interpreter that runs the stage, so a
-    `dvc repro` by hand uses this environment's kaizen whatever `python` is first on PATH, and the folder of the
-    stage's code, which the stage lists among its dependencies. Rewritten only when they change."""
+def write_stage_vars(root: Path, learning: str | None = None, batches: list[str] | None = None) -> Path:
+    """The values `dvc.yaml` reads (its `vars`): the interpreter that runs the stages, so a `dvc repro` by hand
+    uses this environment's kaizen whatever `python` is first on PATH; the folder of the stages' code, which they
+    list among their dependencies; the accepted batches, one `split` stage each; and the batch being learned,
+    whose replay sample the `replay` stage draws (`learning`; by default the newest, as for a `dvc repro` by
+    hand). `batches` default to the files in data/accepted. Rewritten only when they change."""
     import kaizen.tasks
 
     stage_vars = root / ".kaizen" / "stage.yaml"
+    if batches is None:
+        batches = sorted(p.stem for p in (root / "data" / "accepted").glob("batch-*.parquet"))
+    if learning is None:
+        learning = batches[-1] if batches else "none"
     text = (f"# written by kaizen for dvc.yaml (machine-specific, never committed)\n"
-            f"python: {json.dumps(sys.executable)}\ncode: {json.dumps(str(Path(kaizen.tasks.__file__).parent))}\n")
+            f"python: {json.dumps(sys.executable)}\ncode: {json.dumps(str(Path(kaizen.tasks.__file__).parent))}\n"
+            f"batches: {json.dumps(batches)}\nlearning: {json.dumps(learning)}\n")
     if not stage_vars.exists() or stage_vars.read_text(encoding="utf-8") != text:
         stage_vars.parent.mkdir(parents=True, exist_ok=True)
         stage_vars.write_text(text, encoding="utf-8")

@@ -61,7 +61,7 @@ class LabelVerdict:
 
 def _champion_view(ws, it, champion_dir: Path) -> pd.DataFrame:
     """The champion's predictions on the new batch's validation and test rows (never trained on by anyone)."""
-    return pd.concat([predictions_on(ws, champion_dir, it.champion.version, it.batch_id, s) for s in ("val", "test")],
+    return pd.concat([predictions_on(ws, champion_dir, it.champion, it.batch_id, s) for s in ("val", "test")],
                      ignore_index=True)
 
 
@@ -115,7 +115,7 @@ def worth_training(ws, it, champion_dir: Path | None, drift, force: bool) -> Tra
     """Training pays unless the champion already scores above the threshold on the new batch and nothing drifted."""
     if it.champion is None or champion_dir is None:
         return TrainingNeed(True, "no champion yet: bootstrap", None)
-    test = predictions_on(ws, champion_dir, it.champion.version, it.batch_id, "test")
+    test = predictions_on(ws, champion_dir, it.champion, it.batch_id, "test")
     score = scores(np.asarray(test["label"]), np.asarray(test["predicted"]))[ws.settings.gate.metric]
     threshold, metric = ws.settings.train.skip_if_champion_above, ws.settings.gate.metric
     drifted = drift is not None and drift.drifted

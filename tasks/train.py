@@ -89,13 +89,17 @@ class Challenger:
 
 
 def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """The new batch's train split (capped) plus its replay sample, shuffled; and its validation split."""
+    """The new batch's train split (capped) plus its replay sample (the replay stage's, drawn for this batch),
+    shuffled; and its validation split."""
     train = pd.read_parquet(ws.split_file(batch_id, "train"))
     cap = ws.settings.train.max_train_rows
     if cap and len(train) > cap:
         train = train.sample(n=cap, random_state=ws.settings.train.seed)
-    replay_file = ws.split_file(batch_id, "replay")
-    replay = pd.read_parquet(replay_file) if replay_file.exists() else pd.DataFrame(columns=["text", "label"])
+    target = json.loads((ws.replay_dir / "target.json").read_text(encoding="utf-8"))["batch"]
+    if target != batch_id:
+        raise RuntimeError(f"the replay sample in {ws.replay_dir} was drawn for {target}, not {batch_id}: "
+                           "run the DVC pipeline for this batch first (data_version.build_data_version)")
+    replay = pd.read_parquet(ws.replay_dir / "replay.parquet")
     mixed = pd.concat([train[["text", "label"]], replay[["text", "label"]]], ignore_index=True)
     mixed = mixed.sample(frac=1.0, random_state=ws.settings.train.seed).reset_index(drop=True)
     replay_rows = replay.groupby("batch").size().to_dict() if len(replay) else {}

@@ -75,6 +75,11 @@ class Workspace:
         return self.data_dir / "prepared"
 
     @property
+    def replay_dir(self) -> Path:
+        """The DVC replay stage's output: the replay sample of the batch being learned (`target.json` names it)."""
+        return self.data_dir / "replay"
+
+    @property
     def trust_file(self) -> Path:
         """The batches whose labels are suspect, written from the ledger before each `dvc repro` (a dependency of
         the stage: replay never draws from them)."""

@@ -1,9 +1,8 @@
-"""The data version on real DVC in a real git repository: `dvc repro` of the preprocess stage, the push to the
-workspace's local remote, the md5s in dvc.lock, and restoring an old version from the remote."""
+"""The data version on real DVC in a real git repository: `dvc repro` of the per-batch split stages and the
+replay stage, the push to the workspace's local remote, the md5s in dvc.lock, and restoring an old version."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -14,17 +13,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from kaizen.tasks.data_version import DataVersion, build_data_version, read_data_version, restore_data_version
+from kaizen.tasks.data_version import build_data_version, read_data_version, restore_data_version
 from kaizen.tasks.preprocess import prepare, write_prepared
+from kaizen.tasks.repo import write_stage_vars
 from kaizen.tasks.workspace import Workspace
 
 
 def write_batch(ws: Workspace, batch_id: str, rows: pd.DataFrame) -> None:
-    """An accepted batch as collect writes it: text, label, source, source_row."""
+    """An accepted batch as collect writes it (text, label, source, source_row), and the stage list updated, as
+    collect updates it when a batch forms."""
     batch = rows[["text", "label"]].reset_index(drop=True)
     batch = batch.assign(source=f"{batch_id}.csv", source_row=range(1, len(batch) + 1))
     ws.accepted_dir.mkdir(parents=True, exist_ok=True)
     batch.to_parquet(ws.batch_file(batch_id), index=False)
+    write_stage_vars(ws.root)
 
 
 def real_rows(domains: dict[str, pd.DataFrame], name: str, n: int, seed: int) -> pd.DataFrame:
@@ -41,11 +43,9 @@ def remote_object(ws: Workspace, md5: str) -> Path:
     return ws.dvc_remote_dir / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def lock_md5s(ws: Workspace) -> tuple[str, str]:
-    stage = yaml.safe_load(ws.dvc_lock.read_text())["stages"]["preprocess"]
-    deps = {d["path"]: d["md5"] for d in stage["deps"]}
-    outs = {o["path"]: o["md5"] for o in stage["outs"]}
-    return outs["data/prepared"], deps["data/accepted"]
+def lock_outs(ws: Workspace) -> dict[str, str]:
+    stages = yaml.safe_load(ws.dvc_lock.read_text())["stages"]
+    return {o["path"]: o["md5"] for stage in stages.values() for o in stage["outs"]}
 
 
 def set_param(ws: Workspace, section: str, key: str, value: object) -> None:
@@ -58,17 +58,38 @@ def dvc_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def test_read_data_version_needs_the_preprocess_stage() -> None:
-    with pytest.raises(ValueError, match="preprocess"):
+LOCK = """schema: '2.0'
+stages:
+  split@batch-0001:
+    cmd: python -m kaizen.tasks.preprocess split batch-0001
+    deps:
+    - path: data/accepted/batch-0001.parquet
+      md5: aaa
+    outs:
+    - path: data/prepared/batch-0001
+      md5: 111.dir
+  replay:
+    cmd: python -m kaizen.tasks.preprocess replay batch-0001
+    deps:
+    - path: data/prepared
+      md5: 999.dir
+    outs:
+    - path: data/replay
+      md5: 222.dir
+"""
+
+
+def test_the_data_version_names_every_output_and_needs_the_stages() -> None:
+    with pytest.raises(ValueError, match="`split` and `replay` stages"):
         read_data_version("schema: '2.0'\nstages: {}\n")
-    with pytest.raises(ValueError, match="preprocess"):
+    with pytest.raises(ValueError, match="`split` and `replay` stages"):
         read_data_version("")
-    lock = ("schema: '2.0'\nstages:\n  preprocess:\n    cmd: python -m tasks.preprocess\n"
-            "    deps:\n    - path: data/accepted\n      md5: aaa.dir\n"
-            "    outs:\n    - path: data/prepared\n      md5: 0123456789abcdef0123.dir\n")
-    version = read_data_version(lock)
-    assert version == DataVersion(prepared_md5="0123456789abcdef0123.dir", accepted_md5="aaa.dir", lock=lock)
-    assert version.short == "0123456789ab"
+    version = read_data_version(LOCK)
+    assert version.outs == {"data/prepared/batch-0001": "111.dir", "data/replay": "222.dir"}
+    assert len(version.prepared_md5) == 32 and version.short == version.prepared_md5[:12]
+    assert read_data_version(LOCK.replace("222.dir", "223.dir")).prepared_md5 != version.prepared_md5
+    assert read_data_version(LOCK.replace("md5: aaa", "md5: aab")).accepted_md5 != version.accepted_md5
+    assert read_data_version(LOCK.replace("md5: aaa", "md5: aab")).prepared_md5 == version.prepared_md5
 
 
 def test_data_version_lifecycle(make_workspace, domains: dict[str, pd.DataFrame], tmp_path: Path) -> None:
@@ -78,63 +99,60 @@ def test_data_version_lifecycle(make_workspace, domains: dict[str, pd.DataFrame]
     for batch_id, rows in first.items():
         write_batch(ws, batch_id, rows)
 
-    # --- the first version: the stage ran, its outputs are in the lock and in the remote -----------------
-    v1 = build_data_version(ws)
-    assert ws.dvc_lock.is_file()
-    assert (v1.prepared_md5, v1.accepted_md5) == lock_md5s(ws)
-    assert v1.prepared_md5.endswith(".dir") and v1.accepted_md5.endswith(".dir")
-    assert v1.lock == ws.dvc_lock.read_text()
+    # --- the first version: every stage ran, its outputs are in the lock and in the remote ----------------
+    v1 = build_data_version(ws, "batch-0002")
+    assert v1.lock == ws.dvc_lock.read_text() and v1.outs == lock_outs(ws)
+    assert set(v1.outs) == {"data/prepared/batch-0001", "data/prepared/batch-0002", "data/replay"}
     for batch_id in first:
         for split in ("train", "val", "test"):
             assert ws.split_file(batch_id, split).is_file()
-    assert ws.split_file("batch-0002", "replay").is_file()
-    assert not ws.split_file("batch-0001", "replay").exists()
+    assert json.loads((ws.replay_dir / "target.json").read_text()) == {"batch": "batch-0002"}
 
-    # The stage is the pure function: the same bytes as prepare() on the same batches and params.
+    # The stages are the pure functions: the same bytes as prepare() on the same batches and params.
     expected = tmp_path / "expected"
     batches = {b: pd.read_parquet(ws.batch_file(b)) for b in first}
-    write_prepared(prepare(batches, ws.settings.preprocess, ws.settings.replay), expected)
+    prepared = prepare(batches, ws.settings.preprocess, ws.settings.replay)
+    write_prepared(prepared, expected)
     v1_files = snapshot(ws.prepared_dir)
     assert v1_files == snapshot(expected)
+    pd.testing.assert_frame_equal(pd.read_parquet(ws.replay_dir / "replay.parquet"), prepared["batch-0002"]["replay"])
 
-    # The remote holds the directory listing and every file of it, byte for byte.
-    listing = json.loads(remote_object(ws, v1.prepared_md5).read_text())
-    assert sorted(entry["relpath"] for entry in listing) == sorted(v1_files)
-    for entry in listing:
-        pushed = remote_object(ws, entry["md5"])
-        assert pushed.is_file(), entry["relpath"]
-        assert hashlib.md5(v1_files[entry["relpath"]]).hexdigest() == entry["md5"]
-        assert pushed.read_bytes() == v1_files[entry["relpath"]]
+    # The remote holds every output's listing and every file of it, byte for byte.
+    for out, md5 in v1.outs.items():
+        listing = json.loads(remote_object(ws, md5).read_text())
+        for entry in listing:
+            assert remote_object(ws, entry["md5"]).read_bytes() == (ws.root / out / entry["relpath"]).read_bytes()
 
-    # --- nothing changed: the same version, and the stage did not run again --------------------------
-    stamp = (ws.prepared_dir / "summary.json").stat().st_mtime_ns
-    assert build_data_version(ws) == v1
-    assert (ws.prepared_dir / "summary.json").stat().st_mtime_ns == stamp
+    # --- nothing changed: the same version, and no stage ran again ---------------------------------------
+    stamps = {p: p.stat().st_mtime_ns for p in ws.prepared_dir.rglob("*.parquet")}
+    assert build_data_version(ws, "batch-0002") == v1
+    assert {p: p.stat().st_mtime_ns for p in ws.prepared_dir.rglob("*.parquet")} == stamps
 
-    # --- a new batch: a new version, the earlier batches' files untouched ------------------------------
+    # --- a new batch: only its split runs; the earlier batches' outputs, md5s and files are untouched -----
     write_batch(ws, "batch-0003", real_rows(domains, "finefood", 130, seed=3))
-    v2 = build_data_version(ws)
+    v2 = build_data_version(ws, "batch-0003")
     assert v2.prepared_md5 != v1.prepared_md5 and v2.accepted_md5 != v1.accepted_md5
-    assert (v2.prepared_md5, v2.accepted_md5) == lock_md5s(ws)
-    v2_files = snapshot(ws.prepared_dir)
-    for name, data in v1_files.items():
-        if name != "summary.json":
-            assert v2_files[name] == data, name
-    assert ws.split_file("batch-0003", "replay").is_file()
+    for batch_id in first:
+        assert v2.outs[f"data/prepared/{batch_id}"] == v1.outs[f"data/prepared/{batch_id}"]
+    assert {p: p.stat().st_mtime_ns for p in ws.prepared_dir.rglob("*.parquet") if p in stamps} == stamps
+    assert json.loads((ws.replay_dir / "target.json").read_text()) == {"batch": "batch-0003"}
+    assert set(pd.read_parquet(ws.replay_dir / "replay.parquet")["batch"]) == set(first)
 
-    # --- a changed preprocess param: a new version of the same batches --------------------------------
+    # --- a changed preprocess param: every split is new --------------------------------------------------
     set_param(ws, "preprocess", "seed", 14)
-    v3 = build_data_version(ws)
+    v3 = build_data_version(ws, "batch-0003")
     assert v3.accepted_md5 == v2.accepted_md5
-    assert v3.prepared_md5 not in (v1.prepared_md5, v2.prepared_md5)
-    assert remote_object(ws, v3.prepared_md5).is_file()
+    assert all(v3.outs[out] != v2.outs[out] for out in v2.outs if out.startswith("data/prepared/"))
+    assert all(remote_object(ws, md5).is_file() for md5 in v3.outs.values())
 
     # --- the first version, restored from the remote after the workspace moved on ---------------------
     restored = restore_data_version(ws, v1.lock, tmp_path / "restore")
-    assert restored == tmp_path / "restore" / "data" / "prepared"
-    assert snapshot(restored) == v1_files
+    assert restored == tmp_path / "restore" / "data"
+    assert snapshot(restored / "prepared") == v1_files
+    pd.testing.assert_frame_equal(pd.read_parquet(restored / "replay" / "replay.parquet"),
+                                  prepared["batch-0002"]["replay"])
     assert snapshot(ws.prepared_dir) != v1_files  # the workspace itself still holds v3
-    assert lock_md5s(ws) == (v3.prepared_md5, v3.accepted_md5)
+    assert lock_outs(ws) == v3.outs
 
 
 def test_dvc_repro_by_hand(make_workspace, domains: dict[str, pd.DataFrame]) -> None:
@@ -146,12 +164,13 @@ def test_dvc_repro_by_hand(make_workspace, domains: dict[str, pd.DataFrame]) -> 
     result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws.root, env=dvc_env(),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr or result.stdout
-    prepared_md5, accepted_md5 = lock_md5s(ws)
-    summary = json.loads((ws.prepared_dir / "summary.json").read_text())
-    assert summary["batch-0001"]["test"] == 20  # the workspace's params were used
-    assert summary["batch-0002"]["replay"] == summary["batch-0002"]["train"]
+    outs = lock_outs(ws)
+    summary = json.loads((ws.prepared_dir / "batch-0001" / "summary.json").read_text())
+    assert summary["test"] == 20  # the workspace's params were used
+    replay = json.loads((ws.replay_dir / "summary.json").read_text())["replay"]
+    assert replay == json.loads((ws.prepared_dir / "batch-0002" / "summary.json").read_text())["train"]
 
     # The loop then finds nothing to rebuild: the same version, now pushed.
-    version = build_data_version(ws)
-    assert (version.prepared_md5, version.accepted_md5) == (prepared_md5, accepted_md5)
-    assert remote_object(ws, prepared_md5).is_file()
+    version = build_data_version(ws, "batch-0002")
+    assert version.outs == outs
+    assert all(remote_object(ws, md5).is_file() for md5 in outs.values())

@@ -112,7 +112,8 @@ def test_lineage_tags_are_true(served) -> None:
     run = client.get_run(registry.model_version(client, name, "2").run_id)
     inputs = {d.dataset.name: {t.key: t.value for t in d.tags} for d in run.inputs.dataset_inputs}
     assert inputs["batch-0002/train+replay"]["mlflow.data.context"] == "training"
-    assert inputs["batch-0001/test"]["mlflow.data.context"] == "evaluation"
+    assert inputs["batch-0002/test"]["mlflow.data.context"] == "evaluation"
+    assert inputs["1 earlier batch(es)/test"]["mlflow.data.context"] == "evaluation"  # pooled: one entry
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
         "evaluation/matrix.json", "evaluation/matrix-accuracy.png"}
     loop = client.get_run(run.data.tags["mlflow.parentRunId"])
@@ -134,7 +135,7 @@ def test_rest_api_lists_the_model_with_its_aliases(served) -> None:
 def test_reproduce_restores_byte_identical_data(served, tmp_path: Path) -> None:
     ws, _, prepared, _ = served
     folder, md5 = reproduce(ws, "1", tmp_path / "v1")
-    assert snapshot(folder) == prepared[0] != prepared[2]
+    assert snapshot(folder / "prepared") == prepared[0] != prepared[2]
     assert md5 == registry.model_version(registry.connect(ws), ws.settings.model.registered_name, "1").tags[
         TAG["data_version"]]
 

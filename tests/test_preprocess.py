@@ -9,7 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kaizen.tasks.preprocess import apportion, batch_seed, draw_replay, prepare, split_batch, write_prepared
+from kaizen.tasks.preprocess import (
+    apportion,
+    batch_seed,
+    draw_replay,
+    prepare,
+    split_batch,
+    split_one,
+    write_prepared,
+)
 from kaizen.tasks.settings import PreprocessSettings, ReplaySettings
 from kaizen.tasks.text import normalize_text, text_key
 from tests.helpers import sample
@@ -149,29 +157,28 @@ def test_earlier_batches_are_byte_identical_after_a_later_batch(
     write_prepared(prepare(batches, pre_settings(), replay_settings()), tmp_path / "v2")
     for batch_id in first_three:
         names = sorted(p.name for p in (tmp_path / "v1" / batch_id).iterdir())
-        assert names == (["test.parquet", "train.parquet", "val.parquet"] if batch_id == "batch-0001"
-                         else ["replay.parquet", "test.parquet", "train.parquet", "val.parquet"])
+        assert names == ["summary.json", "test.parquet", "train.parquet", "val.parquet"]
         for name in names:
             old, new = tmp_path / "v1" / batch_id / name, tmp_path / "v2" / batch_id / name
             assert old.read_bytes() == new.read_bytes(), (batch_id, name)
-    summary = json.loads((tmp_path / "v2" / "summary.json").read_text())
-    assert sorted(summary) == sorted(batches)
-    assert summary["batch-0004"]["replay"] > 0 and "replay" not in summary["batch-0001"]
+    summary = json.loads((tmp_path / "v2" / "batch-0004" / "summary.json").read_text())
+    assert sorted(summary) == ["test", "train", "val"] and summary["train"] > 0
 
 
-def test_a_text_seen_in_an_earlier_batch_is_dropped(domains: dict[str, pd.DataFrame]) -> None:
-    first = distinct(sample(domains["movies"], 100, seed=1))
+def test_a_batch_is_split_on_its_own_and_loses_its_own_repeats(domains: dict[str, pd.DataFrame]) -> None:
+    # Repeats across batches never reach the stage (collect refuses a text an earlier file brought, by the same
+    # text_key); within a batch, the stage keeps the first of each text.
     fresh = distinct(sample(domains["amazon"], 100, seed=1))
-    repeated = first.head(5).assign(text=lambda f: "  " + f["text"].str.upper().str.replace(" ", "   "))
-    within = fresh.head(3)  # repeated inside the later batch itself
-    second = pd.concat([fresh, repeated, within], ignore_index=True)
-    prepared = prepare({"batch-0001": first, "batch-0002": second}, pre_settings(), replay_settings())
-
-    later = pd.concat([prepared["batch-0002"][s] for s in ("train", "val", "test")])
+    within = fresh.head(3).assign(text=lambda f: "  " + f["text"].str.upper().str.replace(" ", "   "))
+    second = pd.concat([fresh, within], ignore_index=True)
+    alone = split_one(second, "batch-0002", pre_settings())
+    with_others = prepare({"batch-0001": distinct(sample(domains["movies"], 100, seed=1)), "batch-0002": second},
+                          pre_settings(), replay_settings())["batch-0002"]
+    later = pd.concat([alone[s] for s in ("train", "val", "test")])
     assert len(later) == len(fresh)
     assert set(later["text"].map(text_key)) == set(fresh["text"].map(text_key))
-    earlier = pd.concat([prepared["batch-0001"][s] for s in ("train", "val", "test")])
-    assert len(earlier) == len(first)  # the first batch keeps its copies
+    for name in ("train", "val", "test"):  # the earlier batch changes nothing of this one's splits
+        pd.testing.assert_frame_equal(alone[name], with_others[name])
 
 
 def test_prepare_normalises_and_optionally_lowercases(domains: dict[str, pd.DataFrame]) -> None:
@@ -253,11 +260,9 @@ def test_replay_is_deterministic_for_a_seed_and_differs_for_another(batches: dic
     assert set(draw_replay(pool, 120, seed=1)["text"]) != set(draw_replay(pool, 120, seed=2)["text"])
 
 
-def test_ratio_zero_gives_an_empty_replay(batches: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+def test_ratio_zero_gives_an_empty_replay(batches: dict[str, pd.DataFrame]) -> None:
     prepared = prepare(batches, pre_settings(), replay_settings(ratio=0.0))
     for batch_id in sorted(batches)[1:]:
         assert len(prepared[batch_id]["replay"]) == 0
         assert list(prepared[batch_id]["replay"].columns) == ["text", "label", "batch"]
-    write_prepared(prepared, tmp_path)
-    assert len(pd.read_parquet(tmp_path / "batch-0002" / "replay.parquet")) == 0
     assert draw_replay({}, 50, seed=1).empty

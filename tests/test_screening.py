@@ -63,7 +63,8 @@ def test_the_flipped_batch_is_suspect_and_never_trained_on(flipped_then_good) ->
 def test_the_good_batch_after_it_is_promoted_without_a_flipped_row(flipped_then_good) -> None:
     ws, _, _, good, flipped = flipped_then_good
     assert good["batch"] == "batch-0003" and good["decision"] == "promoted", good["reasons"]
-    replay = pd.read_parquet(ws.split_file("batch-0003", "replay"))
+    assert json.loads((ws.replay_dir / "target.json").read_text()) == {"batch": "batch-0003"}
+    replay = pd.read_parquet(ws.replay_dir / "replay.parquet")
     assert len(replay) > 0 and set(replay["batch"]) == {"batch-0001"}
     assert not set(replay["text"]) & set(flipped["text"])
     client = registry.connect(ws)
@@ -72,7 +73,9 @@ def test_the_good_batch_after_it_is_promoted_without_a_flipped_row(flipped_then_
     assert not [k for k in run.data.metrics if "batch-0002" in k]  # no yardstick, no merge candidate scored on it
     assert not any("batch-0002" in r for r in good["reasons"])
     reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
-    assert "reports/quality-batch-0002.html" not in reports and "reports/quality-batch-0001.html" in reports
+    assert reports == {"reports/drift.html", "reports/quality-batch-0003.html", "reports/quality-earlier.html"}
+    assert run.data.metrics["replay.batch-0001.rows"] == len(replay) and "replay.batch-0002.rows" not in \
+        run.data.metrics
     assert TAG["merge_alpha"] in run.data.tags
     version = registry.model_version(client, ws.settings.model.registered_name, good["challenger_version"])
     description = client.get_model_version(ws.settings.model.registered_name, version.version).description
