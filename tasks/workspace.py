@@ -277,6 +277,8 @@ def init_workspace(root: Path) -> Workspace:
         gitignore.write_text(GITIGNORE, encoding="utf-8")
     ensure_dvc(root)
     ws = Workspace.open(root)
+    if "://" not in ws.settings.data.landing:  # a local landing zone exists from the start: `cp file DIR/data/landing/`
+        Path(ws.landing).mkdir(parents=True, exist_ok=True)
     run_command(["git", "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc/config", ".dvcignore"], root)
     staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode
     if staged:
