@@ -21,6 +21,13 @@ os.environ.update({
 (_STATE / "prefect").mkdir()
 
 import pandas as pd  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# Property tests: CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) draws the same examples on every run, so a red build
+# is one a developer can reproduce; on a developer's machine ("dev", the default) they explore new ones each run.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev")
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
 from kaizen.tasks.workspace import Workspace, init_workspace  # noqa: E402
