@@ -32,7 +32,7 @@ LABELS = ["negative", "positive"]
 @pytest.fixture
 def new_ws(copy_workspace) -> Callable[..., Workspace]:
     """A copy of the module's workspace with `section__key=value` overrides written to its params.yaml."""
-    return lambda **overrides: copy_workspace({"data.min_batch_rows": 20}, **overrides)
+    return lambda **overrides: copy_workspace({"data.min_batch_rows": 20, "data.settle_seconds": 0}, **overrides)
 
 
 def unique(frame: pd.DataFrame) -> pd.DataFrame:

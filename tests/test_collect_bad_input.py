@@ -367,6 +367,39 @@ def test_a_file_still_being_written_is_never_half_read(new_ws) -> None:
     assert (outcome.rows_in, outcome.rows_accepted, result.skipped) == (written, written, [])
 
 
+def test_a_writer_that_pauses_mid_file_is_not_ingested_half_written_at_the_default_settle_time(new_ws) -> None:
+    from kaizen.tasks.settings import load_settings
+    from kaizen.tasks.workspace import template
+
+    default = load_settings(template("params.yaml")).data.settle_seconds
+    pause = 3.0  # a copy over a busy network share stalls for seconds; the old default waited 0.5 s
+    assert default >= 2 * pause
+    ws = new_ws(data__settle_seconds=default)
+    rows = [(f"review {i}: the plot is {'tight' if i % 2 else 'thin'}", "positive" if i % 2 else "negative")
+            for i in range(40)]
+    path = Path(ws.landing) / "slow.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def writer() -> None:  # half the file, a pause, the rest
+        with open(path, "wb") as out:
+            out.write(csv_bytes(rows[:20]))
+            out.flush()
+            time.sleep(pause)
+            out.write(csv_bytes(rows[20:]).split(b"\n", 1)[1])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        first = collect(ws)  # during the pause
+    finally:
+        thread.join()
+    assert first.files == [] and first.skipped[0].reason.startswith("still being written")
+
+    (outcome,) = collect(ws).files
+    assert (outcome.rows_in, outcome.rows_accepted) == (40, 40)  # whole: its tail is not lost
+
+
 def test_a_file_untouched_for_the_settle_time_is_not_waited_for(new_ws) -> None:
     ws = new_ws(data__settle_seconds=30)
     path = land(ws, "old.csv", csv_bytes(GOOD))
