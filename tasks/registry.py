@@ -74,31 +74,58 @@ def model_version(client, name: str, version: str) -> ModelRef:
 
 
 def download_model(client, name: str, version: str, dest: Path) -> Path:
-    """The model version's files as one folder for from_pretrained (weights, config and tokenizer)."""
-    if (dest / "config.json").exists():
+    """The model version's files as one folder for from_pretrained (weights, config and tokenizer).
+
+    Assembled in a temporary folder beside `dest` and renamed into place whole, so that a kill, Ctrl-C or a full
+    disk never leaves a `dest` that looks complete: a folder at `dest` is always a whole download."""
+    if dest.is_dir():
         return dest
-    uri = client.get_model_version_download_uri(name, version)
-    scratch = dest.with_name(dest.name + ".download")
-    shutil.rmtree(scratch, ignore_errors=True)
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch)))
-    weights = next(local.rglob("config.json")).parent
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in weights.iterdir():
-        shutil.copy2(path, dest / path.name)
-    tokenizer = next((p.parent for p in local.rglob("tokenizer.json")), None)
-    if tokenizer and tokenizer != weights:
-        for path in tokenizer.iterdir():
-            shutil.copy2(path, dest / path.name)
-    shutil.rmtree(scratch)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(dest)
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        uri = client.get_model_version_download_uri(name, version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
+        weights = next(local.rglob("config.json")).parent
+        tokenizer = next((p.parent for p in local.rglob("tokenizer.json")), weights)
+        files = partial / "model"
+        files.mkdir()
+        for folder in dict.fromkeys((weights, tokenizer)):
+            for path in folder.iterdir():
+                shutil.copy2(path, files / path.name)
+                kill_point("download:copied")
+        os.rename(files, dest)  # the commit point: atomic on one filesystem
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 
+def _remove_abandoned(dest: Path) -> None:
+    """Temporary folders of downloads whose process is gone (killed mid-download)."""
+    for folder in dest.parent.glob(f".{dest.name}.partial-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def local_model(ws: Workspace, version: str) -> Path:
-    """A registered version's files on local disk (cached: versions never change)."""
+    """A registered version's files on local disk, cached by model name and version (versions never change)."""
     client = connect(ws)
-    return download_model(client, ws.settings.model.registered_name, version, ws.runs_dir / "models" / f"v{version}")
+    name = ws.settings.model.registered_name
+    return download_model(client, name, version, ws.runs_dir / "models" / name / f"v{version}")
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -90,3 +90,31 @@ def test_a_registered_version_downloads_as_safetensors_without_pickles(registere
     names = {p.name for p in local.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pkl", ".pt"))]
+
+
+def test_a_download_killed_midway_is_never_taken_for_the_model(registered) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForSequenceClassification
+
+    from kaizen.tasks.faults import ENV
+
+    ws, _, _ = registered
+    child = ("import sys; from kaizen.tasks import registry; from kaizen.tasks.workspace import Workspace; "
+             "registry.local_model(Workspace.open(sys.argv[1]), '1')")
+    killed = subprocess.run([sys.executable, "-c", child, str(ws.root)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, ENV: "download:copied@2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    cache = ws.runs_dir / "models" / ws.settings.model.registered_name
+    assert not (cache / "v1").exists()  # only a hidden partial folder: nothing looks like a model
+
+    local = registry.local_model(ws, "1")
+
+    assert local == cache / "v1"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in local.iterdir()}
+    assert AutoModelForSequenceClassification.from_pretrained(local).config.hidden_size == 32
+    assert [p.name for p in cache.iterdir()] == ["v1"]  # the killed download's leftovers are gone
+
