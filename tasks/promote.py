@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from kaizen.tasks.faults import kill_point
 from kaizen.tasks.settings import GateSettings
+from kaizen.tasks.workspace import hold
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,14 @@ def promotion_gate(new_batch: str, challenger: dict[str, float], champion: dict[
         passed.append("no champion yet: bootstrap")
         return GateDecision(not failed, failed + passed)
 
-    gain = new - champion[new_batch]
+    gain = round(new - champion[new_batch], 9)  # a boundary is a boundary: 0.57 - 0.56 is 0.01, not a hair less
     (passed if gain >= gate.min_improvement else failed).append(
         f"{metric} on the new batch {new_batch}: challenger {new:.4f} vs champion {champion[new_batch]:.4f} "
         f"({gain:+.4f}; min_improvement {gate.min_improvement:+.4f})")
     for batch in sorted(champion):
         if batch == new_batch or batch not in challenger:
             continue
-        drop = champion[batch] - challenger[batch]
+        drop = round(champion[batch] - challenger[batch], 9)
         (failed if drop > gate.max_regression else passed).append(
             f"{metric} on earlier {batch}: challenger {challenger[batch]:.4f} vs champion {champion[batch]:.4f} "
             f"({-drop:+.4f}; max_regression {gate.max_regression:.4f})")
@@ -74,7 +75,13 @@ def decide(ws, it, challenger_version: str, evaluation) -> Decision:
     registry.set_tags(client, it.run_id, {TAG["gate_reasons"]: reasons, TAG["challenger_version"]: challenger_version})
     previous = None
     if gate.promote:
-        previous = registry.move_champion(client, name, challenger_version)  # the commit point
+        started_from = it.champion.version if it.champion else None
+        try:
+            with hold(ws, "champion", wait=True):  # a rollback and this move take turns
+                previous = registry.move_champion(client, name, challenger_version, started_from)  # the commit point
+        except registry.ChampionMoved as exc:  # refused, and recorded why: the operator's move stands
+            gate = GateDecision(False, [str(exc), *gate.reasons])
+            reasons = "\n".join(gate.reasons)
         kill_point("promote:moved")
     tags = {TAG["decision"]: gate.verdict, TAG["reasons"]: reasons}
     registry.tag_version(client, name, challenger_version, tags)

@@ -54,4 +54,8 @@ def _complete(client, ws, batch_id: str, run, decision: str, champion_version: s
     registry.tag_version(client, ws.settings.model.registered_name, challenger, tags)
     registry.set_tags(client, run.info.run_id, {**tags, TAG["champion_version"]: champion_version or "",
                                                 TAG["recovered"]: f"{decision}: completed after a kill"})
+    parent = run.data.tags.get(TAG["parent_version"])
+    name = ws.settings.model.registered_name
+    if decision == "promoted" and parent and registry.model_by_alias(client, name, registry.PREVIOUS) is None:
+        client.set_registered_model_alias(name, registry.PREVIOUS, parent)  # killed between the alias moves
     return close_iteration(ws, batch_id, run.info.run_id, decision, challenger)

@@ -188,10 +188,33 @@ def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, version, key, str(value))
 
 
-def move_champion(client, name: str, version: str) -> str | None:
-    """Make `version` the champion; the former champion keeps `previous-champion`. Returns the former one."""
+class ChampionMoved(RuntimeError):
+    """The champion is no longer the version an iteration started from: it was moved meanwhile (a rollback)."""
+
+
+def move_champion(client, name: str, version: str, started_from: str | None) -> str | None:
+    """Make `version` the champion if the champion is still `started_from` (compare and set: a rollback made while
+    the iteration ran is never undone by it; raises ChampionMoved instead). Returns the former champion, which
+    becomes `previous-champion`. Callers hold the workspace's "champion" lock, so the check and the move are one
+    step for every kaizen process of the workspace."""
     former = model_by_alias(client, name, CHAMPION)
+    if (former.version if former else None) != started_from:
+        raise ChampionMoved(
+            f"not promoted: the champion is v{former.version if former else '–'}, no longer "
+            f"v{started_from or '–'}, which this iteration started from and compared against (moved meanwhile, "
+            "e.g. by `kaizen rollback`)")
+    return swap_champion(client, name, version, former)
+
+
+def swap_champion(client, name: str, version: str, former: ModelRef | None) -> str | None:
+    """Champion -> `version`, previous-champion -> `former`: three alias writes, ordered so that a crash between
+    them never leaves previous-champion naming the champion, nor a stale version a rollback would restore
+    silently. previous-champion is removed first; a crash then leaves none (`kaizen rollback` asks for --to, and
+    the recovery of a killed iteration sets it again)."""
+    if model_by_alias(client, name, PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
+    kill_point("aliases:between")
     if former is not None and former.version != version:
         client.set_registered_model_alias(name, PREVIOUS, former.version)
-    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
     return former.version if former else None

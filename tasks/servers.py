@@ -192,6 +192,11 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+def running(ws: Workspace) -> list[str]:
+    """The servers `kaizen up` started for this workspace that still run."""
+    return [name for name in SERVERS if (record := _read_record(ws, name)) is not None and _alive(record)]
+
+
 def stop(ws: Workspace) -> dict[str, str]:
     """Stop exactly the servers `kaizen up` started for this workspace, and forget them."""
     return {name: _stop_one(ws, name) for name in SERVERS}
