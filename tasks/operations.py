@@ -16,7 +16,7 @@ import pandas as pd
 
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import now
-from kaizen.tasks.record import TAG
+from kaizen.tasks.record import TAG, ForeignModel, claim_model
 from kaizen.tasks.workspace import Workspace, hold
 
 
@@ -44,6 +44,10 @@ def rollback(ws: Workspace, reason: str, to: str | None = None) -> Rollback:
 
 def _rollback(ws: Workspace, reason: str, to: str | None) -> Rollback:
     client = registry.connect(ws)
+    try:
+        claim_model(client, ws)
+    except ForeignModel as exc:
+        raise OperationError(str(exc)) from exc
     name = ws.settings.model.registered_name
     current = registry.model_by_alias(client, name, registry.CHAMPION)
     if current is None:
@@ -64,7 +68,8 @@ def _rollback(ws: Workspace, reason: str, to: str | None) -> Rollback:
     registry.tag_version(client, name, target.version, record)
     registry.tag_version(client, name, current.version, {TAG["rolled_back"]: f"{when} by {who}: {reason}"})
     run = client.create_run(registry.experiment_id(client, ws), run_name=f"rollback-v{current.version}-to-v"
-                            f"{target.version}", tags={**record, TAG["decision"]: "rollback"})
+                            f"{target.version}", tags={**record, TAG["decision"]: "rollback",
+                                                       TAG["workspace"]: ws.workspace_id})
     client.set_terminated(run.info.run_id, "FINISHED")
     return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
 

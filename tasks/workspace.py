@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaizen.tasks.files import locked
+from kaizen.tasks.redact import redact
 from kaizen.tasks.settings import Settings, load_settings
 
 GITIGNORE = """\
@@ -106,10 +107,16 @@ class Workspace:
         return os.environ.get("MLFLOW_TRACKING_URI") or self.recorded_url("mlflow") or f"sqlite:///{self.mlflow_db}"
 
     @property
+    def tracking_uri_shown(self) -> str:
+        """The tracking URI as it may be shown or logged: credentials masked (tasks/redact.py)."""
+        return redact(self.tracking_uri)
+
+    @property
     def mlflow_ui_url(self) -> str:
-        """Where a browser finds this workspace's MLflow UI: the tracking server, or where `kaizen ui` serves it."""
+        """Where a browser finds this workspace's MLflow UI: the tracking server, or where `kaizen ui` serves it
+        (credentials masked: it is shown, linked and logged)."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return self.tracking_uri.rstrip("/")
+            return self.tracking_uri_shown.rstrip("/")
         return f"http://{self.settings.servers.host}:{self.settings.servers.mlflow_port}"
 
     @property

@@ -163,7 +163,7 @@ def test_a_rollback_during_an_iteration_is_not_undone_by_its_promotion(registere
     challenger = registry.register_model(client, ws, run_id, tiny_backbone, {TAG["batch"]: "batch-0003"})
     # The iteration started from v2 and trained v3; meanwhile an operator rolled back to v1.
     it = Iteration("batch-0003", run_id, "md5", "md5", registry.model_by_alias(client, name, registry.CHAMPION),
-                   ("batch-0001", "batch-0002", "batch-0003"), "", loop_run_id(client, exp))
+                   ("batch-0001", "batch-0002", "batch-0003"), "", loop_run_id(client, exp, ws))
     rollback(ws, "complaints about v2")
     better = {b: QualityResult(Scores(0.70, 0.70), Scores(0.90, 0.90), Path("-")) for b in it.batches}
 
