@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from kaizen.flows import cli_servers
+from kaizen.flows.cli_batches import batch_app
 from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace, summary_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -34,7 +35,10 @@ def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict
 
     results = []
     while True:
-        summary = iteration(str(ws.root), force_train=force_train)
+        try:
+            summary = iteration(str(ws.root), force_train=force_train)
+        except Exception as exc:  # the flow's log has the traceback; say what became of the batch, and exit 1
+            raise fail("the iteration failed:", exc) from exc
         results.append(summary)
         if not until_idle or summary["batch"] is None:
             return results
@@ -111,6 +115,9 @@ def status(workspace: WorkspaceOpt = Path("."),
     console.print(f"previous champion: {state['previous_champion']['version'] if state['previous_champion'] else '–'}")
     console.print(f"batches: {len(state['batches'])}; files waiting: {len(state['landing'])}; "
                   f"rows staged: {state['staged_rows']}")
+    for failed in state["failed"]:
+        console.print(f"[bold red]{failed['batch']} failed[/] {failed['attempts']} times in a row: {failed['error']}; "
+                      f"set aside, the loop goes on without it (fix it, then `kaizen batch retry {failed['batch']}`)")
     for line in cli_servers.server_lines(servers):
         console.print(line)
 
@@ -217,3 +224,4 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
 for command in (cli_servers.up, cli_servers.down, cli_servers.serve, cli_servers.deploy, cli_servers.watch,
                 cli_servers.submit):
     app.command()(command)
+app.add_typer(batch_app, name="batch")

@@ -1,7 +1,7 @@
 """One iteration of the kaizen loop, as a Prefect flow. Read it top to bottom: that is what one turn does.
 
 The steps are plain functions in `tasks/`; here each is only wrapped as a Prefect task of the same name (so it
-shows in the UI, with retries where a server is involved) and chained.
+shows in the UI) and chained. An attempt that fails is counted against its batch (tasks/failures.py).
 """
 
 from __future__ import annotations
@@ -13,34 +13,48 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.utilities.timeout import timeout
 
-from kaizen.tasks import arrivals, data_version, evaluate, history, promote, record, recovery, registry, train
+from kaizen.tasks import (
+    arrivals,
+    data_version,
+    evaluate,
+    failures,
+    history,
+    promote,
+    record,
+    recovery,
+    registry,
+    train,
+)
 from kaizen.tasks import collect as ingest
 from kaizen.tasks.record import IterationSummary
 from kaizen.tasks.workspace import Workspace, hold
 
 
-def step(fn, server: bool = False):
-    """`fn` as a Prefect task named after it. Steps that talk to the tracking server retry with backoff; the
-    others fail fast and say why. Nothing is cached: every step reads or changes the workspace."""
-    retries = {"retries": 3, "retry_delay_seconds": [2, 10, 30]} if server else {}
-    return task(fn, name=fn.__name__, cache_policy=NO_CACHE, **retries)
+def step(fn):
+    """`fn` as a Prefect task named after it. No Prefect retries: a step is not safe to repeat half done (a second
+    run, a second version), and MLflow already retries each request to the tracking server with a bounded total
+    wait (`operations.tracking_*`, set by registry.connect), the loop's one retry layer. Nothing is cached: every
+    step reads or changes the workspace."""
+    return task(fn, name=fn.__name__, cache_policy=NO_CACHE)
 
 
 collect = step(ingest.collect)
 next_batch = step(ingest.next_batch)
-recover_interrupted = step(recovery.recover_interrupted, server=True)
+recover_interrupted = step(recovery.recover_interrupted)
 build_data_version = step(data_version.build_data_version)
-start_iteration = step(record.start_iteration, server=True)
-local_model = step(registry.local_model, server=True)
+start_iteration = step(record.start_iteration)
+local_model = step(registry.local_model)
 check_drift = step(evaluate.check_drift)
 worth_training = step(evaluate.worth_training)
-record_skip = step(evaluate.record_skip, server=True)
+record_skip = step(evaluate.record_skip)
 train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
-decide = step(promote.decide, server=True)
-close_iteration = step(record.close_iteration, server=True)
-queue_follow_up = step(arrivals.queue_follow_up, server=True)
+decide = step(promote.decide)
+close_iteration = step(record.close_iteration)
+queue_follow_up = step(arrivals.queue_follow_up)
+note_failure = step(failures.note_failure)
 
 
 @flow(name="kaizen-iteration", log_prints=True)
@@ -76,9 +90,36 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
             challenger_score=None, decision="no new data", reasons=[], champion_version=None,
             collected=collected.describe())
     batch_id, batches = picked
+    try:
+        summary = learn_in_time(ws, batch_id, batches, force_train)
+    except Exception as exc:  # one failed attempt; the same error too often and the batch is set aside
+        if note_failure(ws, batch_id, exc).set_aside:
+            queue_follow_up(ws)  # the batches behind it go on, in a run of their own
+        raise
+    return replace(summary, collected=collected.describe())
+
+
+class IterationTimeout(TimeoutError):
+    """The iteration ran longer than operations.iteration_timeout_seconds."""
+
+
+def learn_in_time(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -> IterationSummary:
+    """`learn`, stopped by Prefect's timeout after `operations.iteration_timeout_seconds`: a hung fine-tune ends
+    the run (a failed attempt), so it never holds the deployment's one slot for good."""
+    limit = ws.settings.operations.iteration_timeout_seconds
+    try:
+        with timeout(seconds=limit, timeout_exc_type=IterationTimeout):
+            return learn(ws, batch_id, batches, force_train)
+    except IterationTimeout as exc:
+        raise IterationTimeout(f"the iteration on {batch_id} ran longer than operations.iteration_timeout_seconds "
+                               f"({limit} s) and was stopped") from exc
+
+
+def learn(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -> IterationSummary:
+    """Learn from one batch: train a challenger from the champion, check it, promote it if it is better."""
     completed = recover_interrupted(ws, batch_id)  # a killed attempt that had decided: only its record was left
     if completed is not None:
-        return replace(completed, collected=collected.describe())
+        return completed
     version = build_data_version(ws)
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
@@ -86,9 +127,8 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
     need = worth_training(ws, it, champion_dir, drift, force_train)
     if not need.train:  # the batch still joins the data, the replay pool and every later evaluation
         record_skip(ws, it, drift, need)
-        return replace(close_iteration(ws, batch_id, it.run_id, "skipped", None), collected=collected.describe())
+        return close_iteration(ws, batch_id, it.run_id, "skipped", None)
     challenger = train_challenger(ws, it)
     evaluation = check_quality(ws, it, challenger.model_dir, champion_dir, drift)
     decision = decide(ws, it, challenger.model.version, evaluation)
-    summary = close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
-    return replace(summary, collected=collected.describe())
+    return close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)

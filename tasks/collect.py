@@ -224,9 +224,10 @@ def collect(ws: Workspace) -> CollectResult:
 
 
 def next_batch(ws: Workspace) -> tuple[str, list[str]] | None:
-    """The oldest batch not yet learned from, with every batch up to it; None when all are done."""
+    """The oldest batch not yet learned from, with every batch up to it; None when all are done. Batches set
+    aside as failed (tasks/failures.py) are neither learned from nor among the batches before it."""
     with Ledger(ws.ledger_db) as ledger:
-        batches = [b.batch_id for b in ledger.batches()]
+        batches = [b.batch_id for b in ledger.batches() if b.status != "failed"]
         pending = [b.batch_id for b in ledger.batches(status="pending")]
     if not pending:
         return None

@@ -17,6 +17,7 @@ from kaizen.tasks.workspace import Workspace
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 PIP_REQUIREMENTS = ["torch", "transformers", "accelerate"]  # skips MLflow's slow, crash-prone inference
+_SET_HERE: dict[str, str] = {}  # MLflow settings this process put in its environment (not the user's)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ def connect(ws: Workspace):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    for key, value in tracking_retry_env(ws).items():  # read by MLflow at every request; the user's own win
+        if os.environ.get(key, _SET_HERE.get(key)) == _SET_HERE.get(key):
+            os.environ[key] = _SET_HERE[key] = value
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     if client.get_experiment_by_name(ws.settings.mlflow.experiment) is None:
         if ws.tracking_uri.startswith(("http://", "https://")):
@@ -50,6 +54,23 @@ def connect(ws: Workspace):
             ws.artifacts_dir.mkdir(parents=True, exist_ok=True)
             client.create_experiment(ws.settings.mlflow.experiment, artifact_location=ws.artifacts_dir.as_uri())
     return client
+
+
+def tracking_retry_env(ws: Workspace) -> dict[str, str]:
+    """MLflow's own retry settings for requests to a tracking server, from `operations`: the loop's one retry
+    layer (no Prefect retries on top), so every MLflow call, inside training and the checks too, rides out a
+    tracking server that restarts, and gives up after a bounded wait (retry_wait_seconds)."""
+    ops = ws.settings.operations
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(ops.tracking_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(ops.tracking_backoff_seconds),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(ops.tracking_timeout_seconds)}
+
+
+def retry_wait_seconds(retries: int, backoff: float, jitter: float = 1.0, cap: float = 120.0) -> float:
+    """The longest MLflow (urllib3) waits between the tries of one request: no wait before the first retry, then
+    backoff * 2**(k-1) before the k-th, each at most `cap`, plus up to `jitter` each."""
+    return sum(min(cap, backoff * 2 ** (k - 1) + (jitter if k > 1 else 0.0)) for k in range(2, retries + 1))
 
 
 def experiment_id(client, ws: Workspace) -> str:

@@ -151,6 +151,23 @@ class MlflowSettings(_Section):
     experiment: str = Field(min_length=1)
 
 
+class OperationsSettings(_Section):
+    max_failed_attempts: int = Field(ge=1)
+    iteration_timeout_seconds: int = Field(ge=1)
+    tracking_retries: int = Field(ge=0, le=10)  # MLflow refuses more than 10
+    tracking_backoff_seconds: int = Field(ge=0, le=120)
+    tracking_timeout_seconds: int = Field(ge=1)
+    heartbeat_seconds: int = Field(ge=30)  # Prefect's minimum
+    zombie_after_seconds: int = Field(ge=60)
+
+    @model_validator(mode="after")
+    def _heard_before_declared_dead(self) -> OperationsSettings:
+        if self.zombie_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"zombie_after_seconds ({self.zombie_after_seconds}) must be at least twice "
+                             f"heartbeat_seconds ({self.heartbeat_seconds}): one late heartbeat is not a crash")
+        return self
+
+
 class Settings(_Section):
     data: DataSettings
     preprocess: PreprocessSettings
@@ -163,6 +180,7 @@ class Settings(_Section):
     mlflow: MlflowSettings
     demo: DemoSettings
     servers: ServersSettings
+    operations: OperationsSettings
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys replaced (`{"train.epochs": 1}`), validated like the file."""

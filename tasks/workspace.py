@@ -75,6 +75,11 @@ class Workspace:
         return self.data_dir / "prepared"
 
     @property
+    def failed_dir(self) -> Path:
+        """Batches set aside after failing again and again (out of the DVC stage's input until retried)."""
+        return self.data_dir / "failed"
+
+    @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
 

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from kaizen.tasks.settings import DataSettings, Settings, SettingsError, TrainSettings, load_settings
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SECTIONS = ["data", "preprocess", "replay", "model", "train", "drift", "gate", "schedule", "mlflow", "demo", "servers"]
+SECTIONS = ["data", "preprocess", "replay", "model", "train", "drift", "gate", "schedule", "mlflow", "demo", "servers",
+            "operations"]
 
 
 @pytest.fixture(scope="module")
