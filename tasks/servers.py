@@ -15,12 +15,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kaizen.tasks.workspace import OFFLINE_ENV, Workspace
 
 SERVERS = ("prefect", "mlflow")
+_temporary: list[int] = []  # the temporary Prefect server this process started and watches, while it runs
+TEMPORARY_SERVER_MARK = "prefect.server.api.server:create_app"  # in the command line of Prefect's temporary server
 
 
 class ServerError(RuntimeError):
@@ -190,6 +194,31 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+@contextmanager
+def temporary_prefect_server() -> Iterator[None]:
+    """Without a Prefect server to use (`kaizen up`, PREFECT_API_URL), a flow runs on Prefect's temporary local
+    server, a child process. It is started here, before the flows, and watched by tasks/watchdog.py, which stops
+    it when this process dies without stopping it (SIGKILL, the OOM killer): it never outlives its run."""
+    if os.environ.get("PREFECT_API_URL") or _temporary:  # a real server, or the one an outer call started
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # The watchdog first: the server's process exists seconds before it answers.
+    watchdog = subprocess.Popen([sys.executable, "-m", "kaizen.tasks.watchdog", TEMPORARY_SERVER_MARK],
+                                stdin=subprocess.DEVNULL)
+    server = SubprocessASGIServer()  # the instance every Prefect client of this process then uses
+    try:
+        server.start()
+        _temporary.append(server.server_process.pid)
+        yield
+    finally:
+        _temporary.clear()
+        server.stop()
+        watchdog.terminate()
+        watchdog.wait(timeout=30)
 
 
 def running(ws: Workspace) -> list[str]:
