@@ -13,7 +13,7 @@ Kubernetes job starts them; see infra/).
 
 from __future__ import annotations
 
-from kaizen.tasks import arrivals
+from kaizen.tasks import arrivals, zombies
 from kaizen.tasks.workspace import Workspace, hold, run_environment
 
 FLOW_NAME = "kaizen-iteration"
@@ -45,13 +45,20 @@ def build(ws: Workspace, job_variables: dict | None = None):
     )
 
 
-def serve(ws: Workspace) -> None:
+def serve(ws: Workspace) -> list[str]:
     """Register the deployment and run it from this process until interrupted (Ctrl-C pauses it). A second
-    `kaizen serve` of the workspace is refused: stopping either would pause the deployment under the other."""
+    `kaizen serve` of the workspace is refused: stopping either would pause the deployment under the other.
+    Before serving, runs a killed earlier `kaizen serve` left Running are marked Crashed (tasks/zombies.py)."""
     from prefect import serve as prefect_serve
 
     with hold(ws, "serve", wait=False):
+        zombies.ensure_automation(ws, build(ws).apply())
+        crashed = zombies.reconcile(ws, f"{FLOW_NAME}/{deployment_name(ws)}")
+        if crashed:
+            print(f"marked Crashed {len(crashed)} run(s) of an earlier `kaizen serve` whose process is gone: "
+                  f"{', '.join(crashed)}; the next run finishes their iteration")
         prefect_serve(build(ws))
+    return crashed
 
 
 def ensure_process_pool(pool: str) -> str:
@@ -78,4 +85,6 @@ def deploy(ws: Workspace, pool: str) -> str:
     job_variables = {"env": run_environment(ws)}
     if kind == "process":
         job_variables["working_dir"] = str(ws.root)
-    return str(build(ws, job_variables).apply(work_pool_name=pool))
+    deployment_id = build(ws, job_variables).apply(work_pool_name=pool)
+    zombies.ensure_automation(ws, deployment_id)
+    return str(deployment_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.utilities.timeout import timeout
 
 from kaizen.tasks import (
@@ -26,6 +26,7 @@ from kaizen.tasks import (
     recovery,
     registry,
     train,
+    zombies,
 )
 from kaizen.tasks import collect as ingest
 from kaizen.tasks.record import IterationSummary
@@ -66,6 +67,8 @@ def iteration(workspace: str = ".", files: list[str] | None = None, force_train:
     `force_train` trains even when the champion already does well on the new batch.
     """
     ws = Workspace.open(Path(workspace))
+    if deployment.id:  # which process runs this, so that a `kaizen serve` started later can tell it died
+        zombies.note_process(ws, str(flow_run.id))
     if files:
         print(f"started by the arrival of {', '.join(files)}")
     with hold(ws, "loop", wait=True) as waited:

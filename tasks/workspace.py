@@ -203,11 +203,18 @@ def configure_environment(ws: Workspace) -> None:
     if ws.prefect_api_url:  # a real server: the one `kaizen up` started, unless PREFECT_API_URL names another
         os.environ.setdefault("PREFECT_API_URL", ws.prefect_api_url)
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(ws.settings.schedule.poll_seconds))
+    for key, value in heartbeat_env(ws).items():  # served runs inherit it (tasks/zombies.py)
+        os.environ.setdefault(key, value)
+
+
+def heartbeat_env(ws: Workspace) -> dict[str, str]:
+    """What makes a deployed run send heartbeats, which tell the Prefect server it is alive (tasks/zombies.py)."""
+    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(ws.settings.operations.heartbeat_seconds)}
 
 
 def run_environment(ws: Workspace) -> dict[str, str]:
     """The variables a flow run started by a worker needs (it does not inherit the shell of `kaizen deploy`)."""
-    env = {**OFFLINE_ENV, "KAIZEN_WORKSPACE_ID": ws.workspace_id}
+    env = {**OFFLINE_ENV, **heartbeat_env(ws), "KAIZEN_WORKSPACE_ID": ws.workspace_id}
     if os.environ.get("MLFLOW_TRACKING_URI"):  # else the run finds the store from the workspace, as here
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
