@@ -54,7 +54,9 @@ def process_gone(ws: Workspace, flow_run_id: str) -> bool:
     if record["host"] != socket.gethostname():
         return False
     try:
-        return abs(psutil.Process(record["pid"]).create_time() - record["create_time"]) >= 1.0
+        process = psutil.Process(record["pid"])
+        # A killed process whose parent died too can stay a zombie until someone reaps it: gone all the same.
+        return abs(process.create_time() - record["create_time"]) >= 1.0 or process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 

@@ -13,6 +13,9 @@ from kaizen.tasks import zombies
 
 
 def test_runs_whose_process_is_gone_are_crashed_and_live_ones_left(make_workspace, prefect_server) -> None:
+    import json
+    import time
+
     import psutil
     from prefect.client.orchestration import get_client
     from prefect.states import Running
@@ -21,25 +24,31 @@ def test_runs_whose_process_is_gone_are_crashed_and_live_ones_left(make_workspac
     deployment_id = build(ws).apply()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed_started = psutil.Process(killed.pid).create_time()
+    killed.kill()  # not reaped yet: a zombie, as a run killed with its serving process can stay for a while
+    time.sleep(0.5)
     with get_client(sync_client=True) as client:
-        runs = [client.create_flow_run_from_deployment(deployment_id) for _ in range(3)]
+        runs = [client.create_flow_run_from_deployment(deployment_id) for _ in range(4)]
         for run in runs:
             client.set_flow_run_state(run.id, Running(), force=True)
-    dead, alive, unrecorded = (str(r.id) for r in runs)
+    dead, zombie, alive, unrecorded = (str(r.id) for r in runs)
+    for run, pid, started in ((dead, gone.pid, 0.0), (zombie, killed.pid, killed_started)):
+        zombies.note_process(ws, run)
+        record = json.loads(zombies._record(ws, run).read_text())
+        zombies._record(ws, run).write_text(json.dumps({**record, "pid": pid, "create_time": started}))
     zombies.note_process(ws, alive)  # this test's process: alive
-    zombies.note_process(ws, dead)
-    record = zombies._record(ws, dead)
-    record.write_text(record.read_text().replace(f'"pid": {psutil.Process().pid}', f'"pid": {gone.pid}'))
 
     marked = zombies.reconcile(ws, f"{FLOW_NAME}/{deployment_name(ws)}")
+    killed.wait()
 
-    assert sorted(marked) == sorted([dead, unrecorded])
+    assert sorted(marked) == sorted([dead, zombie, unrecorded])
     with get_client(sync_client=True) as client:
         states = {str(r.id): client.read_flow_run(r.id).state for r in runs}
     assert {run: state.type.value for run, state in states.items()} == {
-        dead: "CRASHED", alive: "RUNNING", unrecorded: "CRASHED"}
+        dead: "CRASHED", zombie: "CRASHED", alive: "RUNNING", unrecorded: "CRASHED"}
     assert "its process is gone" in states[dead].message
-    assert not record.exists() and zombies._record(ws, alive).exists()
+    assert not zombies._record(ws, dead).exists() and zombies._record(ws, alive).exists()
 
 
 def test_the_heartbeat_automation_crashes_silent_runs_of_the_deployment(make_workspace, prefect_server) -> None:
@@ -60,3 +69,30 @@ def test_the_heartbeat_automation_crashes_silent_runs_of_the_deployment(make_wor
     assert trigger.match_related.model_dump()["prefect.resource.id"] == f"prefect.deployment.{deployment_id}"
     (action,) = automation.actions
     assert isinstance(action, ChangeFlowRunState) and action.state.value == "CRASHED"
+
+
+def test_a_run_silent_past_zombie_after_is_crashed_by_the_automation(make_workspace, prefect_server) -> None:
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+    from prefect.states import Running
+
+    from kaizen.tasks.workspace import Workspace
+
+    ws = make_workspace()
+    ops = ws.settings.operations.model_copy(update={"zombie_after_seconds": 10})  # params.yaml allows 60 at least
+    quick = Workspace(ws.root, ws.settings.model_copy(update={"operations": ops}))
+    deployment_id = build(ws).apply()
+    zombies.ensure_automation(quick, deployment_id)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(deployment_id)
+        client.set_flow_run_state(run.id, Running(), force=True)
+        beat = Event(event=zombies.HEARTBEAT, resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                     related=[{"prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                               "prefect.resource.role": "deployment"}])
+        client.request("POST", "/events", json=[beat.model_dump(mode="json")]).raise_for_status()
+        deadline = time.monotonic() + 120
+        while (state := client.read_flow_run(run.id).state).type.value != "CRASHED" and time.monotonic() < deadline:
+            time.sleep(2)  # one heartbeat, then silence
+    assert state.type.value == "CRASHED" and "no heartbeat for 10 s" in state.message
