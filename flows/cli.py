@@ -26,7 +26,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
     from kaizen.tasks.workspace import init_workspace
 
     ws = init_workspace(directory)
-    console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing}")
+    console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing_shown}")
 
 
 def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
@@ -67,7 +67,7 @@ def feed(workspace: WorkspaceOpt = Path(".")) -> None:
 
     ws = open_workspace(workspace)
     dropped = demo.feed_next(ws)
-    console.print(f"dropped {dropped.name} into {ws.landing}" if dropped else "the stream is exhausted")
+    console.print(f"dropped {dropped.name} into {ws.landing_shown}" if dropped else "the stream is exhausted")
 
 
 @app.command("demo")
@@ -78,6 +78,7 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
     """Bootstrap a champion on movie reviews, then feed Amazon, fine-food and airline batches through the loop."""
     from kaizen.tasks import demo, history
     from kaizen.tasks.files import Busy
+    from kaizen.tasks.redact import redact
     from kaizen.tasks.servers import temporary_prefect_server
 
     ws = open_workspace(workspace)
@@ -97,7 +98,7 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
     rows_done = [s.as_dict() for s in history.history(ws)]
     console.print(summary_table(rows_done, "kaizen demo: one row per iteration"))
     console.print(f"\nOpen the MLflow UI on what the demo wrote:\n  kaizen ui -w {ws.root}\n"
-                  f"or: mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000\nthen browse http://127.0.0.1:5000")
+                  f"or: mlflow ui --backend-store-uri {redact(ws.tracking_uri)} --port 5000\nthen browse http://127.0.0.1:5000")
 
 
 @app.command()

@@ -18,7 +18,7 @@ class NoServerError(RuntimeError):
 def resource(ws: Workspace) -> dict[str, str]:
     """The Prefect resource every kaizen event is about: this workspace."""
     return {"prefect.resource.id": f"kaizen.workspace.{ws.workspace_id}",
-            "prefect.resource.name": ws.workspace_id, "kaizen.landing": ws.landing}
+            "prefect.resource.name": ws.workspace_id, "kaizen.landing": ws.landing_shown}
 
 
 def _server_known(ws: Workspace) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.redact import redact, redact_value
 
 # Lineage and decision tags, on the model version and on the iteration's run.
 TAG = {
@@ -138,7 +139,7 @@ def claim_model(client, ws) -> None:
         client.set_registered_model_tag(name, TAG["workspace"], ws.workspace_id)
     elif owner != ws.workspace_id:
         raise ForeignModel(
-            f"the registered model {name!r} on {ws.tracking_uri_shown} belongs to workspace {owner!r} (its "
+            f"the registered model {name!r} on {redact(ws.tracking_uri)} belongs to workspace {owner!r} (its "
             f"{TAG['workspace']} tag), not to this one ({ws.workspace_id!r}): give this workspace a model of its own "
             f"(model.registered_name in params.yaml); a workspace that moved keeps its name with "
             f"KAIZEN_WORKSPACE_ID={owner}")
@@ -173,8 +174,8 @@ def start_iteration(ws, batch_id: str, batches: list[str], data_version, flow_ru
     run = client.create_run(experiment, run_name=f"iteration-{batch_id}",
                             tags={"mlflow.parentRunId": loop_run, **lineage})
     flat = ws.settings.model_dump(mode="json")
-    registry.log_params(client, run.info.run_id, {f"{section}.{k}": v for section, values in flat.items()
-                                                  for k, v in values.items()})
+    registry.log_params(client, run.info.run_id, {f"{section}.{k}": redact_value(v) for section, values in flat.items()
+                                                  for k, v in values.items()})  # credentials in data.landing masked
     client.log_text(run.info.run_id, data_version.lock, "data/dvc.lock")
     return Iteration(batch_id, run.info.run_id, data_version.prepared_md5, data_version.accepted_md5, champion,
                      tuple(batches), flow_run_id, loop_run, lineage)

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kaizen.tasks import server_security
+from kaizen.tasks.redact import redact
 from kaizen.tasks.workspace import OFFLINE_ENV, Workspace
 
 SERVERS = ("prefect", "mlflow")
@@ -81,7 +83,10 @@ def _command(ws: Workspace, name: str) -> tuple[list[str], dict[str, str], str]:
         cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{ws.mlflow_db}",
                "--artifacts-destination", str(ws.artifacts_dir), "--host", cfg.host, "--port", str(port),
                "--workers", "1"]
-    return cmd, env, f"http://{cfg.host}:{port}"
+    url = f"http://{cfg.host}:{port}"
+    args, secured = server_security.hardening(ws, name, url)  # CORS to its own address; authentication if set
+    env.update(secured)
+    return cmd + args, env, url
 
 
 def _record_file(ws: Workspace, name: str) -> Path:
@@ -98,7 +103,9 @@ def _alive(record: dict) -> bool:
     import psutil
 
     try:
-        return abs(psutil.Process(record["pid"]).create_time() - record["create_time"]) < 1.0
+        process = psutil.Process(record["pid"])
+        # A server that exited stays a zombie until its parent reaps it: it is not running.
+        return abs(process.create_time() - record["create_time"]) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -136,6 +143,10 @@ def _launch(ws: Workspace, name: str) -> dict:
 def start(ws: Workspace) -> list[ServerState]:
     """Start whichever of the two servers is not already running for this workspace; wait until both answer.
     If one fails, the ones started by this call are stopped again and the error carries the log's tail."""
+    try:
+        server_security.check(ws)
+    except server_security.Unprotected as exc:
+        raise ServerError(str(exc)) from exc
     started: list[str] = []
     records: dict[str, dict] = {}
     try:
@@ -243,8 +254,8 @@ def status(ws: Workspace) -> list[ServerState]:
             url = ws.tracking_uri if ws.tracking_uri.startswith(("http://", "https://")) else None
         source = "embedded" if url is None else (
             "kaizen up" if record is not None and record["url"] == url else "environment")
-        states.append(ServerState(
-            name=name, url=url, answers=bool(url) and answers(name, url),
+        states.append(ServerState(  # shown and printed: credentials in a URL masked
+            name=name, url=redact(url) if url else None, answers=bool(url) and answers(name, url),
             pid=record["pid"] if source == "kaizen up" else None,
             log=record["log"] if source == "kaizen up" else None, source=source))
     return states

@@ -56,6 +56,10 @@ class Workspace:
         return landing if "://" in landing else str(self.root / landing)
 
     @property
+    def landing_shown(self) -> str:  # as it may be shown or logged: credentials in the URL masked
+        return redact(self.landing)
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
@@ -75,8 +79,7 @@ class Workspace:
         return self.data_dir / "prepared"
 
     @property
-    def failed_dir(self) -> Path:
-        """Batches set aside after failing again and again (out of the DVC stage's input until retried)."""
+    def failed_dir(self) -> Path:  # batches set aside as failed: out of the DVC stage's input until retried
         return self.data_dir / "failed"
 
     @property
@@ -112,16 +115,10 @@ class Workspace:
         return os.environ.get("MLFLOW_TRACKING_URI") or self.recorded_url("mlflow") or f"sqlite:///{self.mlflow_db}"
 
     @property
-    def tracking_uri_shown(self) -> str:
-        """The tracking URI as it may be shown or logged: credentials masked (tasks/redact.py)."""
-        return redact(self.tracking_uri)
-
-    @property
     def mlflow_ui_url(self) -> str:
-        """Where a browser finds this workspace's MLflow UI: the tracking server, or where `kaizen ui` serves it
-        (credentials masked: it is shown, linked and logged)."""
+        """Where a browser finds the MLflow UI: the tracking server (credentials masked), or `kaizen ui`'s."""
         if self.tracking_uri.startswith(("http://", "https://")):
-            return self.tracking_uri_shown.rstrip("/")
+            return redact(self.tracking_uri).rstrip("/")
         return f"http://{self.settings.servers.host}:{self.settings.servers.mlflow_port}"
 
     @property
@@ -187,6 +184,7 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "DVC_NO_ANALYTICS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+HEARTBEAT = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"  # how often a deployed run tells the server it lives (tasks/zombies.py)
 
 
 def configure_environment(ws: Workspace) -> None:
@@ -203,18 +201,13 @@ def configure_environment(ws: Workspace) -> None:
     if ws.prefect_api_url:  # a real server: the one `kaizen up` started, unless PREFECT_API_URL names another
         os.environ.setdefault("PREFECT_API_URL", ws.prefect_api_url)
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(ws.settings.schedule.poll_seconds))
-    for key, value in heartbeat_env(ws).items():  # served runs inherit it (tasks/zombies.py)
-        os.environ.setdefault(key, value)
-
-
-def heartbeat_env(ws: Workspace) -> dict[str, str]:
-    """What makes a deployed run send heartbeats, which tell the Prefect server it is alive (tasks/zombies.py)."""
-    return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(ws.settings.operations.heartbeat_seconds)}
+    os.environ.setdefault(HEARTBEAT, str(ws.settings.operations.heartbeat_seconds))  # served runs inherit it
 
 
 def run_environment(ws: Workspace) -> dict[str, str]:
     """The variables a flow run started by a worker needs (it does not inherit the shell of `kaizen deploy`)."""
-    env = {**OFFLINE_ENV, **heartbeat_env(ws), "KAIZEN_WORKSPACE_ID": ws.workspace_id}
+    env = {**OFFLINE_ENV, HEARTBEAT: str(ws.settings.operations.heartbeat_seconds),
+           "KAIZEN_WORKSPACE_ID": ws.workspace_id}
     if os.environ.get("MLFLOW_TRACKING_URI"):  # else the run finds the store from the workspace, as here
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
@@ -296,7 +289,7 @@ def init_workspace(root: Path) -> Workspace:
         gitignore.write_text(GITIGNORE, encoding="utf-8")
     ensure_dvc(root)
     ws = Workspace.open(root)
-    if "://" not in ws.settings.data.landing:  # a local landing zone exists from the start: `cp file DIR/data/landing/`
+    if "://" not in ws.settings.data.landing:  # exists from the start: `cp file DIR/data/landing/` works
         Path(ws.landing).mkdir(parents=True, exist_ok=True)
     run_command(["git", "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc/config", ".dvcignore"], root)
     staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode
