@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from kaizen.tasks import events
 from kaizen.tasks.events import NoServerError, resource
 from kaizen.tasks.files import write_atomically
+from kaizen.tasks.redact import redact
 from kaizen.tasks.workspace import Workspace
 
 ARRIVED = "kaizen.data.arrived"
@@ -35,7 +36,7 @@ def trigger_spec(ws: Workspace) -> dict:
 
 def emit(ws: Workspace, files: list[str]) -> str:
     """Announce `files` with one arrival event (the server has it when this returns). Returns the event id."""
-    return events.emit(ws, ARRIVED, {"files": files, "landing": ws.landing_shown}, required=True)
+    return events.emit(ws, ARRIVED, {"files": files, "landing": redact(ws.landing)}, required=True)
 
 
 def submit(ws: Workspace, paths: Iterable[Path]) -> list[str]:
