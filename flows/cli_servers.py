@@ -131,7 +131,7 @@ def watch(workspace: WorkspaceOpt = Path("."),
     ws = open_workspace(workspace)
     _require_server(ws)
     if not once:
-        console.print(f"watching {ws.landing} every {ws.settings.schedule.poll_seconds} s (Ctrl-C stops)")
+        console.print(f"watching {ws.landing_shown} every {ws.settings.schedule.poll_seconds} s (Ctrl-C stops)")
     arrivals.watch(ws, lambda names: console.print(f"announced {', '.join(names)}"), once=once)
 
 
@@ -146,4 +146,4 @@ def submit(files: Annotated[list[Path], typer.Argument(help="Labeled files (CSV,
         names = arrivals.submit(ws, files)
     except (FileNotFoundError, FileExistsError) as exc:
         raise fail("nothing submitted:", exc, 2) from exc
-    console.print(f"landed and announced {', '.join(names)} in {ws.landing}")
+    console.print(f"landed and announced {', '.join(names)} in {ws.landing_shown}")

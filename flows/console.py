@@ -41,7 +41,8 @@ def summary_table(rows: list[dict], title: str) -> Table:
         table.add_column(column, justify="left" if column in ("batch", "decision") else "right")
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        style = {"promoted": "green", "rejected": "red", "suspect": "yellow"}.get(r["decision"], "dim")
+        style = {"promoted": "green", "rejected": "red", "suspect": "yellow", "failed": "bold red"}.get(
+            r["decision"], "dim")
         table.add_row(r["batch"] or "–", str(r["rows_accepted"]), str(r["rows_quarantined"]), fmt(r["drift_share"]),
                       fmt(r["champion_score"]), fmt(r["challenger_score"]), f"[{style}]{r['decision']}[/]",
                       r["challenger_version"] or "–", r["champion_version"] or "–")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kaizen.tasks import alerts, arrivals
+from kaizen.tasks import alerts, arrivals, zombies
 from kaizen.tasks.workspace import Workspace, hold, run_environment
 
 FLOW_NAME = "kaizen-iteration"
@@ -63,17 +63,24 @@ def build_scoring(ws: Workspace, job_variables: dict | None = None):
         tags=["kaizen", f"workspace:{ws.workspace_id}"], entrypoint_type=EntrypointType.MODULE_PATH)
 
 
-def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -> None:
+def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -> list[str]:
     """Register both deployments and the alert automations (their names go to `on_alerts`), and run the
     deployments from this process until interrupted (Ctrl-C pauses them). A second `kaizen serve` of the
-    workspace is refused: stopping either would pause the deployments under the other."""
+    workspace is refused: stopping either would pause the deployments under the other. Before serving, runs a
+    killed earlier `kaizen serve` left Running are marked Crashed (tasks/zombies.py)."""
     from prefect import serve as prefect_serve
 
     with hold(ws, "serve", wait=False):
         names = alerts.ensure_automations(ws)
         if on_alerts:
             on_alerts(names)
+        zombies.ensure_automation(ws, build(ws).apply())
+        crashed = zombies.reconcile(ws, f"{FLOW_NAME}/{deployment_name(ws)}")
+        if crashed:
+            print(f"marked Crashed {len(crashed)} run(s) of an earlier `kaizen serve` whose process is gone: "
+                  f"{', '.join(crashed)}; the next run finishes their iteration")
         prefect_serve(build(ws), build_scoring(ws))
+    return crashed
 
 
 def ensure_process_pool(pool: str) -> str:
@@ -103,4 +110,6 @@ def deploy(ws: Workspace, pool: str) -> tuple[str, list[str]]:
         job_variables["working_dir"] = str(ws.root)
     names = alerts.ensure_automations(ws)
     build_scoring(ws, job_variables).apply(work_pool_name=pool)
-    return str(build(ws, job_variables).apply(work_pool_name=pool)), names
+    deployment_id = build(ws, job_variables).apply(work_pool_name=pool)
+    zombies.ensure_automation(ws, deployment_id)
+    return str(deployment_id), names

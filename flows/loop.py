@@ -1,7 +1,7 @@
 """One iteration of the kaizen loop, as a Prefect flow. Read it top to bottom: that is what one turn does.
 
 The steps are plain functions in `tasks/`; here each is only wrapped as a Prefect task of the same name (so it
-shows in the UI, with retries where a server is involved) and chained.
+shows in the UI) and chained. An attempt that fails is counted against its batch (tasks/failures.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
+from prefect.utilities.timeout import timeout
 
 from kaizen.tasks import (
     alerts,
@@ -20,6 +21,7 @@ from kaizen.tasks import (
     arrivals,
     data_version,
     evaluate,
+    failures,
     history,
     promote,
     record,
@@ -27,40 +29,43 @@ from kaizen.tasks import (
     registry,
     screening,
     train,
+    zombies,
 )
 from kaizen.tasks import collect as ingest
 from kaizen.tasks.record import IterationSummary
 from kaizen.tasks.workspace import Workspace, hold
 
 
-def step(fn, server: bool = False):
-    """`fn` as a Prefect task named after it. Steps that talk to the tracking server retry with backoff; the
-    others fail fast and say why. Nothing is cached: every step reads or changes the workspace."""
-    retries = {"retries": 3, "retry_delay_seconds": [2, 10, 30]} if server else {}
-    return task(fn, name=fn.__name__, cache_policy=NO_CACHE, **retries)
+def step(fn):
+    """`fn` as a Prefect task named after it. No Prefect retries: a step is not safe to repeat half done (a second
+    run, a second version), and MLflow already retries each request to the tracking server with a bounded total
+    wait (`operations.tracking_*`, set by registry.connect), the loop's one retry layer. Nothing is cached: every
+    step reads or changes the workspace."""
+    return task(fn, name=fn.__name__, cache_policy=NO_CACHE)
 
 
 collect = step(ingest.collect)
 next_batch = step(ingest.next_batch)
-recover_interrupted = step(recovery.recover_interrupted, server=True)
+recover_interrupted = step(recovery.recover_interrupted)
 build_data_version = step(data_version.build_data_version)
-start_iteration = step(record.start_iteration, server=True)
-local_model = step(registry.local_model, server=True)
-screen = step(screening.screen, server=True)
+start_iteration = step(record.start_iteration)
+local_model = step(registry.local_model)
+screen = step(screening.screen)
 check_drift = step(evaluate.check_drift)
+announce_drift = step(alerts.announce_drift)
 judge_labels = step(screening.judge_labels)
 worth_training = step(screening.worth_training)
-record_without_training = step(screening.record_without_training, server=True)
+record_without_training = step(screening.record_without_training)
 train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
 judge = step(promote.judge)
-decide = step(promote.decide, server=True)
-announce_drift = step(alerts.announce_drift, server=True)
-announce_decision = step(alerts.announce_decision, server=True)
 # A subflow, not a task: it pauses for a person's answer (tasks/approval.py says why not the whole run).
 ask_approval = flow(approval.ask_approval, name="kaizen-approval", validate_parameters=False, log_prints=True)
-close_iteration = step(record.close_iteration, server=True)
-queue_follow_up = step(arrivals.queue_follow_up, server=True)
+decide = step(promote.decide)
+close_iteration = step(record.close_iteration)
+announce_decision = step(alerts.announce_decision)
+queue_follow_up = step(arrivals.queue_follow_up)
+note_failure = step(failures.note_failure)
 
 
 @flow(name="kaizen-iteration", log_prints=True)
@@ -72,6 +77,8 @@ def iteration(workspace: str = ".", files: list[str] | None = None, force_train:
     `force_train` trains even when the champion already does well on the new batch.
     """
     ws = Workspace.open(Path(workspace))
+    if deployment.id:  # which process runs this, so that a `kaizen serve` started later can tell it died
+        zombies.note_process(ws, str(flow_run.id))
     if files:
         print(f"started by the arrival of {', '.join(files)}")
     with hold(ws, "loop", wait=True) as waited:
@@ -97,35 +104,61 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
             challenger_score=None, decision="no new data", reasons=[], champion_version=None,
             collected=collected.describe())
     batch_id, batches = picked
+    try:
+        summary = learn_in_time(ws, batch_id, batches, force_train)
+    except Exception as exc:  # one failed attempt; the same error too often and the batch is set aside
+        if note_failure(ws, batch_id, exc).set_aside:
+            queue_follow_up(ws)  # the batches behind it go on, in a run of their own
+        raise
+    return replace(summary, collected=collected.describe())
+
+
+class IterationTimeout(TimeoutError):
+    """The iteration ran longer than operations.iteration_timeout_seconds."""
+
+
+def learn_in_time(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -> IterationSummary:
+    """`learn`, stopped by Prefect's timeout after `operations.iteration_timeout_seconds`: a hung fine-tune ends
+    the run (a failed attempt), so it never holds the deployment's one slot for good."""
+    limit = ws.settings.operations.iteration_timeout_seconds
+    try:
+        with timeout(seconds=limit, timeout_exc_type=IterationTimeout):
+            return learn(ws, batch_id, batches, force_train)
+    except IterationTimeout as exc:
+        raise IterationTimeout(f"the iteration on {batch_id} ran longer than operations.iteration_timeout_seconds "
+                               f"({limit} s) and was stopped") from exc
+
+
+def learn(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -> IterationSummary:
+    """Learn from one batch: check it, train a challenger from the champion, check that, promote it if the
+    evidence says it is better."""
     completed = recover_interrupted(ws, batch_id)  # a killed attempt that had decided: only its record was left
     if completed is not None:
-        return replace(completed, collected=collected.describe())
+        return completed
     version = build_data_version(ws, batch_id)
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
     unusable = screen(ws, it)  # a batch no challenger could be judged on
     if unusable:
-        return finish_without_training(ws, it, "skipped", unusable, collected)
+        return finish_without_training(ws, it, "skipped", unusable)
     drift = check_drift(ws, it)
     announce_drift(ws, it, drift)
     labels = judge_labels(ws, it, champion_dir)
     if not labels.trusted:  # never trained on, never replayed, no yardstick, until an operator trusts it
-        return finish_without_training(ws, it, "suspect", labels.reason, collected)
+        return finish_without_training(ws, it, "suspect", labels.reason)
     need = worth_training(ws, it, champion_dir, drift, force_train)
     if not need.train:  # the batch still joins the data, the replay pool and every later evaluation
-        return finish_without_training(ws, it, "skipped", f"training skipped: {need.reason}", collected,
-                                       need.champion_score)
+        return finish_without_training(ws, it, "skipped", f"training skipped: {need.reason}", need.champion_score)
     challenger = train_challenger(ws, it)
     evaluation = check_quality(ws, it, challenger, champion_dir, drift)
     verdict = judge(ws, it, evaluation)
     if verdict.promote and ws.settings.gate.require_approval:  # a person has the last word before the alias moves
         verdict = ask_approval(ws, it.batch_id, challenger.model.version, verdict)
     decision = decide(ws, it, challenger.model.version, evaluation, verdict)
-    summary = close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
-    return replace(summary, collected=collected.describe())
+    return close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
 
 
-def finish_without_training(ws: Workspace, it, decision: str, reason: str, collected,
+def finish_without_training(ws: Workspace, it, decision: str, reason: str,
                             champion_score: float | None = None) -> IterationSummary:
     record_without_training(ws, it, decision, reason, champion_score)
-    return replace(close_iteration(ws, it.batch_id, it.run_id, decision, None), collected=collected.describe())
+    return close_iteration(ws, it.batch_id, it.run_id, decision, None)

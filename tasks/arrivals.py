@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from kaizen.tasks import events
 from kaizen.tasks.events import NoServerError, resource
 from kaizen.tasks.files import write_atomically
+from kaizen.tasks.redact import redact
 from kaizen.tasks.workspace import Workspace
 
 ARRIVED = "kaizen.data.arrived"
@@ -35,7 +36,7 @@ def trigger_spec(ws: Workspace) -> dict:
 
 def emit(ws: Workspace, files: list[str]) -> str:
     """Announce `files` with one arrival event (the server has it when this returns). Returns the event id."""
-    return events.emit(ws, ARRIVED, {"files": files, "landing": ws.landing}, required=True)
+    return events.emit(ws, ARRIVED, {"files": files, "landing": redact(ws.landing)}, required=True)
 
 
 def submit(ws: Workspace, paths: Iterable[Path]) -> list[str]:
@@ -55,7 +56,7 @@ def submit(ws: Workspace, paths: Iterable[Path]) -> list[str]:
     waiting = {PurePosixPath(p).name for p in fs.ls(landing, detail=False)}
     clashes = sorted(p.name for p in paths if p.name in waiting)
     if clashes:
-        raise FileExistsError(f"already waiting in {ws.landing}: {', '.join(clashes)}; rename the new file(s)")
+        raise FileExistsError(f"already waiting in {ws.landing_shown}: {', '.join(clashes)}; rename the new file(s)")
     names = []
     for path in paths:
         partial = f"{landing}/.{path.name}.part"

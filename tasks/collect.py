@@ -11,6 +11,8 @@ then they wait, whatever their number. `recover` clears what a killed run left h
 from __future__ import annotations
 
 import hashlib
+import logging
+import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from kaizen.tasks.parse import BadFile, parse
 from kaizen.tasks.repo import write_stage_vars
 from kaizen.tasks.validate import Verdict, judge
 from kaizen.tasks.workspace import Workspace, hold
+
+logger = logging.getLogger(__name__)
 
 # Where a kill is injected in tests (tasks/faults.py), in the order a collect reaches them.
 KILL_POINTS = ("atomic:written", "collect:archived", "collect:staged", "collect:quarantined",
@@ -98,13 +102,7 @@ def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> FileOu
         ledger.record_delivery(sha, name, note)
         return FileOutcome(name, sha, 0, 0, 0, note)
 
-    settings = ws.settings.data
-    remarks: tuple[str, ...] = ()
-    try:
-        table = parse(data, name, (settings.text_column, settings.label_column))
-        verdict, remarks = judge(table, name, settings, ledger), table.remarks
-    except BadFile as exc:  # the whole file is one quarantined unit; its bytes stay in the archive
-        verdict = Verdict(pd.DataFrame(), [{"row": 0, "reason": str(exc), "record": None}], [])
+    verdict, remarks = read_rows(ws, ledger, name, data)
 
     stem = sha[:16]
     write_atomically(archive_path(ws, sha, name), data)
@@ -125,6 +123,31 @@ def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> FileOu
         reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
     return FileOutcome(name, sha, rows_in, record.rows_accepted, record.rows_quarantined, "ingested", reasons,
                        remarks)
+
+
+def read_rows(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> tuple[Verdict, tuple[str, ...]]:
+    """Each row of a file accepted or quarantined. A file that cannot be read is one quarantined unit whose reason
+    is the error: whatever one file holds, it never stops the files after it nor the loop (its bytes stay in
+    the archive, and the traceback in the log)."""
+    settings = ws.settings.data
+    try:
+        table = parse(data, name, (settings.text_column, settings.label_column))
+        verdict = judge(table, name, settings, ledger)
+        if len(verdict.accepted) + len(verdict.quarantined) != len(table.rows):  # every row read gets a verdict
+            raise RuntimeError(f"{len(table.rows)} rows read, but {len(verdict.accepted)} accepted and "
+                               f"{len(verdict.quarantined)} quarantined")
+    except BadFile as exc:
+        return _refused(str(exc)), ()
+    except sqlite3.Error:  # the ledger's trouble, not the file's: the run stops and the file stays in the landing zone
+        raise
+    except Exception as exc:  # a reader's bug or limit met by this file's bytes
+        logger.exception("%s could not be read; quarantined whole", name)
+        return _refused(f"unreadable file: {type(exc).__name__}: {str(exc)[:300]}"), ()
+    return verdict, table.remarks + verdict.remarks
+
+
+def _refused(reason: str) -> Verdict:
+    return Verdict(pd.DataFrame(), [{"row": 0, "reason": reason, "record": None}], [])
 
 
 def landed_files(ws: Workspace) -> list[str]:
@@ -203,9 +226,10 @@ def collect(ws: Workspace) -> CollectResult:
 
 
 def next_batch(ws: Workspace) -> tuple[str, list[str]] | None:
-    """The oldest batch not yet learned from, with every batch up to it; None when all are done."""
+    """The oldest batch not yet learned from, with every batch up to it; None when all are done. Batches set
+    aside as failed (tasks/failures.py) are neither learned from nor among the batches before it."""
     with Ledger(ws.ledger_db) as ledger:
-        batches = [b.batch_id for b in ledger.batches()]
+        batches = [b.batch_id for b in ledger.batches() if b.status != "failed"]
         pending = [b.batch_id for b in ledger.batches(status="pending")]
     if not pending:
         return None

@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 
 from kaizen.tasks import stream
+from kaizen.tasks.files import Busy
 from kaizen.tasks.ledger import Ledger
-from kaizen.tasks.workspace import Workspace
+from kaizen.tasks.workspace import Workspace, hold
 
 
 def demo_rows(ws: Workspace, rows: int | None) -> int:
@@ -52,7 +53,20 @@ def feed_next(ws: Workspace) -> Path | None:
 
 
 def forget_state(ws: Workspace) -> None:
-    """Start over: remove data, ledger, MLflow store and DVC remote (the downloaded packages are kept)."""
+    """Start over: remove data, ledger, MLflow store and DVC remote (the downloaded packages are kept). Refused
+    (files.Busy) while servers `kaizen up` started, a served deployment or a loop are running in the workspace:
+    their state would vanish under them."""
+    from kaizen.tasks import servers
+
+    running = servers.running(ws)
+    if running:
+        raise Busy(f"the {' and '.join(running)} server(s) of {ws.root} are running: stop them with `kaizen down` "
+                   "first")
+    with hold(ws, "loop", wait=False), hold(ws, "serve", wait=False):
+        _remove_state(ws)
+
+
+def _remove_state(ws: Workspace) -> None:
     sources = ws.sources_dir
     keep = ws.root / ".sources-keep"
     if sources.exists():

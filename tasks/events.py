@@ -8,6 +8,7 @@ websocket client sends in the background and can lose the last events of a proce
 
 from __future__ import annotations
 
+from kaizen.tasks.redact import redact
 from kaizen.tasks.workspace import Workspace
 
 
@@ -18,7 +19,7 @@ class NoServerError(RuntimeError):
 def resource(ws: Workspace) -> dict[str, str]:
     """The Prefect resource every kaizen event is about: this workspace."""
     return {"prefect.resource.id": f"kaizen.workspace.{ws.workspace_id}",
-            "prefect.resource.name": ws.workspace_id, "kaizen.landing": ws.landing}
+            "prefect.resource.name": ws.workspace_id, "kaizen.landing": redact(ws.landing)}
 
 
 def _server_known(ws: Workspace) -> bool:

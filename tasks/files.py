@@ -20,7 +20,10 @@ from kaizen.tasks.faults import kill_point
 # JSON Lines, or one array of objects.
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
-FORMAT_HINT = "use CSV, JSON Lines or Parquet: .csv, .tsv, .jsonl, .json, .parquet"
+# Compressions read (and written) by a second ending, as pandas does: `labels.csv.gz`. A zip holds one file.
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zip")
+FORMAT_HINT = ("use CSV, JSON Lines or Parquet: .csv, .tsv, .jsonl, .json, .parquet, each optionally compressed "
+               "(.gz, .bz2, .xz, .zip)")
 LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # json.dumps escapes C0 controls itself
 
 
@@ -28,9 +31,21 @@ class UnsupportedFormat(ValueError):
     """The file's name ends in no format of FORMATS."""
 
 
-def file_kind(name: str) -> str:
-    """"csv", "jsonl" or "parquet", from the name's ending."""
+def compression(name: str) -> str | None:
+    """The compression a name's last ending announces (".gz"), or None."""
     suffix = PurePosixPath(name).suffix.lower()
+    return suffix if suffix in COMPRESSIONS else None
+
+
+def inner_name(name: str) -> str:
+    """The name without its compression ending: what it holds (`labels.csv.gz` -> `labels.csv`)."""
+    ending = compression(name)
+    return name[: -len(ending)] if ending else name
+
+
+def file_kind(name: str) -> str:
+    """"csv", "jsonl" or "parquet", from the name's ending (after any compression ending)."""
+    suffix = PurePosixPath(inner_name(name)).suffix.lower()
     if suffix not in FORMATS:
         what = f"unsupported file type {suffix!r}" if suffix else "no file type in the name"
         raise UnsupportedFormat(f"{what} ({FORMAT_HINT})")
@@ -38,16 +53,33 @@ def file_kind(name: str) -> str:
 
 
 def frame_bytes(frame: pd.DataFrame, name: str) -> bytes:
-    """`frame` written in the format that `name` ends in (CSV, JSON Lines or Parquet)."""
+    """`frame` written in the format that `name` ends in (CSV, JSON Lines or Parquet, maybe compressed)."""
     kind, buffer = file_kind(name), io.BytesIO()
     if kind == "parquet":
         frame.to_parquet(buffer, index=False)
     elif kind == "jsonl":
         buffer.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8"))
     else:
-        sep = "\t" if name.lower().endswith(".tsv") else ","
+        sep = "\t" if inner_name(name).lower().endswith(".tsv") else ","
         buffer.write(frame.to_csv(index=False, sep=sep, lineterminator="\n").encode("utf-8"))
-    return buffer.getvalue()
+    return compress(buffer.getvalue(), name)
+
+
+def compress(data: bytes, name: str) -> bytes:
+    """`data` compressed as `name`'s compression ending says (unchanged without one)."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    ending = compression(name)
+    if ending == ".zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(PurePosixPath(inner_name(name)).name, data)
+        return buffer.getvalue()
+    return {".gz": lambda d: gzip.compress(d, mtime=0), ".bz2": bz2.compress, ".xz": lzma.compress}.get(
+        ending or "", lambda d: d)(data)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:

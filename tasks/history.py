@@ -7,13 +7,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from kaizen.tasks import registry
+from kaizen.tasks.failures import failed_batches
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG, IterationSummary, batches_seen, decided_runs, summary_from_run
 
 
 def history(ws) -> list[IterationSummary]:
-    """Every decided iteration (and rollback), oldest first, read back from the MLflow runs."""
-    return [summary_from_run(run, ws.settings.gate.metric) for run in decided_runs(ws)]
+    """Every decided iteration (and rollback), oldest first, read back from the MLflow runs; then every batch set
+    aside as failed, with its error (tasks/failures.py)."""
+    decided = [summary_from_run(run, ws.settings.gate.metric) for run in decided_runs(ws)]
+    return decided + [failed_summary(ws, f) for f in failed_batches(ws)]
+
+
+def failed_summary(ws, failed: dict) -> IterationSummary:
+    with Ledger(ws.ledger_db) as ledger:
+        files = [f for f in ledger.files() if f.batch_id == failed["batch"]]
+    return IterationSummary(
+        batch=failed["batch"], files=len(files), rows_accepted=sum(f.rows_accepted for f in files),
+        rows_quarantined=sum(f.rows_quarantined for f in files), drift_share=None, champion_score=None,
+        challenger_score=None, decision="failed", champion_version=None,
+        reasons=[f"{failed['error']} ({failed['attempts']} attempts in a row, the last at {failed['failed_at']}); "
+                 f"set aside: fix the cause, then `kaizen batch retry {failed['batch']}`"])
 
 
 def _score(value: float | None) -> str:
@@ -86,6 +100,7 @@ def workspace_status(ws) -> dict:
         "champion": _model_state(client, ws, registry.CHAMPION),
         "previous_champion": _model_state(client, ws, registry.PREVIOUS),
         "batches": batches,
+        "failed": failed_batches(ws),
         "staged_rows": staged,
         "landing": [Path(p).name for p in landed_files(ws)],
     }

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, rows INTEGER NOT NULL, files TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending', run_id TEXT, model_version TEXT, decision TEXT
 );
+CREATE TABLE IF NOT EXISTS batch_attempts (
+    batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, at TEXT NOT NULL, outcome TEXT NOT NULL, error TEXT,
+    PRIMARY KEY (batch_id, attempt)
+);
 """
 # Columns added after the first release: a ledger written before them gets them on open.
 ADDED_COLUMNS = {
@@ -187,6 +191,36 @@ class Ledger:
 
     def suspect_batches(self) -> list[str]:
         return [b.batch_id for b in self.batches() if b.trust == SUSPECT]
+    # --- failed attempts (tasks/failures.py) --------------------------------------------------------
+    def record_attempt(self, batch_id: str, outcome: str, error: str | None = None) -> None:
+        """An attempt at a batch that failed ("failed": counted, "unreachable": a server was down, not counted)
+        or an operator's "retry" (counting starts over)."""
+        with self.transaction() as db:
+            (last,) = db.execute("SELECT COALESCE(MAX(attempt), 0) FROM batch_attempts WHERE batch_id=?",
+                                 (batch_id,)).fetchone()
+            db.execute("INSERT INTO batch_attempts VALUES (?,?,?,?,?)", (batch_id, last + 1, now(), outcome, error))
+
+    def failures_in_a_row(self, batch_id: str) -> tuple[int, str | None, str | None]:
+        """(how many counted failures in a row ended with the same error as the last one, that error, when it
+        happened), since the last retry; servers that were down interrupt nothing."""
+        rows = self._db.execute("SELECT outcome, error, at FROM batch_attempts WHERE batch_id=? ORDER BY attempt DESC",
+                                (batch_id,)).fetchall()
+        same, error, at = 0, None, None
+        for outcome, err, when in rows:
+            if outcome == "retry":
+                break
+            if outcome != "failed":
+                continue
+            if error is None:
+                error, at = err, when
+            if err != error:
+                break
+            same += 1
+        return same, error, at
+
+    def set_status(self, batch_id: str, status: str, decision: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE batches SET status=?, decision=? WHERE batch_id=?", (status, decision, batch_id))
 
     def batches(self, status: str | None = None) -> list[BatchRecord]:
         query = ("SELECT batch_id, created_at, rows, files, status, run_id, model_version, decision, trust, "

@@ -16,8 +16,8 @@ import pandas as pd
 
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import now
-from kaizen.tasks.record import TAG
-from kaizen.tasks.workspace import Workspace
+from kaizen.tasks.record import TAG, ForeignModel, claim_model
+from kaizen.tasks.workspace import Workspace, hold
 
 
 class OperationError(RuntimeError):
@@ -38,7 +38,16 @@ def rollback(ws: Workspace, reason: str, to: str | None = None) -> Rollback:
     """Move `champion` to `to` (default: the previous champion); the replaced one becomes `previous-champion`."""
     if not reason.strip():
         raise OperationError("a rollback needs a reason (--reason)")
+    with hold(ws, "champion", wait=True):  # an iteration's promotion and this move take turns
+        return _rollback(ws, reason, to)
+
+
+def _rollback(ws: Workspace, reason: str, to: str | None) -> Rollback:
     client = registry.connect(ws)
+    try:
+        claim_model(client, ws)
+    except ForeignModel as exc:
+        raise OperationError(str(exc)) from exc
     name = ws.settings.model.registered_name
     current = registry.model_by_alias(client, name, registry.CHAMPION)
     if current is None:
@@ -53,14 +62,14 @@ def rollback(ws: Workspace, reason: str, to: str | None = None) -> Rollback:
         raise OperationError(f"version {target.version} is already the champion")
 
     who, when = getpass.getuser(), now()
-    client.set_registered_model_alias(name, registry.CHAMPION, target.version)  # the commit point
-    client.set_registered_model_alias(name, registry.PREVIOUS, current.version)
+    registry.swap_champion(client, name, target.version, current)  # the commit point
     record = {TAG["rollback_from"]: current.version, TAG["rollback_to"]: target.version,
               TAG["rollback_reason"]: reason, TAG["rollback_by"]: who, TAG["rollback_at"]: when}
     registry.tag_version(client, name, target.version, record)
     registry.tag_version(client, name, current.version, {TAG["rolled_back"]: f"{when} by {who}: {reason}"})
     run = client.create_run(registry.experiment_id(client, ws), run_name=f"rollback-v{current.version}-to-v"
-                            f"{target.version}", tags={**record, TAG["decision"]: "rollback"})
+                            f"{target.version}", tags={**record, TAG["decision"]: "rollback",
+                                                       TAG["workspace"]: ws.workspace_id})
     client.set_terminated(run.info.run_id, "FINISHED")
     return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
 

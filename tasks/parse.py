@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kaizen.tasks.files import UnsupportedFormat, file_kind
+from kaizen.tasks.files import UnsupportedFormat, compression, file_kind, inner_name
 
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 # UTF-32 first: its little-endian mark starts with UTF-16's.
 BOMS = ((codecs.BOM_UTF32_LE, "utf-32", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
         (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
         (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"))
-MAGIC = ((b"PAR1", "a Parquet file: name it .parquet"), (b"\x1f\x8b", "gzip-compressed: unpack it first"),
+MAGIC = ((b"PAR1", "a Parquet file: name it .parquet"), (b"\x1f\x8b", "gzip-compressed: name it .csv.gz"),
          (b"PK\x03\x04", "a zip archive (an Excel workbook?): export it as CSV"))
 EXTRA = "_extra_fields"  # where a CSV row's fields beyond the header are kept, so nothing of it is lost
 
@@ -53,16 +53,59 @@ def parse(data: bytes, name: str, required: Sequence[str] = ()) -> Table:
         kind = file_kind(name)
     except UnsupportedFormat as exc:
         raise BadFile(str(exc)) from exc
+    data, remarks = decompress(data, name)
+    name = inner_name(name)
     if not data:
         raise BadFile(f"unreadable {kind} file: it is empty (0 bytes)")
     if kind == "parquet":
-        return _parquet(data)
-    text, remarks = decode(data, kind)
-    if kind == "csv":
-        table = _csv(text, "\t" if name.lower().endswith(".tsv") else ",", required)
+        table = _parquet(data)
     else:
-        table = _jsonl(text, as_array=name.lower().endswith(".json") and text.lstrip().startswith("["))
-    return Table(table.columns, table.rows, remarks + table.remarks)
+        text, decoded = decode(data, kind)
+        remarks += decoded
+        if kind == "csv":
+            table = _csv(text, "\t" if name.lower().endswith(".tsv") else ",", required)
+        else:
+            table = _jsonl(text, as_array=name.lower().endswith(".json") and text.lstrip().startswith("["))
+    return _names_stripped(Table(table.columns, table.rows, remarks + table.remarks))
+
+
+def decompress(data: bytes, name: str) -> tuple[bytes, tuple[str, ...]]:
+    """The bytes a compressed file holds (`.gz`, `.bz2`, `.xz`, a `.zip` of one file); others as they are."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    ending = compression(name)
+    if ending is None:
+        return data, ()
+    try:
+        if ending == ".zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir()]
+                if len(members) != 1:
+                    raise BadFile(f"unreadable zip file: it holds {len(members)} files, not one")
+                data = archive.read(members[0])
+        else:
+            data = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}[ending](data)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError) as exc:  # corrupt or cut short
+        raise BadFile(f"unreadable {ending[1:]} file (corrupt or truncated): {type(exc).__name__}: "
+                      f"{str(exc)[:200]}") from exc
+    return data, (f"decompressed ({ending[1:]})",)
+
+
+def _names_stripped(table: Table) -> Table:
+    """Column names without surrounding spaces (`text, label` means `label`); names that then collide are refused."""
+    stripped = [c.strip() if isinstance(c, str) else c for c in table.columns]
+    if stripped == table.columns:
+        return table
+    duplicated = sorted({c for c in stripped if stripped.count(c) > 1})
+    if duplicated:
+        raise BadFile(f"unreadable file: column(s) {duplicated} appear more than once once spaces are stripped")
+    renamed = {old: new for old, new in zip(table.columns, stripped, strict=True) if old != new}
+    rows = [RawRow({renamed.get(k, k): v for k, v in row.record.items()}, row.problem) for row in table.rows]
+    shown = ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items())
+    return Table(stripped, rows, table.remarks + (f"column names stripped of spaces: {shown}",))
 
 
 def decode(data: bytes, kind: str) -> tuple[str, tuple[str, ...]]:
@@ -86,7 +129,7 @@ def decode(data: bytes, kind: str) -> tuple[str, tuple[str, ...]]:
 
 def _header(line: str, delimiter: str) -> list[str]:
     try:
-        return next(csv.reader([line], delimiter=delimiter), [])
+        return [c.strip() for c in next(csv.reader([line], delimiter=delimiter), [])]
     except csv.Error:  # a malformed header line: the full parse below reports it with its line number
         return []
 
@@ -183,9 +226,9 @@ def _parquet(data: bytes) -> Table:
 
     try:
         table = pq.read_table(io.BytesIO(data))
+        names = table.column_names  # decoded here: a name that is not UTF-8 raises UnicodeDecodeError
     except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt or truncated: footer, pages, schema
         raise BadFile(f"unreadable parquet file (corrupt or truncated): {type(exc).__name__}: {str(exc)[:300]}") from exc
-    names = table.column_names
     duplicated = sorted({c for c in names if names.count(c) > 1})
     if duplicated:  # rows as dicts would silently keep only one of them
         raise BadFile(f"unreadable parquet file: column(s) {duplicated} appear more than once")

@@ -20,6 +20,7 @@ from kaizen.tasks import stats
 from kaizen.tasks.faults import kill_point
 from kaizen.tasks.predict import scores
 from kaizen.tasks.settings import GateSettings
+from kaizen.tasks.workspace import hold
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings) -
     diff, _ = stats.paired_difference(rows.correct("champion"), rows.correct("challenger"),
                                       confidence=1 - gate.alpha, resamples=gate.resamples)
     p = stats.mcnemar_exact(diff.wins, diff.losses)
-    ok = diff.estimate >= gate.min_improvement and p <= gate.improvement_alpha
+    # Rounded: a boundary is a boundary (2 rows of 200 is a gain of 0.01, not a hair less).
+    ok = round(diff.estimate, 9) >= gate.min_improvement and p <= gate.improvement_alpha
     (passed if ok else failed).append(
         f"accuracy on the new batch {batch}: challenger minus champion {diff.describe()}; better by McNemar's "
         f"exact test p={p:.3f} (improvement_alpha {gate.improvement_alpha:g}, min_improvement "
@@ -135,7 +137,13 @@ def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | Non
     registry.set_tags(client, it.run_id, {TAG["gate_reasons"]: reasons, TAG["challenger_version"]: challenger_version})
     previous = None
     if gate.promote:
-        previous = registry.move_champion(client, name, challenger_version)  # the commit point
+        started_from = it.champion.version if it.champion else None
+        try:
+            with hold(ws, "champion", wait=True):  # a rollback and this move take turns
+                previous = registry.move_champion(client, name, challenger_version, started_from)  # the commit point
+        except registry.ChampionMoved as exc:  # refused, and recorded why: the operator's move stands
+            gate = GateDecision(False, [str(exc), *gate.reasons], f"rejected: {exc}")
+            reasons = "\n".join(gate.reasons)
         kill_point("promote:moved")
     tags = {TAG["decision"]: gate.verdict, TAG["reasons"]: reasons}
     registry.tag_version(client, name, challenger_version, tags)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.redact import redact, redact_value
 
 # Lineage and decision tags, on the model version and on the iteration's run.
 TAG = {
@@ -28,6 +29,8 @@ TAG = {
     "code_version": "kaizen.code_version",
     "params_hash": "kaizen.params_hash",
     "flow_run_id": "kaizen.prefect_flow_run_id",
+    # Which workspace a run, a model version or the registered model belongs to (one tracking server, many loops).
+    "workspace": "kaizen.workspace",
     "decision": "kaizen.decision",
     "reasons": "kaizen.decision_reasons",
     # On the run only: what the gate said before the alias moved (a kill after it is completed from these).
@@ -112,16 +115,52 @@ def lineage_tags(ws, batch_id: str, data_version, champion, flow_run_id: str) ->
             TAG["accepted_md5"]: data_version.accepted_md5,
             TAG["parent_version"]: champion.version if champion else "",
             TAG["code_commit"]: commit, TAG["code_version"]: version, TAG["params_hash"]: params_hash(ws),
-            TAG["flow_run_id"]: flow_run_id}
+            TAG["flow_run_id"]: flow_run_id, TAG["workspace"]: ws.workspace_id}
 
 
-def loop_run_id(client, experiment_id: str) -> str:
+class ForeignModel(RuntimeError):
+    """The registered model belongs to another workspace on the same tracking server."""
+
+
+def claim_model(client, ws) -> None:
+    """Make sure the registered model is this workspace's: created here with the workspace's tag, or tagged now when
+    it has none (made before the tag existed). Another workspace's model is refused: two loops moving one champion
+    alias would undo each other."""
+    from mlflow.exceptions import MlflowException
+
+    name = ws.settings.model.registered_name
+    try:
+        owner = client.get_registered_model(name).tags.get(TAG["workspace"])
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name, tags={TAG["workspace"]: ws.workspace_id},
+                                       description="kaizen: the text classifier kept improving by the loop")
+        return
+    if owner is None:
+        client.set_registered_model_tag(name, TAG["workspace"], ws.workspace_id)
+    elif owner != ws.workspace_id:
+        raise ForeignModel(
+            f"the registered model {name!r} on {redact(ws.tracking_uri)} belongs to workspace {owner!r} (its "
+            f"{TAG['workspace']} tag), not to this one ({ws.workspace_id!r}): give this workspace a model of its own "
+            f"(model.registered_name in params.yaml); a workspace that moved keeps its name with "
+            f"KAIZEN_WORKSPACE_ID={owner}")
+
+
+def in_workspace(run, ws) -> bool:
+    """A run of this workspace (runs made before runs were tagged with one count as this workspace's)."""
+    return run.data.tags.get(TAG["workspace"], ws.workspace_id) == ws.workspace_id
+
+
+def loop_run_id(client, experiment_id: str, ws) -> str:
     """The workspace's parent run (created once): iteration runs nest under it."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{LOOP_RUN}'",
-                              max_results=1, order_by=["attributes.start_time ASC"])
-    if runs:
-        return runs[0].info.run_id
+                              max_results=100, order_by=["attributes.start_time ASC"])
+    mine = [run for run in runs if in_workspace(run, ws)]
+    if mine:
+        return mine[0].info.run_id
     return client.create_run(experiment_id, run_name=LOOP_RUN, tags={
+        TAG["workspace"]: ws.workspace_id,
         "mlflow.note.content": "kaizen: every iteration of this workspace's loop is a child run; the metrics "
                                "here chart the champion's score on each batch over iterations."}).info.run_id
 
@@ -129,15 +168,16 @@ def loop_run_id(client, experiment_id: str) -> str:
 def start_iteration(ws, batch_id: str, batches: list[str], data_version, flow_run_id: str = "") -> Iteration:
     """Open the iteration's MLflow run with its params, lineage tags and the dvc.lock that names its data."""
     client = registry.connect(ws)
+    claim_model(client, ws)
     champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
     experiment = registry.experiment_id(client, ws)
-    loop_run = loop_run_id(client, experiment)
+    loop_run = loop_run_id(client, experiment, ws)
     lineage = lineage_tags(ws, batch_id, data_version, champion, flow_run_id)
     run = client.create_run(experiment, run_name=f"iteration-{batch_id}",
                             tags={"mlflow.parentRunId": loop_run, **lineage})
     flat = ws.settings.model_dump(mode="json")
-    registry.log_params(client, run.info.run_id, {f"{section}.{k}": v for section, values in flat.items()
-                                                  for k, v in values.items()})
+    registry.log_params(client, run.info.run_id, {f"{section}.{k}": redact_value(v) for section, values in flat.items()
+                                                  for k, v in values.items()})  # credentials in a URL (storage.landing) masked
     client.log_text(run.info.run_id, data_version.lock, "data/dvc.lock")
     return Iteration(batch_id, run.info.run_id, data_version.prepared_md5, data_version.accepted_md5, champion,
                      tuple(batches), flow_run_id, loop_run, lineage)
@@ -198,4 +238,4 @@ def decided_runs(ws) -> list:
     client = registry.connect(ws)
     runs = client.search_runs([registry.experiment_id(client, ws)], filter_string=f"tags.`{TAG['decision']}` != ''",
                               order_by=["attributes.start_time ASC"], max_results=10000)
-    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED]
+    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED and in_workspace(run, ws)]

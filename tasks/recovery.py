@@ -11,14 +11,15 @@ Moving the `champion` alias is the single commit point of an iteration. So, for 
 from __future__ import annotations
 
 from kaizen.tasks import registry
-from kaizen.tasks.record import ORPHANED, TAG, IterationSummary, close_iteration
+from kaizen.tasks.record import ORPHANED, TAG, IterationSummary, close_iteration, in_workspace
 
 
 def _attempts(client, ws, batch_id: str) -> list:
-    """Runs of earlier attempts at `batch_id` (the ledger says it is pending), orphans already labelled aside."""
+    """Runs of earlier attempts at `batch_id` (the ledger says it is pending) in this workspace, orphans already
+    labelled aside: another workspace's batch of the same name on the same tracking server is never touched."""
     runs = client.search_runs([registry.experiment_id(client, ws)],
                               filter_string=f"tags.`{TAG['batch']}` = '{batch_id}'", max_results=100)
-    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED]
+    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED and in_workspace(run, ws)]
 
 
 def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
@@ -54,4 +55,8 @@ def _complete(client, ws, batch_id: str, run, decision: str, champion_version: s
     registry.tag_version(client, ws.settings.model.registered_name, challenger, tags)
     registry.set_tags(client, run.info.run_id, {**tags, TAG["champion_version"]: champion_version or "",
                                                 TAG["recovered"]: f"{decision}: completed after a kill"})
+    parent = run.data.tags.get(TAG["parent_version"])
+    name = ws.settings.model.registered_name
+    if decision == "promoted" and parent and registry.model_by_alias(client, name, registry.PREVIOUS) is None:
+        client.set_registered_model_alias(name, registry.PREVIOUS, parent)  # killed between the alias moves
     return close_iteration(ws, batch_id, run.info.run_id, decision, challenger)

@@ -16,6 +16,7 @@ from kaizen.tasks.faults import kill_point
 from kaizen.tasks.workspace import Workspace, is_server
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+_SET_HERE: dict[str, str] = {}  # MLflow settings this process put in its environment (not the user's)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ def connect(ws: Workspace):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    for key, value in tracking_retry_env(ws).items():  # read by MLflow at every request; the user's own win
+        if os.environ.get(key, _SET_HERE.get(key)) == _SET_HERE.get(key):
+            os.environ[key] = _SET_HERE[key] = value
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     if client.get_experiment_by_name(ws.settings.mlflow.experiment) is None:
         if is_server(ws.tracking_uri):
@@ -52,6 +56,23 @@ def connect(ws: Workspace):
                 root = Path(root).as_uri()
             client.create_experiment(ws.settings.mlflow.experiment, artifact_location=root)
     return client
+
+
+def tracking_retry_env(ws: Workspace) -> dict[str, str]:
+    """MLflow's own retry settings for requests to a tracking server, from `operations`: the loop's one retry
+    layer (no Prefect retries on top), so every MLflow call, inside training and the checks too, rides out a
+    tracking server that restarts, and gives up after a bounded wait (retry_wait_seconds)."""
+    ops = ws.settings.operations
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(ops.tracking_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(ops.tracking_backoff_seconds),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(ops.tracking_timeout_seconds)}
+
+
+def retry_wait_seconds(retries: int, backoff: float, jitter: float = 1.0, cap: float = 120.0) -> float:
+    """The longest MLflow (urllib3) waits between the tries of one request: no wait before the first retry, then
+    backoff * 2**(k-1) before the k-th, each at most `cap`, plus up to `jitter` each."""
+    return sum(min(cap, backoff * 2 ** (k - 1) + (jitter if k > 1 else 0.0)) for k in range(2, retries + 1))
 
 
 def experiment_id(client, ws: Workspace) -> str:
@@ -76,31 +97,58 @@ def model_version(client, name: str, version: str) -> ModelRef:
 
 
 def download_model(client, name: str, version: str, dest: Path) -> Path:
-    """The model version's files as one folder for from_pretrained (weights, config and tokenizer)."""
-    if (dest / "config.json").exists():
+    """The model version's files as one folder for from_pretrained (weights, config and tokenizer).
+
+    Assembled in a temporary folder beside `dest` and renamed into place whole, so that a kill, Ctrl-C or a full
+    disk never leaves a `dest` that looks complete: a folder at `dest` is always a whole download."""
+    if dest.is_dir():
         return dest
-    uri = client.get_model_version_download_uri(name, version)
-    scratch = dest.with_name(dest.name + ".download")
-    shutil.rmtree(scratch, ignore_errors=True)
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch)))
-    weights = next(local.rglob("config.json")).parent
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in weights.iterdir():
-        shutil.copy2(path, dest / path.name)
-    tokenizer = next((p.parent for p in local.rglob("tokenizer.json")), None)
-    if tokenizer and tokenizer != weights:
-        for path in tokenizer.iterdir():
-            shutil.copy2(path, dest / path.name)
-    shutil.rmtree(scratch)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(dest)
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        uri = client.get_model_version_download_uri(name, version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
+        weights = next(local.rglob("config.json")).parent
+        tokenizer = next((p.parent for p in local.rglob("tokenizer.json")), weights)
+        files = partial / "model"
+        files.mkdir()
+        for folder in dict.fromkeys((weights, tokenizer)):
+            for path in folder.iterdir():
+                shutil.copy2(path, files / path.name)
+                kill_point("download:copied")
+        os.rename(files, dest)  # the commit point: atomic on one filesystem
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 
+def _remove_abandoned(dest: Path) -> None:
+    """Temporary folders of downloads whose process is gone (killed mid-download)."""
+    for folder in dest.parent.glob(f".{dest.name}.partial-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def local_model(ws: Workspace, version: str) -> Path:
-    """A registered version's files on local disk (cached: versions never change)."""
+    """A registered version's files on local disk, cached by model name and version (versions never change)."""
     client = connect(ws)
-    return download_model(client, ws.settings.model.registered_name, version, ws.runs_dir / "models" / f"v{version}")
+    name = ws.settings.model.registered_name
+    return download_model(client, name, version, ws.runs_dir / "models" / name / f"v{version}")
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -161,10 +209,33 @@ def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, version, key, str(value))
 
 
-def move_champion(client, name: str, version: str) -> str | None:
-    """Make `version` the champion; the former champion keeps `previous-champion`. Returns the former one."""
+class ChampionMoved(RuntimeError):
+    """The champion is no longer the version an iteration started from: it was moved meanwhile (a rollback)."""
+
+
+def move_champion(client, name: str, version: str, started_from: str | None) -> str | None:
+    """Make `version` the champion if the champion is still `started_from` (compare and set: a rollback made while
+    the iteration ran is never undone by it; raises ChampionMoved instead). Returns the former champion, which
+    becomes `previous-champion`. Callers hold the workspace's "champion" lock, so the check and the move are one
+    step for every kaizen process of the workspace."""
     former = model_by_alias(client, name, CHAMPION)
+    if (former.version if former else None) != started_from:
+        raise ChampionMoved(
+            f"not promoted: the champion is v{former.version if former else '–'}, no longer "
+            f"v{started_from or '–'}, which this iteration started from and compared against (moved meanwhile, "
+            "e.g. by `kaizen rollback`)")
+    return swap_champion(client, name, version, former)
+
+
+def swap_champion(client, name: str, version: str, former: ModelRef | None) -> str | None:
+    """Champion -> `version`, previous-champion -> `former`: three alias writes, ordered so that a crash between
+    them never leaves previous-champion naming the champion, nor a stale version a rollback would restore
+    silently. previous-champion is removed first; a crash then leaves none (`kaizen rollback` asks for --to, and
+    the recovery of a killed iteration sets it again)."""
+    if model_by_alias(client, name, PREVIOUS) is not None:
+        client.delete_registered_model_alias(name, PREVIOUS)
+    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
+    kill_point("aliases:between")
     if former is not None and former.version != version:
         client.set_registered_model_alias(name, PREVIOUS, former.version)
-    client.set_registered_model_alias(name, CHAMPION, version)  # the commit point
     return former.version if former else None

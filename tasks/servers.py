@@ -16,12 +16,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kaizen.tasks import server_security
+from kaizen.tasks.redact import redact
 from kaizen.tasks.workspace import OFFLINE_ENV, Workspace, is_server
 
 SERVERS = ("prefect", "mlflow")
+_temporary: list[int] = []  # the temporary Prefect server this process started and watches, while it runs
+TEMPORARY_SERVER_MARK = "prefect.server.api.server:create_app"  # in the command line of Prefect's temporary server
 
 
 class ServerError(RuntimeError):
@@ -80,7 +86,10 @@ def _command(ws: Workspace, name: str) -> tuple[list[str], dict[str, str], str]:
         cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", ws.backend_store_uri,
                "--artifacts-destination", ws.artifact_root, "--host", cfg.host, "--port", str(port),
                "--workers", "1"]
-    return cmd, env, f"http://{cfg.host}:{port}"
+    url = f"http://{cfg.host}:{port}"
+    args, secured = server_security.hardening(ws, name, url)  # CORS to its own address; authentication if set
+    env.update(secured)
+    return cmd + args, env, url
 
 
 def _record_file(ws: Workspace, name: str) -> Path:
@@ -97,7 +106,9 @@ def _alive(record: dict) -> bool:
     import psutil
 
     try:
-        return abs(psutil.Process(record["pid"]).create_time() - record["create_time"]) < 1.0
+        process = psutil.Process(record["pid"])
+        # A server that exited stays a zombie until its parent reaps it: it is not running.
+        return abs(process.create_time() - record["create_time"]) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -141,6 +152,10 @@ def wanted(ws: Workspace) -> tuple[str, ...]:
 def start(ws: Workspace) -> list[ServerState]:
     """Start whichever of the servers is not already running for this workspace; wait until they answer.
     If one fails, the ones started by this call are stopped again and the error carries the log's tail."""
+    try:
+        server_security.check(ws)
+    except server_security.Unprotected as exc:
+        raise ServerError(str(exc)) from exc
     started: list[str] = []
     records: dict[str, dict] = {}
     try:
@@ -201,6 +216,36 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+@contextmanager
+def temporary_prefect_server() -> Iterator[None]:
+    """Without a Prefect server to use (`kaizen up`, PREFECT_API_URL), a flow runs on Prefect's temporary local
+    server, a child process. It is started here, before the flows, and watched by tasks/watchdog.py, which stops
+    it when this process dies without stopping it (SIGKILL, the OOM killer): it never outlives its run."""
+    if os.environ.get("PREFECT_API_URL") or _temporary:  # a real server, or the one an outer call started
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # The watchdog first: the server's process exists seconds before it answers.
+    watchdog = subprocess.Popen([sys.executable, "-m", "kaizen.tasks.watchdog", TEMPORARY_SERVER_MARK],
+                                stdin=subprocess.DEVNULL)
+    server = SubprocessASGIServer()  # the instance every Prefect client of this process then uses
+    try:
+        server.start()
+        _temporary.append(server.server_process.pid)
+        yield
+    finally:
+        _temporary.clear()
+        server.stop()
+        watchdog.terminate()
+        watchdog.wait(timeout=30)
+
+
+def running(ws: Workspace) -> list[str]:
+    """The servers `kaizen up` started for this workspace that still run."""
+    return [name for name in SERVERS if (record := _read_record(ws, name)) is not None and _alive(record)]
+
+
 def stop(ws: Workspace) -> dict[str, str]:
     """Stop exactly the servers `kaizen up` started for this workspace, and forget them."""
     return {name: _stop_one(ws, name) for name in SERVERS}
@@ -219,8 +264,8 @@ def status(ws: Workspace) -> list[ServerState]:
         source = "embedded" if url is None else (
             "kaizen up" if record is not None and record["url"] == url else
             "params.yaml" if url == ws.settings.storage.tracking_uri else "environment")
-        states.append(ServerState(
-            name=name, url=url, answers=bool(url) and answers(name, url),
+        states.append(ServerState(  # shown and printed: credentials in a URL masked
+            name=name, url=redact(url) if url else None, answers=bool(url) and answers(name, url),
             pid=record["pid"] if source == "kaizen up" else None,
             log=record["log"] if source == "kaizen up" else None, source=source))
     return states

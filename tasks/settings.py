@@ -7,10 +7,41 @@ every value, and a missing, unknown or out-of-range key is named in the error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class _FrozenDict(dict):
+    """A mapping setting that cannot change and hashes by value, like every other part of a frozen section."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("settings are frozen")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+
+def _frozen_map(value: Any) -> Any:
+    """YAML keys may come as numbers (`0: negative`): a label in a file is matched as text."""
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    return value
+
+
+FrozenMap = Annotated[dict[str, str], BeforeValidator(_frozen_map), AfterValidator(_FrozenDict)]
 
 
 class _Section(BaseModel):
@@ -21,6 +52,7 @@ class DataSettings(_Section):
     text_column: str = Field(min_length=1)
     label_column: str = Field(min_length=1)
     labels: tuple[str, ...] = Field(min_length=2)
+    label_map: FrozenMap
     max_text_chars: int = Field(gt=0)
     min_batch_rows: int = Field(ge=1)
     settle_seconds: float = Field(ge=0.0, le=3600.0)
@@ -36,6 +68,9 @@ class DataSettings(_Section):
     def _distinct_columns(self) -> DataSettings:
         if self.text_column == self.label_column:
             raise ValueError("text_column and label_column must differ")
+        unknown = sorted({v for v in self.label_map.values() if v not in self.labels})
+        if unknown:
+            raise ValueError(f"label_map maps to {unknown}, which are not among labels {list(self.labels)}")
         return self
 
 
@@ -192,6 +227,23 @@ class MlflowSettings(_Section):
     experiment: str = Field(min_length=1)
 
 
+class OperationsSettings(_Section):
+    max_failed_attempts: int = Field(ge=1)
+    iteration_timeout_seconds: int = Field(ge=1)
+    tracking_retries: int = Field(ge=0, le=10)  # MLflow refuses more than 10
+    tracking_backoff_seconds: int = Field(ge=0, le=120)
+    tracking_timeout_seconds: int = Field(ge=1)
+    heartbeat_seconds: int = Field(ge=30)  # Prefect's minimum
+    zombie_after_seconds: int = Field(ge=60)
+
+    @model_validator(mode="after")
+    def _heard_before_declared_dead(self) -> OperationsSettings:
+        if self.zombie_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(f"zombie_after_seconds ({self.zombie_after_seconds}) must be at least twice "
+                             f"heartbeat_seconds ({self.heartbeat_seconds}): one late heartbeat is not a crash")
+        return self
+
+
 class Settings(_Section):
     data: DataSettings
     storage: StorageSettings
@@ -208,6 +260,7 @@ class Settings(_Section):
     mlflow: MlflowSettings
     demo: DemoSettings
     servers: ServersSettings
+    operations: OperationsSettings
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys replaced (`{"train.epochs": 1}`), validated like the file."""

@@ -19,11 +19,22 @@ from kaizen.tasks.text import text_key
 NA_MARKERS = {"nan", "null", "none", "na", "n/a", "#n/a", "<na>"}  # what spreadsheets and pandas write for "no value"
 
 
+ACCEPTED_COLUMNS = ["text", "label", "source", "source_row", "label_given"]
+
+
 @dataclass(frozen=True)
 class Verdict:
-    accepted: pd.DataFrame  # text, label, source, source_row
+    accepted: pd.DataFrame  # ACCEPTED_COLUMNS: label_given is the label as the file wrote it, before label_map
     quarantined: list[dict]  # row, reason, record
     keys: list[tuple[str, int]]  # dedup key and row of every accepted row
+    remarks: tuple[str, ...] = ()  # what was done to the rows that a user should know (labels mapped)
+
+
+def mapped(label: object, label_map: dict[str, str]) -> object:
+    """The label `data.label_map` gives a label as written (a number is matched as text: 1 and "1" alike)."""
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        return label
+    return label_map.get(str(label), label)
 
 
 def row_problem(text: object, label: object, settings: DataSettings) -> str | None:
@@ -58,7 +69,7 @@ def judge(table: Table, name: str, settings: DataSettings, ledger: Ledger) -> Ve
     candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
     quarantined: list[dict] = []
     for i, row in enumerate(table.rows, 1):
-        text, label = row.record[settings.text_column], row.record[settings.label_column]
+        text, label = row.record[settings.text_column], mapped(row.record[settings.label_column], settings.label_map)
         reason = row.problem or row_problem(text, label, settings)
         if reason:
             quarantined.append({"row": i, "reason": reason, "record": raw[i - 1]})
@@ -78,9 +89,21 @@ def judge(table: Table, name: str, settings: DataSettings, ledger: Ledger) -> Ve
             reason = f"duplicate of a row already ingested from {origin.name if origin else already[key]}"
         else:
             seen[key] = (row, label)
-            accepted.append({"text": text, "label": label, "source": name, "source_row": row})
+            given = str(raw[row - 1][settings.label_column])
+            accepted.append({"text": text, "label": label, "source": name, "source_row": row, "label_given": given})
             keys.append((key, row))
             continue
         quarantined.append({"row": row, "reason": reason, "record": raw[row - 1]})
     quarantined.sort(key=lambda q: q["row"])
-    return Verdict(pd.DataFrame(accepted, columns=["text", "label", "source", "source_row"]), quarantined, keys)
+    frame = pd.DataFrame(accepted, columns=ACCEPTED_COLUMNS)
+    return Verdict(frame, quarantined, keys, _mapping_remarks(frame))
+
+
+def _mapping_remarks(accepted: pd.DataFrame) -> tuple[str, ...]:
+    """One remark naming every label mapping applied to the accepted rows, with its number of rows."""
+    changed = accepted[accepted["label_given"] != accepted["label"]]
+    if changed.empty:
+        return ()
+    counts = changed.groupby(["label_given", "label"]).size()
+    shown = ", ".join(f"{given!r} -> {label!r} ({n} rows)" for (given, label), n in counts.items())
+    return (f"labels mapped by data.label_map: {shown}",)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kaizen.tasks import sqldb
 from kaizen.tasks.files import locked
+from kaizen.tasks.redact import redact
 from kaizen.tasks.repo import TRUST_FILE, ensure_dvc, run_command
 from kaizen.tasks.settings import Settings, load_settings
 
@@ -56,6 +57,10 @@ class Workspace:
         return landing if "://" in landing else str(self.root / landing)
 
     @property
+    def landing_shown(self) -> str:  # as it may be shown or logged: credentials in the URL masked
+        return redact(self.landing)
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
@@ -84,6 +89,8 @@ class Workspace:
         """The batches whose labels are suspect, written from the ledger before each `dvc repro` (a dependency of
         the stage: replay never draws from them)."""
         return self.root / TRUST_FILE
+    def failed_dir(self) -> Path:  # batches set aside as failed: out of the DVC stage's input until retried
+        return self.data_dir / "failed"
 
     @property
     def quarantine_dir(self) -> Path:
@@ -133,9 +140,9 @@ class Workspace:
 
     @property
     def mlflow_ui_url(self) -> str:
-        """Where a browser finds this workspace's MLflow UI: the tracking server, or where `kaizen ui` serves it."""
+        """Where a browser finds the MLflow UI: the tracking server (credentials masked), or `kaizen ui`'s."""
         if is_server(self.tracking_uri):
-            return self.tracking_uri.rstrip("/")
+            return redact(self.tracking_uri).rstrip("/")
         return f"http://{self.settings.servers.host}:{self.settings.servers.mlflow_port}"
 
     @property
@@ -211,6 +218,7 @@ OFFLINE_ENV = {
     "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "DVC_NO_ANALYTICS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+HEARTBEAT = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"  # how often a deployed run tells the server it lives (tasks/zombies.py)
 
 
 def configure_environment(ws: Workspace) -> None:
@@ -227,11 +235,13 @@ def configure_environment(ws: Workspace) -> None:
     if ws.prefect_api_url:  # a real server: the one `kaizen up` started, unless PREFECT_API_URL names another
         os.environ.setdefault("PREFECT_API_URL", ws.prefect_api_url)
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(ws.settings.schedule.poll_seconds))
+    os.environ.setdefault(HEARTBEAT, str(ws.settings.operations.heartbeat_seconds))  # served runs inherit it
 
 
 def run_environment(ws: Workspace) -> dict[str, str]:
     """The variables a flow run started by a worker needs (it does not inherit the shell of `kaizen deploy`)."""
-    env = {**OFFLINE_ENV, "KAIZEN_WORKSPACE_ID": ws.workspace_id}
+    env = {**OFFLINE_ENV, HEARTBEAT: str(ws.settings.operations.heartbeat_seconds),
+           "KAIZEN_WORKSPACE_ID": ws.workspace_id}
     if os.environ.get("MLFLOW_TRACKING_URI"):  # else the run finds the store from the workspace, as here
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
@@ -291,6 +301,8 @@ def init_workspace(root: Path, settings: dict[str, str] | None = None) -> Worksp
     ws = Workspace.open(root)
     make_buckets(ws)
     ensure_dvc(root, ws.dvc_remote)
+    if "://" not in ws.landing:  # exists from the start: `cp file DIR/data/landing/` works
+        Path(ws.landing).mkdir(parents=True, exist_ok=True)
     run_command(["git", "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc/config", ".dvcignore"], root)
     staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode
     if staged:

@@ -19,8 +19,18 @@ os.environ.update({
     "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
 })
 (_STATE / "prefect").mkdir()
+# Every process the tests start inherits this mark: at the end of the session none of them may still run.
+SESSION_MARK = ("KAIZEN_TEST_SESSION", f"{os.getpid()}-{_STATE.name}")
+os.environ[SESSION_MARK[0]] = SESSION_MARK[1]
 
 import pandas as pd  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# Property tests: CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) draws the same examples on every run, so a red build
+# is one a developer can reproduce; on a developer's machine ("dev", the default) they explore new ones each run.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev")
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
 from kaizen.tasks.workspace import Workspace, init_workspace  # noqa: E402
@@ -154,3 +164,41 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     registry.move_champion(client, ws.settings.model.registered_name, version)
     client.set_terminated(run.info.run_id, "FINISHED")
     return ws
+def leftover_processes() -> list:
+    """Processes other than this one that carry this session's mark: started by a test, directly or not."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(SESSION_MARK[0]) == SESSION_MARK[1]:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite ends with no process of its own left running: any still there after a grace period (servers take
+    seconds to stop) is named, stopped, and fails the session."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while (left := leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(1)
+    if not left:
+        return
+    lines = []
+    for process in left:
+        try:
+            lines.append(f"  pid {process.pid}: {' '.join(process.cmdline())[:200]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    print("\nprocesses started by the tests were still running at the end of the session (now killed):\n"
+          + "\n".join(lines))
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

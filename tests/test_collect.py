@@ -32,7 +32,7 @@ LABELS = ["negative", "positive"]
 @pytest.fixture
 def new_ws(copy_workspace) -> Callable[..., Workspace]:
     """A copy of the module's workspace with `section__key=value` overrides written to its params.yaml."""
-    return lambda **overrides: copy_workspace({"data.min_batch_rows": 20}, **overrides)
+    return lambda **overrides: copy_workspace({"data.min_batch_rows": 20, "data.settle_seconds": 0}, **overrides)
 
 
 def unique(frame: pd.DataFrame) -> pd.DataFrame:
@@ -95,8 +95,15 @@ def assert_balanced(result: CollectResult, ws: Workspace) -> None:
     """Every row of every file is accepted or quarantined, and the ledger says the same as the outcome."""
     recorded = ledger_files(ws)
     for outcome in result.files:
-        assert outcome.rows_in == outcome.rows_accepted + outcome.rows_quarantined, outcome
         assert sum(outcome.reasons.values()) == outcome.rows_quarantined, outcome
+        if outcome.note == "ingested":  # counted on disk: the rows staged or batched, the quarantine's lines
+            stem = outcome.sha256[:16]
+            kept = [pd.read_parquet(p) for p in (*ws.accepted_dir.glob("batch-*.parquet"), ws.staged_dir / f"{stem}.parquet")
+                    if p.exists()]
+            accepted = sum(int((frame["source"] == outcome.name).sum()) for frame in kept)
+            lines = ws.quarantine_dir / f"{stem}.jsonl"
+            quarantined = len(lines.read_text(encoding="utf-8").splitlines()) if lines.exists() else 0
+            assert (accepted, quarantined) == (outcome.rows_accepted, outcome.rows_quarantined), outcome
         if outcome.note == "ingested":
             name, rows_in, accepted, quarantined, _ = recorded[outcome.sha256]
             assert (name, rows_in, accepted, quarantined) == (
@@ -122,7 +129,7 @@ def test_each_format_is_ingested_archived_and_batched(new_ws, domains, domain: s
     assert result.new_batches == ["batch-0001"]
     assert (result.rows_accepted, result.rows_quarantined) == (60, 0)
     batch = pd.read_parquet(ws.batch_file("batch-0001"))
-    assert list(batch.columns) == ["text", "label", "source", "source_row"]
+    assert list(batch.columns) == ["text", "label", "source", "source_row", "label_given"]
     pd.testing.assert_frame_equal(batch[["text", "label"]], rows[["text", "label"]])
     assert set(batch["source"]) == {name}
     assert batch["source_row"].tolist() == list(range(1, 61))
@@ -135,6 +142,78 @@ def test_each_format_is_ingested_archived_and_batched(new_ws, domains, domain: s
     assert_balanced(result, ws)
     # Nothing new: a second run is a no-op.
     assert collect(ws) == CollectResult([], [])
+
+
+@pytest.mark.parametrize("name", ["movies.csv.gz", "movies.tsv.bz2", "movies.jsonl.xz", "movies.parquet.zip"])
+def test_compressed_files_are_read_as_pandas_reads_them(new_ws, domains, name: str) -> None:
+    from kaizen.tasks.files import frame_bytes
+
+    ws = new_ws(data__min_batch_rows=20)
+    rows = unique(sample(domains["movies"], 40, seed=3)).head(30).reset_index(drop=True)
+    data = land(ws, name, frame_bytes(rows, name))
+
+    (outcome,) = collect(ws).files
+
+    assert (outcome.note, outcome.rows_in, outcome.rows_accepted) == ("ingested", 30, 30), outcome
+    assert f"decompressed ({name.rsplit('.', 1)[1]})" in outcome.remarks
+    batch = pd.read_parquet(ws.batch_file("batch-0001"))
+    pd.testing.assert_frame_equal(batch[["text", "label"]], rows[["text", "label"]])
+    archived = ws.archive_dir / f"{sha(data)[:16]}-{name}"
+    assert archived.read_bytes() == data  # kept compressed, byte for byte
+    if ".csv" in name or ".tsv" in name:  # pandas reads the same rows from the same file
+        read = pd.read_csv(archived, sep="\t" if ".tsv" in name else ",", dtype=str)
+        pd.testing.assert_frame_equal(read[["text", "label"]], rows[["text", "label"]])
+
+
+def test_a_corrupt_compressed_file_is_one_quarantined_unit(new_ws) -> None:
+    ws = new_ws()
+    land(ws, "cut.csv.gz", gzip_bytes(b"text,label\nA fine film.,positive\n")[:20])
+
+    (outcome,) = collect(ws).files
+
+    assert (outcome.rows_in, outcome.rows_quarantined) == (1, 1)
+    assert "unreadable gz file (corrupt or truncated)" in next(iter(outcome.reasons))
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data)
+
+
+def test_a_header_with_spaces_keeps_its_columns(new_ws, domains) -> None:
+    ws = new_ws(data__min_batch_rows=20)
+    rows = unique(sample(domains["amazon"], 30, seed=4)).head(24).reset_index(drop=True)
+    text = rows.to_csv(index=False, lineterminator="\n").replace("text,label\n", "text, label \n", 1)
+    land(ws, "spaced.csv", text.encode("utf-8"))
+
+    (outcome,) = collect(ws).files
+
+    assert (outcome.rows_accepted, outcome.rows_quarantined) == (24, 0), outcome.reasons
+    assert any("' label ' -> 'label'" in remark for remark in outcome.remarks), outcome.remarks
+    batch = pd.read_parquet(ws.batch_file("batch-0001"))
+    pd.testing.assert_frame_equal(batch[["text", "label"]], rows[["text", "label"]])
+
+
+def test_labels_written_as_numbers_are_mapped_and_every_mapping_recorded(new_ws, domains) -> None:
+    ws = new_ws(data__min_batch_rows=40, data__label_map={"0": "negative", "1": "positive"})
+    rows = unique(sample(domains["movies"], 60, seed=5)).head(40).reset_index(drop=True)
+    numbers = rows.assign(label=(rows["label"] == "positive").astype(int))  # 0 / 1
+    land(ws, "as-text.csv", numbers.head(20))  # "0" and "1" as CSV text
+    land(ws, "as-numbers.jsonl", numbers.tail(20).assign(label=lambda f: f["label"].where(f.index % 2 == 0, 7)))
+
+    result = collect(ws)
+
+    by_name = {f.name: f for f in result.files}
+    assert (by_name["as-text.csv"].rows_accepted, by_name["as-numbers.jsonl"].rows_accepted) == (20, 10)
+    assert by_name["as-numbers.jsonl"].reasons == {
+        "unknown label 7 (expected one of ['negative', 'positive'])": 10}  # unmapped numbers stay unknown
+    counts = numbers.head(20)["label"].value_counts()
+    assert (f"labels mapped by data.label_map: '0' -> 'negative' ({counts[0]} rows), '1' -> 'positive' "
+            f"({counts[1]} rows)") in by_name["as-text.csv"].remarks
+    staged = pd.read_parquet(ws.staged_dir / f"{by_name['as-text.csv'].sha256[:16]}.parquet")
+    assert staged["label"].tolist() == rows.head(20)["label"].tolist()
+    assert staged["label_given"].tolist() == [str(n) for n in numbers.head(20)["label"]]  # what the file said
 
 
 # --- bad rows -------------------------------------------------------------------------------------------

@@ -98,18 +98,43 @@ def test_no_gain_at_all_is_rejected_whatever_the_test_says() -> None:
     assert not decision.promote and "min_improvement +0.010" in decision.reasons[0]
 
 
-@pytest.fixture
-def registered(make_workspace, tiny_backbone: Path):
-    """A workspace whose registry holds two versions of the tiny model."""
-    ws = make_workspace()
+def test_a_gain_exactly_at_min_improvement_passes() -> None:
+    # 41 won and 38 lost of 300 rows is a gain of exactly 0.01; 40 and 38 is 0.0067.
+    at = promotion_gate("b2", {"b2": rows(200, 41, 38, 21)}, GATE.model_copy(update={"improvement_alpha": 1.0}))
+    assert at.promote, at.reasons
+    below = promotion_gate("b2", {"b2": rows(200, 40, 38, 22)}, GATE.model_copy(update={"improvement_alpha": 1.0}))
+    assert not below.promote and "min_improvement" in below.reasons[0]
+
+
+@pytest.fixture(scope="module")
+def registry_template(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
+    """A workspace whose registry holds two versions of the tiny model (logging a model costs seconds: once)."""
+    from kaizen.tasks.workspace import Workspace, init_workspace
+    from tests.helpers import FAST, write_params
+
+    root = init_workspace(tmp_path_factory.mktemp("registered") / "ws").root
+    write_params(root, {**FAST, "model.backbone": str(tiny_backbone)})
+    ws = Workspace.open(root)
     client = registry.connect(ws)
     exp = registry.experiment_id(client, ws)
-    versions = []
     for batch in ("batch-0001", "batch-0002"):
-        run = client.create_run(exp)
-        versions.append(registry.register_model(client, ws, run.info.run_id, tiny_backbone,
-                                                 {TAG["batch"]: batch}))
-    return ws, client, versions
+        registry.register_model(client, ws, client.create_run(exp).info.run_id, tiny_backbone, {TAG["batch"]: batch})
+    return root
+
+
+@pytest.fixture
+def registered(registry_template: Path, tmp_path: Path):
+    """A copy of the template: its own tracking store and aliases (the artifacts stay where they were logged)."""
+    import shutil
+
+    from kaizen.tasks.workspace import Workspace
+
+    root = tmp_path / "ws"
+    shutil.copytree(registry_template, root, symlinks=True)
+    ws = Workspace.open(root)
+    client = registry.connect(ws)
+    name = ws.settings.model.registered_name
+    return ws, client, [registry.model_version(client, name, v) for v in ("1", "2")]
 
 
 def test_register_aliases_challenger_and_champion_moves_keep_previous(registered) -> None:
@@ -119,11 +144,11 @@ def test_register_aliases_challenger_and_champion_moves_keep_previous(registered
     assert registry.model_by_alias(client, name, registry.CHALLENGER).version == "2"
     assert registry.model_by_alias(client, name, registry.CHAMPION) is None
 
-    assert registry.move_champion(client, name, "1") is None
+    assert registry.move_champion(client, name, "1", started_from=None) is None
     assert registry.model_by_alias(client, name, registry.CHAMPION).version == "1"
     assert registry.model_by_alias(client, name, registry.PREVIOUS) is None
 
-    assert registry.move_champion(client, name, "2") == "1"
+    assert registry.move_champion(client, name, "2", started_from="1") == "1"
     assert registry.model_by_alias(client, name, registry.CHAMPION).version == "2"
     assert registry.model_by_alias(client, name, registry.PREVIOUS).version == "1"
     assert registry.model_version(client, name, "2").tags[TAG["batch"]] == "batch-0002"
@@ -135,3 +160,99 @@ def test_a_registered_version_downloads_as_safetensors_without_pickles(registere
     names = {p.name for p in local.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pkl", ".pt"))]
+
+
+def test_a_download_killed_midway_is_never_taken_for_the_model(registered) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForSequenceClassification
+
+    from kaizen.tasks.faults import ENV
+
+    ws, _, _ = registered
+    child = ("import sys; from kaizen.tasks import registry; from kaizen.tasks.workspace import Workspace; "
+             "registry.local_model(Workspace.open(sys.argv[1]), '1')")
+    killed = subprocess.run([sys.executable, "-c", child, str(ws.root)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, ENV: "download:copied@2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    cache = ws.runs_dir / "models" / ws.settings.model.registered_name
+    assert not (cache / "v1").exists()  # only a hidden partial folder: nothing looks like a model
+
+    local = registry.local_model(ws, "1")
+
+    assert local == cache / "v1"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in local.iterdir()}
+    assert AutoModelForSequenceClassification.from_pretrained(local).config.hidden_size == 32
+    assert [p.name for p in cache.iterdir()] == ["v1"]  # the killed download's leftovers are gone
+
+
+
+def test_a_rollback_during_an_iteration_is_not_undone_by_its_promotion(registered, tiny_backbone: Path) -> None:
+    from kaizen.tasks.check import QualityResult, Scores
+    from kaizen.tasks.evaluate import Evaluation
+    from kaizen.tasks.operations import rollback
+    from kaizen.tasks.promote import decide
+    from kaizen.tasks.record import Iteration, loop_run_id
+
+    ws, client, _ = registered
+    name = ws.settings.model.registered_name
+    registry.move_champion(client, name, "1", started_from=None)
+    registry.move_champion(client, name, "2", started_from="1")
+    exp = registry.experiment_id(client, ws)
+    run_id = client.create_run(exp).info.run_id
+    challenger = registry.register_model(client, ws, run_id, tiny_backbone, {TAG["batch"]: "batch-0003"})
+    # The iteration started from v2 and trained v3; meanwhile an operator rolled back to v1.
+    it = Iteration("batch-0003", run_id, "md5", "md5", registry.model_by_alias(client, name, registry.CHAMPION),
+                   ("batch-0001", "batch-0002", "batch-0003"), "", loop_run_id(client, exp, ws))
+    rollback(ws, "complaints about v2")
+    better = {b: QualityResult(Scores(0.70, 0.70), Scores(0.90, 0.90), Path("-")) for b in it.batches}
+
+    decision = decide(ws, it, challenger.version, Evaluation(None, better, Path("-")))
+
+    assert registry.model_by_alias(client, name, registry.CHAMPION).version == "1"  # the rollback stands
+    assert registry.model_by_alias(client, name, registry.PREVIOUS).version == "2"
+    assert decision.gate.verdict == "rejected" and decision.champion_version == "1"
+    reason = decision.gate.reasons[0]
+    assert "the champion is v1, no longer v2" in reason and "kaizen rollback" in reason
+    assert registry.model_version(client, name, challenger.version).tags[TAG["reasons"]].startswith(reason)
+    assert client.get_run(run_id).data.tags[TAG["decision"]] == "rejected"
+
+
+def test_a_crash_between_the_alias_moves_never_leaves_previous_equal_to_champion(registered) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kaizen.tasks.faults import ENV
+    from kaizen.tasks.recovery import recover_interrupted
+
+    ws, client, (v1, v2) = registered
+    name = ws.settings.model.registered_name
+
+    def killed_between(code: str) -> None:
+        child = subprocess.run(
+            [sys.executable, "-c", "import sys; from kaizen.tasks import operations, registry; "
+             "from kaizen.tasks.workspace import Workspace; ws = Workspace.open(sys.argv[1]); "
+             "client = registry.connect(ws); name = ws.settings.model.registered_name; " + code, str(ws.root)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, ENV: "aliases:between"})
+        assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+
+    def aliases() -> tuple:
+        return tuple(getattr(registry.model_by_alias(client, name, a), "version", None)
+                     for a in (registry.CHAMPION, registry.PREVIOUS))
+
+    registry.move_champion(client, name, "1", started_from=None)
+    killed_between("registry.move_champion(client, name, '2', started_from='1')")  # a promotion
+    assert aliases() == ("2", None)
+    # The next run completes the killed iteration (its run names v1 as the parent) and sets what was missing.
+    registry.set_tags(client, v2.run_id, {TAG["batch"]: "batch-0002", TAG["parent_version"]: "1", TAG["challenger_version"]: "2",
+                                          TAG["gate_reasons"]: "better"})
+    recover_interrupted(ws, "batch-0002")
+    assert aliases() == ("2", "1")
+
+    killed_between("operations.rollback(ws, 'bad answers')")  # a rollback to the previous champion
+    assert aliases() == ("1", None)

@@ -27,7 +27,7 @@ def test_new_domain_promoted_flipped_and_random_labels_never(tmp_path, domains, 
                         "replay.ratio": 1.0, "data.min_batch_rows": 50})
     ws = Workspace.open(root)
     landing = ws.root / "data" / "landing"
-    landing.mkdir(parents=True)
+    landing.mkdir(parents=True, exist_ok=True)
     movies = sample(domains["movies"], 1050, seed=21)
     amazon = sample(domains["amazon"], 700, seed=22)
 

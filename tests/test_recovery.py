@@ -61,7 +61,7 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
     ledger = Ledger(ws.ledger_db)
     batches = ledger.batches()
     assert [(b.status, b.decision) for b in batches] == [("done", "promoted")] * (len(POINTS) + 1)
-    assert all(f.rows_in == f.rows_accepted + f.rows_quarantined for f in ledger.files())
+    assert [f.rows_in for f in ledger.files()] == [80] * (len(POINTS) + 1)  # as landed, counted by the test
     assert len(ledger.files()) == len(POINTS) + 1
     ledger.close()
 
@@ -102,3 +102,40 @@ def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains)
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=ws.root, env=env, capture_output=True,
                             text=True)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+
+
+def test_two_workspaces_on_one_tracking_store_never_touch_each_others_runs(make_workspace, monkeypatch,
+                                                                            tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import pytest
+
+    from kaizen.tasks.record import ForeignModel, start_iteration
+    from kaizen.tasks.recovery import recover_interrupted
+    from kaizen.tasks.workspace import Workspace
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared-mlflow.db'}")
+    a, b = make_workspace("a"), make_workspace("b", model__registered_name="kaizen-b")
+    data = SimpleNamespace(prepared_md5="md5", accepted_md5="md5", lock="stages: {}\n")
+    for ws in (a, b):  # each has a pending batch-0001 of its own
+        with Ledger(ws.ledger_db) as ledger:
+            ledger.record_batch("batch-0001", 10, [])
+    # A's attempt at batch-0001 was killed mid-training: its run is open, undecided.
+    a_run = start_iteration(a, "batch-0001", ["batch-0001"], data)
+
+    assert recover_interrupted(b, "batch-0001") is None  # B finds no attempt of its own...
+    client = registry.connect(a)
+    run = client.get_run(a_run.run_id)
+    assert run.info.status == "RUNNING" and TAG["decision"] not in run.data.tags  # ...and leaves A's alone
+    b_run = start_iteration(b, "batch-0001", ["batch-0001"], data)
+    assert b_run.loop_run_id != a_run.loop_run_id
+    assert client.get_run(b_run.run_id).data.tags[TAG["workspace"]] == b.workspace_id
+
+    recover_interrupted(a, "batch-0001")  # A's own recovery does label its killed attempt
+    assert client.get_run(a_run.run_id).data.tags[TAG["decision"]] == "orphaned"
+    assert client.get_run(b_run.run_id).info.status == "RUNNING"
+
+    # B naming A's registered model is refused, clearly.
+    b_as_a = Workspace(b.root, b.settings.with_overrides({"model.registered_name": a.settings.model.registered_name}))
+    with pytest.raises(ForeignModel, match=rf"'kaizen-sentiment' .* belongs to workspace '{a.workspace_id}'"):
+        start_iteration(b_as_a, "batch-0001", ["batch-0001"], data)

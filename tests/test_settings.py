@@ -13,7 +13,7 @@ from kaizen.tasks.settings import DataSettings, Settings, SettingsError, TrainSe
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 SECTIONS = ["data", "storage", "preprocess", "replay", "model", "train", "drift", "gate", "trust", "schedule", "serving",
-            "alerts", "mlflow", "demo", "servers"]
+            "alerts", "mlflow", "demo", "servers", "operations"]
 
 
 @pytest.fixture(scope="module")

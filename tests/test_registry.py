@@ -1,0 +1,138 @@
+"""tasks.registry against a tracking server that goes away mid-iteration: MLflow's own HTTP retries are the one
+retry layer. An outage shorter than their bounded wait is ridden out and the iteration completes (every epoch's
+metrics logged); a longer one fails the attempt within a bounded time, without counting it against the batch,
+and the next run finishes the iteration. Nothing is promoted twice, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from kaizen.tasks import registry
+from kaizen.tasks.ledger import Ledger
+from kaizen.tasks.record import TAG
+from tests.helpers import land, sample
+from tests.servers import KAIZEN, cli_env, free_port, wait_until
+
+
+def start_mlflow(store: Path, port: int) -> subprocess.Popen:
+    log = open(store / "server.log", "ab")  # noqa: SIM115  (the child keeps its own descriptor)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    wait_until("the MLflow server", lambda: _answers(f"http://127.0.0.1:{port}"), 180, every=0.5)
+    return server
+
+
+def stop_mlflow(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def attempt_started(url: str, batch: str) -> bool:
+    """The iteration's MLflow run exists: the iteration is under way and talks to the server from now on."""
+    try:
+        found = httpx.post(f"{url}/api/2.0/mlflow/runs/search", timeout=5, json={
+            "experiment_ids": ["1"], "filter": f"tags.`{TAG['batch']}` = '{batch}'"}).json()
+    except httpx.TransportError:
+        return False
+    return bool(found.get("runs"))
+
+
+def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes_once(make_workspace, domains,
+                                                                                   tmp_path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ws = make_workspace(gate__min_score=0.0, gate__min_improvement=-1.0, gate__max_regression=1.0)
+    env = {**cli_env(), "MLFLOW_TRACKING_URI": url, "PREFECT_HOME": str(ws.state_dir / "prefect-run")}
+
+    def run_during_outage(batch: str, down_for: float | None) -> tuple[subprocess.CompletedProcess, float]:
+        """`kaizen run` with the server stopped once the iteration is under way; back after `down_for` s
+        (None: once the run has ended)."""
+        nonlocal server
+        log = ws.state_dir / f"run-{batch}.log"
+        started = time.monotonic()
+        with open(log, "w") as out:
+            run = subprocess.Popen([KAIZEN, "run", "-w", str(ws.root)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+            try:
+                wait_until("the iteration's run", lambda: attempt_started(url, batch) or run.poll() is not None, 300,
+                           every=0.3)
+                stop_mlflow(server)
+                if down_for is not None:
+                    time.sleep(down_for)
+                    server = start_mlflow(store, port)
+                run.wait(timeout=600)
+            finally:
+                if run.poll() is None:
+                    os.killpg(run.pid, signal.SIGKILL)
+                    run.wait()
+        return subprocess.CompletedProcess(run.args, run.returncode, log.read_text(), ""), time.monotonic() - started
+
+    server = start_mlflow(store, port)
+    try:
+        # 1. An outage shorter than MLflow's retries (operations.tracking_*): ridden out, the iteration completes.
+        land(ws, "movies.csv", sample(domains["movies"], 40, seed=70))
+        done, _ = run_during_outage("batch-0001", down_for=3)
+        assert done.returncode == 0, done.stdout[-3000:]
+
+        # 2. An outage longer than a short retry budget: the attempt fails within a bounded time, uncounted...
+        from tests.helpers import write_params
+
+        write_params(ws.root, {"operations.tracking_retries": 2, "operations.tracking_timeout_seconds": 5})
+        land(ws, "amazon.csv", sample(domains["amazon"], 40, seed=71))
+        failed, took = run_during_outage("batch-0002", down_for=None)
+        assert failed.returncode == 1 and "the iteration failed" in failed.stdout, failed.stdout[-3000:]
+        assert took < 150, took  # not MLflow's default retries times Prefect's on top: minutes each
+        with Ledger(ws.ledger_db) as ledger:
+            assert [(b.batch_id, b.status) for b in ledger.batches()] == [("batch-0001", "done"),
+                                                                         ("batch-0002", "pending")]
+            assert ledger.failures_in_a_row("batch-0002")[0] == 0  # a server that was down is not the batch's fault
+        # ...and once the server is back, the next run finishes it.
+        server = start_mlflow(store, port)
+        finished = subprocess.run([KAIZEN, "run", "-w", str(ws.root)], env=env, capture_output=True, text=True,
+                                  timeout=600)
+        assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        try:
+            client = registry.connect(ws)
+            name = ws.settings.model.registered_name
+            decided = {}
+            for run in client.search_runs([registry.experiment_id(client, ws)], "tags.`kaizen.batch` != ''"):
+                decision = run.data.tags.get(TAG["decision"])
+                assert decision in ("promoted", "orphaned"), decision
+                if decision == "promoted":
+                    assert run.data.tags[TAG["batch"]] not in decided, "decided twice"
+                    decided[run.data.tags[TAG["batch"]]] = run
+            assert sorted(decided) == ["batch-0001", "batch-0002"]  # each promoted exactly once
+            epochs = {"batch-0001": ws.settings.train.bootstrap_epochs, "batch-0002": ws.settings.train.epochs}
+            for batch, run in decided.items():  # every epoch's metrics, through the outage
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.accuracy")]
+                assert steps == list(range(1, epochs[batch] + 1)), (batch, steps)
+            champion = registry.model_by_alias(client, name, registry.CHAMPION)
+            assert champion.run_id == decided["batch-0002"].info.run_id
+            assert registry.model_by_alias(client, name, registry.PREVIOUS).run_id == decided["batch-0001"].info.run_id
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+    finally:
+        stop_mlflow(server)
