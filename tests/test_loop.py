@@ -8,10 +8,12 @@ data version against dvc.lock, the saved reports, the ledger and `kaizen status 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from kaizen.flows.cli import app
@@ -163,14 +165,29 @@ def test_the_default_gate_decides_a_real_iteration(loop_state, domains, tmp_path
     summary = iteration(str(root))
 
     gate, new = shipped.gate, summary["batch"]
-    assert any(f"min_score {gate.min_score:.4f}" in r for r in summary["reasons"])
-    assert any(f"min_improvement {gate.min_improvement:+.4f}" in r for r in summary["reasons"])
-    assert any(f"max_regression {gate.max_regression:.4f}" in r for r in summary["reasons"])
+    reasons = summary["reasons"]
+    assert any(f"min_score {gate.min_score:.4f}" in r for r in reasons)
     metrics = registry.connect(moved).get_run(summary["run_id"]).data.metrics
-    score = {m: {b: metrics[f"{m}.{b}.{gate.metric}"] for b in ("batch-0001", "batch-0002", "batch-0003", new)}
+    score = {m: {b: metrics[f"{m}.{b}.accuracy"] for b in ("batch-0001", "batch-0002", "batch-0003", new)}
              for m in ("champion", "challenger")}
-    passes = (score["challenger"][new] >= gate.min_score
-              and round(score["challenger"][new] - score["champion"][new], 9) >= gate.min_improvement
-              and all(round(score["champion"][b] - score["challenger"][b], 9) <= gate.max_regression
-                      for b in score["champion"] if b != new))
-    assert summary["decision"] == ("promoted" if passes else "rejected"), (score, summary["reasons"])
+    # Each paired check, re-derived from what it reports: the estimate is the difference of the two accuracies,
+    # and the new batch's p-value is the one-sided binomial test of the rows won and lost (scipy's).
+    checks = {}
+    for reason in reasons:
+        found = re.search(r"accuracy on (?:the new batch |earlier )?(batch-\d+): challenger minus champion "
+                          r"([+-]\d\.\d+) \[.*?\] \((\d+) rows: (\d+) won, (\d+) lost\)", reason)
+        if found:
+            batch, estimate, rows, won, lost = found.group(1), float(found.group(2)), *map(int, found.group(3, 4, 5))
+            assert estimate == pytest.approx(score["challenger"][batch] - score["champion"][batch], abs=0.0006)
+            checks[batch] = (reason, rows, won, lost)
+    assert set(checks) == {"batch-0001", "batch-0002", "batch-0003", new}
+    reason, rows, won, lost = checks[new]
+    p = binomtest(won, won + lost, 0.5, alternative="greater").pvalue if won + lost else 1.0
+    assert f"p={p:.3f}" in reason and f"improvement_alpha {gate.improvement_alpha:g}" in reason
+    improved = round((won - lost) / rows, 9) >= gate.min_improvement and p <= gate.improvement_alpha
+    assert ("improved" if improved else "no improvement shown") in reason
+    for batch in ("batch-0001", "batch-0002", "batch-0003"):
+        assert f"max_regression {gate.max_regression:g}" in checks[batch][0]
+    passes = (score["challenger"][new] >= gate.min_score and improved
+              and not any(" is shown " in r for r in reasons))
+    assert summary["decision"] == ("promoted" if passes else "rejected"), (score, reasons)

@@ -191,7 +191,6 @@ def test_a_download_killed_midway_is_never_taken_for_the_model(registered) -> No
 
 
 def test_a_rollback_during_an_iteration_is_not_undone_by_its_promotion(registered, tiny_backbone: Path) -> None:
-    from kaizen.tasks.check import QualityResult, Scores
     from kaizen.tasks.evaluate import Evaluation
     from kaizen.tasks.operations import rollback
     from kaizen.tasks.promote import decide
@@ -208,7 +207,7 @@ def test_a_rollback_during_an_iteration_is_not_undone_by_its_promotion(registere
     it = Iteration("batch-0003", run_id, "md5", "md5", registry.model_by_alias(client, name, registry.CHAMPION),
                    ("batch-0001", "batch-0002", "batch-0003"), "", loop_run_id(client, exp, ws))
     rollback(ws, "complaints about v2")
-    better = {b: QualityResult(Scores(0.70, 0.70), Scores(0.90, 0.90), Path("-")) for b in it.batches}
+    better = {b: rows(70, 20, 0, 10) for b in it.batches}  # champion 0.70, challenger 0.90 on each
 
     decision = decide(ws, it, challenger.version, Evaluation(None, better, Path("-")))
 

@@ -17,7 +17,7 @@ import httpx
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG
-from tests.helpers import land, sample
+from tests.helpers import OPEN_GATE, land, sample
 from tests.servers import KAIZEN, cli_env, free_port, wait_until
 
 
@@ -62,7 +62,7 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
     store.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    ws = make_workspace(gate__min_score=0.0, gate__min_improvement=-1.0, gate__max_regression=1.0)
+    ws = make_workspace(**{k.replace(".", "__"): v for k, v in OPEN_GATE.items()})
     env = {**cli_env(), "MLFLOW_TRACKING_URI": url, "PREFECT_HOME": str(ws.state_dir / "prefect-run")}
 
     def run_during_outage(batch: str, down_for: float | None) -> tuple[subprocess.CompletedProcess, float]:
@@ -91,7 +91,7 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
     server = start_mlflow(store, port)
     try:
         # 1. An outage shorter than MLflow's retries (operations.tracking_*): ridden out, the iteration completes.
-        land(ws, "movies.csv", sample(domains["movies"], 40, seed=70))
+        land(ws, "movies.csv", sample(domains["movies"], 80, seed=70))
         done, _ = run_during_outage("batch-0001", down_for=3)
         assert done.returncode == 0, done.stdout[-3000:]
 
@@ -99,7 +99,7 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
         from tests.helpers import write_params
 
         write_params(ws.root, {"operations.tracking_retries": 2, "operations.tracking_timeout_seconds": 5})
-        land(ws, "amazon.csv", sample(domains["amazon"], 40, seed=71))
+        land(ws, "amazon.csv", sample(domains["amazon"], 80, seed=71))
         failed, took = run_during_outage("batch-0002", down_for=None)
         assert failed.returncode == 1 and "the iteration failed" in failed.stdout, failed.stdout[-3000:]
         assert took < 150, took  # not MLflow's default retries times Prefect's on top: minutes each

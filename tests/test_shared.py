@@ -24,7 +24,7 @@ from kaizen.flows.loop import iteration
 from kaizen.tasks import registry, servers
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.workspace import Workspace, init_workspace
-from tests.helpers import FAST, sample, write_params
+from tests.helpers import FAST, OPEN_GATE, sample, write_params
 from tests.servers import cli_env, kaizen
 from tests.services import mlflow_server
 
@@ -48,8 +48,7 @@ def machine_a(tmp_path_factory, postgres, object_store, tiny_backbone, domains, 
     with mlflow_server(backend, storage["artifacts"], {}, logs / "mlflow.log") as url:
         root = tmp_path_factory.mktemp("machine-a") / "ws"
         init_workspace(root, {f"storage.{key}": value for key, value in {**storage, "tracking_uri": url}.items()})
-        write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "gate.min_score": 0.0,
-                            "gate.min_improvement": -1.0, "gate.max_regression": 1.0})
+        write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
         ws = Workspace.open(root)
         fs = s3fs.S3FileSystem()  # endpoint and keys from the environment, like every other client here
         summaries = []
