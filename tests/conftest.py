@@ -161,7 +161,7 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     client = registry.connect(ws)
     run = client.create_run(registry.experiment_id(client, ws), run_name="champion-fixture")
     version = registry.register_model(client, ws, run.info.run_id, model_dir, {}).version
-    registry.move_champion(client, ws.settings.model.registered_name, version)
+    registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return ws
 def leftover_processes() -> list:
