@@ -29,7 +29,7 @@ from hypothesis import settings as hypothesis_settings  # noqa: E402
 # Property tests: CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) draws the same examples on every run, so a red build
 # is one a developer can reproduce; on a developer's machine ("dev", the default) they explore new ones each run.
 hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-hypothesis_settings.register_profile("dev")
+hypothesis_settings.register_profile("dev", parent=hypothesis_settings.get_profile("default"))
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
