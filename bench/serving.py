@@ -55,7 +55,7 @@ def fresh_workspace(work: Path):
     client = registry.connect(ws)
     run = client.create_run(registry.experiment_id(client, ws), run_name="bench-serving")
     version = registry.register_model(client, ws, run.info.run_id, work / "model", {}).version
-    registry.move_champion(client, ws.settings.model.registered_name, version)
+    registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return Workspace.open(ws.root)
 

@@ -47,7 +47,16 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
 
 
 def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
-    """Run the iteration flow; with `until_idle`, again while batches are waiting."""
+    """Run the iteration flow; with `until_idle`, again while batches are waiting. With nothing new at all, say so
+    at once: no Prefect server is started for an iteration that would do nothing."""
+    from kaizen.tasks.collect import nothing_new
+
+    if nothing_new(ws):
+        from kaizen.tasks.record import IterationSummary
+
+        return [IterationSummary(batch=None, files=0, rows_accepted=0, rows_quarantined=0, drift_share=None,
+                                 champion_score=None, challenger_score=None, decision="no new data", reasons=[],
+                                 champion_version=None).as_dict()]
     from kaizen.flows.loop import iteration
     from kaizen.tasks.servers import temporary_prefect_server
 

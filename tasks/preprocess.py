@@ -165,7 +165,10 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(out, ignore_errors=True)  # DVC owns this folder: rebuild it whole
         write_splits(split_one(pd.read_parquet(ws.batch_file(batch_id)), batch_id, pre), out)
     else:
-        trains = {p.parent.name: pd.read_parquet(p) for p in sorted(ws.prepared_dir.glob("batch-*/train.parquet"))}
+        # Only batches still accepted: a batch set aside as failed leaves its old split folder behind (DVC keeps
+        # the outputs of a stage that is gone), and its rows must not come back through replay.
+        trains = {p.parent.name: pd.read_parquet(p) for p in sorted(ws.prepared_dir.glob("batch-*/train.parquet"))
+                  if ws.batch_file(p.parent.name).exists()}
         n_train = len(trains.get(batch_id, ()))
         sample = replay_for(batch_id, trains, n_train, pre, ws.settings.replay, read_suspect(ws.trust_file))
         shutil.rmtree(ws.replay_dir, ignore_errors=True)

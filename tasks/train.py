@@ -64,6 +64,10 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
     the last checkpoint in `out_dir`."""
     if train.empty:
         raise ValueError("nothing to train on: the training split is empty")
+    # Checked here, not in the job: the job's own KeyError would reach us only as a failed exit and a log tail.
+    unknown = sorted((set(train["label"]) | set(val["label"])) - set(labels))
+    if unknown:
+        raise ValueError(f"labels not in data.labels: {', '.join(map(str, unknown))}")
     job = out_dir / "job"
     job.mkdir(parents=True, exist_ok=True)
     for stale in ("epochs.jsonl", "result.json", "teacher.npy"):

@@ -89,6 +89,8 @@ class Workspace:
         """The batches whose labels are suspect, written from the ledger before each `dvc repro` (a dependency of
         the stage: replay never draws from them)."""
         return self.root / TRUST_FILE
+
+    @property
     def failed_dir(self) -> Path:  # batches set aside as failed: out of the DVC stage's input until retried
         return self.data_dir / "failed"
 

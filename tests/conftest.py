@@ -29,7 +29,7 @@ from hypothesis import settings as hypothesis_settings  # noqa: E402
 # Property tests: CI (`.ci/run` sets HYPOTHESIS_PROFILE=ci) draws the same examples on every run, so a red build
 # is one a developer can reproduce; on a developer's machine ("dev", the default) they explore new ones each run.
 hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
-hypothesis_settings.register_profile("dev")
+hypothesis_settings.register_profile("dev", parent=hypothesis_settings.get_profile("default"))
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
@@ -161,7 +161,7 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     client = registry.connect(ws)
     run = client.create_run(registry.experiment_id(client, ws), run_name="champion-fixture")
     version = registry.register_model(client, ws, run.info.run_id, model_dir, {}).version
-    registry.move_champion(client, ws.settings.model.registered_name, version)
+    registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return ws
 def leftover_processes() -> list:

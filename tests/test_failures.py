@@ -39,7 +39,7 @@ def test_a_batch_failing_the_same_way_is_set_aside_and_the_next_is_learned(make_
     land(ws, "movies.csv", sample(domains["movies"], 40, seed=41))
 
     for attempt in (1, 2):
-        with pytest.raises(KeyError, match="neutral"):
+        with pytest.raises(ValueError, match="labels not in data.labels: neutral"):
             iteration(str(ws.root))
         with Ledger(ws.ledger_db) as ledger:
             status = {b.batch_id: b.status for b in ledger.batches()}
@@ -52,13 +52,13 @@ def test_a_batch_failing_the_same_way_is_set_aside_and_the_next_is_learned(make_
     runner = CliRunner()
     state = json.loads(runner.invoke(app, ["status", "--json", "-w", str(ws.root)]).output)
     (failed,) = state["failed"]
-    assert (failed["batch"], failed["attempts"], failed["error"]) == ("batch-0001", 2, "KeyError: 'neutral'")
+    assert (failed["batch"], failed["attempts"], failed["error"]) == ("batch-0001", 2, "ValueError: labels not in data.labels: neutral")
     assert [(b["batch"], b["status"]) for b in state["batches"]] == [("batch-0001", "failed"), ("batch-0002", "done")]
     text = runner.invoke(app, ["status", "-w", str(ws.root)]).output
-    assert "batch-0001 failed 2 times in a row: KeyError: 'neutral'" in text and "kaizen batch retry" in text
+    assert "batch-0001 failed 2 times in a row: ValueError: labels not in data.labels: neutral" in text and "kaizen batch retry" in text
     rows = [json.loads(line) for line in runner.invoke(app, ["history", "--json", "-w", str(ws.root)]).output.splitlines()]
     assert [(r["batch"], r["decision"]) for r in rows] == [("batch-0002", learned["decision"]), ("batch-0001", "failed")]
-    assert "KeyError: 'neutral'" in rows[1]["reasons"][0]
+    assert "ValueError: labels not in data.labels: neutral" in rows[1]["reasons"][0]
     events = []
     for _ in range(30):  # the server stores events a moment after it accepts them
         events = failed_events(ws)

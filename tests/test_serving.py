@@ -174,7 +174,7 @@ def test_a_version_logged_before_serving_still_predicts(make_workspace, champion
     name = ws.settings.model.registered_name
     client.create_registered_model(name)
     version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id).version
-    registry.move_champion(client, name, str(version))
+    registry.move_champion(client, name, str(version), started_from=None)
     legacy = serving.load_champion(ws).predict(texts)
     current = serving.load_champion(champion_ws).predict(texts)
     assert list(legacy["prediction"]) == list(current["prediction"])
