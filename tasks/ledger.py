@@ -9,7 +9,7 @@ same for both; tasks/sqldb.py adapts what differs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -116,7 +116,8 @@ class Ledger:
                 found[key] = sha
         return found
 
-    def record_file(self, record: FileRecord, size: int, row_keys: list[tuple[str, int]]) -> None:
+    def record_file(self, record: FileRecord, size: int, row_keys: Iterable[tuple[str, int]]) -> None:
+        """The file, its keys (streamed: a large file's do not fit in memory) and its delivery, in one commit."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
@@ -125,7 +126,7 @@ class Ledger:
                  record.rows_quarantined),
             )
             db.executemany(
-                "INSERT INTO row_keys VALUES (?,?,?)", [(key, record.sha256, row) for key, row in row_keys]
+                "INSERT INTO row_keys VALUES (?,?,?)", ((key, record.sha256, row) for key, row in row_keys)
             )
             db.execute(
                 "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class SQLite:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, args)
 
-    def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
     def create(self, schema: str, rowid_tables: Sequence[str] = ()) -> None:
@@ -86,7 +86,7 @@ class Postgres:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(self._sql(sql), tuple(args))
 
-    def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._db.cursor() as cursor:
             cursor.executemany(self._sql(sql), rows)
 
