@@ -19,8 +19,15 @@ import fsspec
 from kaizen.tasks import landing
 from kaizen.tasks.faults import kill_point
 from kaizen.tasks.files import commit_file, temporary
-from kaizen.tasks.ingest import (CHUNK_ROWS, FileOutcome, archive_path, incoming_path, ingest_copy, ingest_file,
-                                 keys_path)
+from kaizen.tasks.ingest import (
+    CHUNK_ROWS,
+    FileOutcome,
+    archive_path,
+    incoming_path,
+    ingest_copy,
+    ingest_file,
+    keys_path,
+)
 from kaizen.tasks.landing import Skipped
 from kaizen.tasks.ledger import FileRecord, Ledger
 from kaizen.tasks.repo import write_stage_vars
