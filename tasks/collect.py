@@ -107,9 +107,8 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
 
 
 def _concatenated(parts: list[Path], path: Path) -> int:
-    """The staged files one after the other in one Parquet file, written atomically a record batch at a time
+    """The staged files one after the other in one Parquet file, written atomically a row group at a time
     (a batch of millions of rows never sits in memory); its number of rows."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,11 +118,13 @@ def _concatenated(parts: list[Path], path: Path) -> int:
         for part in parts:
             source = pq.ParquetFile(part)
             writer = writer or pq.ParquetWriter(tmp, source.schema_arrow)
-            for batch in source.iter_batches(batch_size=CHUNK_ROWS):
-                table = pa.Table.from_batches([batch])
+            # By row group (staged ones hold a chunk each): iter_batches keeps what it read until the file is closed
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
                 # Staged by an older kaizen: the same columns, maybe other types; cast to the batch's own
                 writer.write_table(table if table.schema.equals(writer.schema) else table.cast(writer.schema))
-                rows += batch.num_rows
+                rows += table.num_rows
+                del table
     finally:
         if writer is not None:
             writer.close()

@@ -12,12 +12,12 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-CACHE_KIB = 64 * 1024  # SQLite's page cache: bounded memory, and most probes of a large file stay in memory
+CACHE_KIB = 96 * 1024  # SQLite's page cache: bounded memory, and a few million keys' pages stay in it
 PROBE = 500  # keys per lookup query (SQLite's default limit on variables is far above)
 
 
 class FileKeys:
-    """Keys of the accepted rows of one file: first row and label of each. The database is a throwaway: no
+    """Keys (hex digests, stored as bytes) of the accepted rows of one file: first row and label of each. The database is a throwaway: no
     journal and no fsync (a kill loses it, and `recover` removes it with the other `.tmp` files)."""
 
     def __init__(self, path: Path) -> None:
@@ -43,13 +43,13 @@ class FileKeys:
     def clear(self) -> None:
         """Forget every key: the file is read again from its start, or refused whole."""
         self._db.execute("DROP TABLE IF EXISTS seen")
-        self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL) "
+        self._db.execute("CREATE TABLE seen (key BLOB PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL) "
                          "WITHOUT ROWID")
         self.count = 0
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
         """The keys among `keys` accepted before, with the row and the label that first had each."""
-        wanted = sorted(set(keys))
+        wanted = sorted({bytes.fromhex(key) for key in keys})  # the digest, not its hex: half the pages to cache
         found: dict[str, tuple[int, str]] = {}
         if not self.count:
             return found
@@ -57,13 +57,14 @@ class FileKeys:
             part = wanted[start: start + PROBE]
             marks = ",".join("?" * len(part))
             for key, row, label in self._db.execute(f"SELECT key, row, label FROM seen WHERE key IN ({marks})", part):
-                found[key] = (row, label)
+                found[key.hex()] = (row, label)
         return found
 
     def add(self, rows: list[tuple[str, int, str]]) -> None:
         """Keys newly accepted (key, row, label), none of them seen before."""
         self._db.execute("BEGIN")
-        self._db.executemany("INSERT INTO seen VALUES (?,?,?)", sorted(rows))  # sorted: B-tree pages stay hot
+        self._db.executemany("INSERT INTO seen VALUES (?,?,?)",  # sorted: each B-tree page is visited once
+                             sorted((bytes.fromhex(key), row, label) for key, row, label in rows))
         self._db.execute("COMMIT")
         self.count += len(rows)
 
@@ -71,4 +72,4 @@ class FileKeys:
         """Every key with its row, in key order, streamed."""
         cursor = self._db.execute("SELECT key, row FROM seen ORDER BY key")
         while rows := cursor.fetchmany(10_000):
-            yield from rows
+            yield from ((key.hex(), row) for key, row in rows)
