@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, code: "
           f"{args.code or ROOT}")
-    print("| rows | file MB | seconds | rows/s | peak RSS MB | idle RSS MB | accepted | quarantined | batches |")
+    print("| rows | file MB | seconds | rows/s | peak RSS MiB | idle RSS MiB | accepted | quarantined | batches |")
     print("|---|---|---|---|---|---|---|---|---|")
     for rows in (int(n) for n in args.rows.split(",")):
         m = measure(rows, args.code)

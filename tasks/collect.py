@@ -6,6 +6,10 @@ to the ledger (keyed by content hash), and only then remove it from the landing 
 never happened is simply ingested again (every write is deterministic); one whose commit happened is found
 "already ingested" and removed. Staged rows become a batch once at least `min_batch_rows` have arrived; until
 then they wait, whatever their number. `recover` clears what a killed run left half written.
+
+A file of any size is read in chunks (tasks/ingest.py): it is copied from the landing zone and hashed in
+pieces, then read, judged and written `chunk_rows` rows at a time into temporaries that are committed, in the
+order above, only once the whole file has been read. Memory follows the chunk, not the file.
 """
 
 from __future__ import annotations

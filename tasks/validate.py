@@ -82,7 +82,8 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
     already = ledger.known_keys(keys)
     earlier = seen.lookup(keys)  # accepted in an earlier chunk of this file
     fresh: dict[str, tuple[int, str]] = {}  # accepted in this chunk
-    accepted, counts = [], {}
+    accepted: dict[str, list] = {c: [] for c in ACCEPTED_COLUMNS}  # by column: a frame of lists is built fast
+    counts: dict[tuple[str, str], int] = {}
     for row, text, label, key in candidates:
         first = fresh.get(key) or earlier.get(key)
         if first:
@@ -94,7 +95,8 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
         else:
             fresh[key] = (row, label)
             given = str(plain(chunk.rows[row - chunk.start].record[settings.label_column]))
-            accepted.append({"text": text, "label": label, "source": name, "source_row": row, "label_given": given})
+            for column, value in zip(ACCEPTED_COLUMNS, (text, label, name, row, given), strict=True):
+                accepted[column].append(value)
             if given != label:
                 counts[(given, label)] = counts.get((given, label), 0) + 1
             continue
