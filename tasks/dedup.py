@@ -4,6 +4,7 @@ A file is judged a chunk at a time, yet a row must be refused as a duplicate of 
 file, however far back. Held in Python, the keys of a 10M-row file would take gigabytes; they are kept in a
 temporary SQLite file instead, next to the staged rows (memory: SQLite's page cache). The same table then
 hands the ledger the file's keys in key order, which is the cheap order to insert them into its index.
+A Bloom filter in memory answers "never seen" for almost every new key without asking SQLite.
 """
 
 from __future__ import annotations
@@ -11,17 +12,27 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 CACHE_KIB = 96 * 1024  # SQLite's page cache: bounded memory, and a few million keys' pages stay in it
 PROBE = 500  # keys per lookup query (SQLite's default limit on variables is far above)
+# The Bloom filter: a byte per slot, not a bit (setting bits of shared bytes cannot be vectorised without losing
+# some), at most 64 MiB; 4 slots a key: with 10M keys, one new key in 20 is a false "maybe" that SQLite answers.
+MAX_SLOTS = 1 << 26
+HASHES = 4
 
 
 class FileKeys:
-    """Keys (hex digests, stored as bytes) of the accepted rows of one file: first row and label of each. The database is a throwaway: no
-    journal and no fsync (a kill loses it, and `recover` removes it with the other `.tmp` files)."""
+    """Keys (SHA-1 hex digests, tasks/text.py's text_key, stored as bytes) of the accepted rows of one file: first
+    row and label of each. The database is a throwaway: no journal and no fsync (a kill loses it, and `recover`
+    removes it)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, size: int = 0) -> None:
+        """`size`: the file's bytes, which bound its rows: the filter gets a slot for two bytes, within limits."""
+        import numpy as np
+
         self.path = path
+        self._slots = np.zeros(min(MAX_SLOTS, max(1 << 16, size // 2)), dtype=np.bool_)
         path.unlink(missing_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")
@@ -42,6 +53,7 @@ class FileKeys:
 
     def clear(self) -> None:
         """Forget every key: the file is read again from its start, or refused whole."""
+        self._slots[:] = False
         self._db.execute("DROP TABLE IF EXISTS seen")
         self._db.execute("CREATE TABLE seen (key BLOB PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL) "
                          "WITHOUT ROWID")
@@ -49,10 +61,13 @@ class FileKeys:
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
         """The keys among `keys` accepted before, with the row and the label that first had each."""
-        wanted = sorted({bytes.fromhex(key) for key in keys})  # the digest, not its hex: half the pages to cache
         found: dict[str, tuple[int, str]] = {}
-        if not self.count:
+        keys = list(keys)
+        if not self.count or not keys:
             return found
+        maybe = self._maybe(keys)
+        # The digest, not its hex: half the pages to cache
+        wanted = sorted({bytes.fromhex(key) for key, hit in zip(keys, maybe, strict=True) if hit})
         for start in range(0, len(wanted), PROBE):
             part = wanted[start: start + PROBE]
             marks = ",".join("?" * len(part))
@@ -62,11 +77,25 @@ class FileKeys:
 
     def add(self, rows: list[tuple[str, int, str]]) -> None:
         """Keys newly accepted (key, row, label), none of them seen before."""
+        if not rows:
+            return
+        self._slots[self._positions([key for key, _, _ in rows])] = True
         self._db.execute("BEGIN")
         self._db.executemany("INSERT INTO seen VALUES (?,?,?)",  # sorted: each B-tree page is visited once
                              sorted((bytes.fromhex(key), row, label) for key, row, label in rows))
         self._db.execute("COMMIT")
         self.count += len(rows)
+
+    def _positions(self, keys: list[str]) -> Any:
+        """The filter's slots for each key: its SHA-1 digest is five independent 32-bit hashes already."""
+        import numpy as np
+
+        words = np.frombuffer(bytes.fromhex("".join(keys)), dtype=">u4").reshape(len(keys), 5)[:, :HASHES]
+        return words.astype(np.uint64) % np.uint64(len(self._slots))
+
+    def _maybe(self, keys: list[str]) -> Any:
+        """False for a key certainly never added; True for one that may have been (rarely one that was not)."""
+        return self._slots[self._positions(keys)].all(axis=1)
 
     def keys(self) -> Iterator[tuple[str, int]]:
         """Every key with its row, in key order, streamed."""

@@ -92,7 +92,7 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
     staged, quarantine = ws.staged_dir / f"{stem}.parquet", ws.quarantine_dir / f"{stem}.jsonl"
     for folder in (ws.staged_dir, ws.quarantine_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    with FileKeys(keys_path(ws)) as seen:
+    with FileKeys(keys_path(ws), size) as seen:
         tally = read_rows(ws, ledger, name, sha, incoming, seen, chunk_rows)
         commit_file(incoming, archive_path(ws, sha, name))
         kill_point("collect:archived")
