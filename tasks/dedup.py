@@ -19,6 +19,8 @@ PROBE = 500  # keys per lookup query (SQLite's default limit on variables is far
 # The Bloom filter: a byte per slot, not a bit (setting bits of shared bytes cannot be vectorised without losing
 # some), at most 64 MiB; 4 slots a key: with 10M keys, one new key in 20 is a false "maybe" that SQLite answers.
 MAX_SLOTS = 1 << 26
+# The keys as the ledger stores them, in key order, over this file attached as schema `incoming`.
+KEYS_QUERY = "SELECT lower(hex(key)) AS k, row AS r FROM incoming.seen ORDER BY key"
 HASHES = 4
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kaizen.tasks import landing
-from kaizen.tasks.dedup import FileKeys
+from kaizen.tasks.dedup import KEYS_QUERY, FileKeys
 from kaizen.tasks.faults import kill_point
 from kaizen.tasks.files import commit_file, json_line, temporary
 from kaizen.tasks.ledger import FileRecord, Ledger
@@ -106,7 +106,7 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
             temporary(quarantine).unlink()
         rows_in = tally.accepted + tally.quarantined
         record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None)
-        ledger.record_file(record, size=size, row_keys=seen.keys())
+        ledger.record_file(record, size=size, row_keys=seen.keys(), attach=(seen.path, KEYS_QUERY))
     remarks = tally.remarks + mapping_remarks(tally.mappings)
     return FileOutcome(name, sha, rows_in, tally.accepted, tally.quarantined, "ingested", tally.reasons, remarks)
 
@@ -125,7 +125,9 @@ def read_rows(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, se
             continue
         except BadFile as exc:
             reason = str(exc)
-        except sqlite3.Error:  # the ledger's trouble, not the file's: the run stops and the file stays landed
+        except (sqlite3.Error, OSError):
+            # The ledger's or our own disk's trouble, not the file's (its faults are BadFile): the run stops
+            # and the file stays in the landing zone.
             raise
         except Exception as exc:  # a reader's bug or limit met by this file's bytes
             logger.exception("%s could not be read; quarantined whole", name)

@@ -61,6 +61,15 @@ class SQLite:
             raise
         self._db.execute("COMMIT")
 
+    @contextmanager
+    def attached(self, path: Path, schema: str) -> Iterator[SQLite]:
+        """Another SQLite file readable as `schema` (outside a transaction: SQLite refuses ATTACH inside one)."""
+        self._db.execute("ATTACH DATABASE ? AS " + schema, (str(path),))
+        try:
+            yield self
+        finally:
+            self._db.execute("DETACH DATABASE " + schema)
+
     def close(self) -> None:
         self._db.close()
 
