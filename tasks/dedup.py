@@ -29,8 +29,10 @@ class FileKeys:
     row and label of each. The database is a throwaway: no journal and no fsync (a kill loses it, and `recover`
     removes it)."""
 
-    def __init__(self, path: Path, size: int = 0) -> None:
-        """`size`: the file's bytes, which bound its rows: the filter gets a slot for two bytes, within limits."""
+    def __init__(self, path: Path, size: int = 0, pending: int = 400_000) -> None:
+        """`size`: the file's bytes, which bound its rows: the filter gets a slot for two bytes, within limits.
+        `pending`: keys held in memory before they go to SQLite in one sorted insert. Each insert touches most
+        pages of a large table, so fewer, larger ones cost far less (400,000 keys: ~100 MB of Python objects)."""
         import numpy as np
 
         self.path = path
@@ -41,6 +43,8 @@ class FileKeys:
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.count = 0
+        self._pending: dict[str, tuple[int, str]] = {}
+        self._most = pending
         self.clear()
 
     def __enter__(self) -> FileKeys:
@@ -56,6 +60,7 @@ class FileKeys:
     def clear(self) -> None:
         """Forget every key: the file is read again from its start, or refused whole."""
         self._slots[:] = False
+        self._pending.clear()
         self._db.execute("DROP TABLE IF EXISTS seen")
         self._db.execute("CREATE TABLE seen (key BLOB PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL) "
                          "WITHOUT ROWID")
@@ -63,8 +68,9 @@ class FileKeys:
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
         """The keys among `keys` accepted before, with the row and the label that first had each."""
-        found: dict[str, tuple[int, str]] = {}
         keys = list(keys)
+        found = {key: self._pending[key] for key in keys if key in self._pending}
+        keys = [key for key in keys if key not in found]
         if not self.count or not keys:
             return found
         maybe = self._maybe(keys)
@@ -82,11 +88,23 @@ class FileKeys:
         if not rows:
             return
         self._slots[self._positions([key for key, _, _ in rows])] = True
-        self._db.execute("BEGIN")
-        self._db.executemany("INSERT INTO seen VALUES (?,?,?)",  # sorted: each B-tree page is visited once
-                             sorted((bytes.fromhex(key), row, label) for key, row, label in rows))
-        self._db.execute("COMMIT")
+        self._pending.update((key, (row, label)) for key, row, label in rows)
         self.count += len(rows)
+        if len(self._pending) >= self._most:
+            self.flush()
+
+    def flush(self) -> None:
+        """Keys held in memory written to SQLite, sorted: each B-tree page is visited once."""
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT INTO seen VALUES (?,?,?)",
+                             sorted((bytes.fromhex(key), row, label) for key, (row, label) in self._pending.items()))
+        self._db.execute("COMMIT")
+        self._pending.clear()
+
+    def source(self) -> tuple[Path, str]:
+        """This file and the query (over it attached as `incoming`) yielding every key and its row, in key order."""
+        self.flush()
+        return self.path, KEYS_QUERY
 
     def _positions(self, keys: list[str]) -> Any:
         """The filter's slots for each key: its SHA-1 digest is five independent 32-bit hashes already."""
@@ -101,6 +119,7 @@ class FileKeys:
 
     def keys(self) -> Iterator[tuple[str, int]]:
         """Every key with its row, in key order, streamed."""
+        self.flush()
         cursor = self._db.execute("SELECT key, row FROM seen ORDER BY key")
         while rows := cursor.fetchmany(10_000):
             yield from ((key.hex(), row) for key, row in rows)

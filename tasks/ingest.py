@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kaizen.tasks import landing
-from kaizen.tasks.dedup import KEYS_QUERY, FileKeys
+from kaizen.tasks.dedup import FileKeys
 from kaizen.tasks.faults import kill_point
 from kaizen.tasks.files import commit_file, json_line, temporary
 from kaizen.tasks.ledger import FileRecord, Ledger
@@ -92,7 +92,7 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
     staged, quarantine = ws.staged_dir / f"{stem}.parquet", ws.quarantine_dir / f"{stem}.jsonl"
     for folder in (ws.staged_dir, ws.quarantine_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    with FileKeys(keys_path(ws), size) as seen:
+    with FileKeys(keys_path(ws), size, pending=4 * chunk_rows) as seen:
         tally = read_rows(ws, ledger, name, sha, incoming, seen, chunk_rows)
         commit_file(incoming, archive_path(ws, sha, name))
         kill_point("collect:archived")
@@ -106,7 +106,7 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
             temporary(quarantine).unlink()
         rows_in = tally.accepted + tally.quarantined
         record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None)
-        ledger.record_file(record, size=size, row_keys=seen.keys(), attach=(seen.path, KEYS_QUERY))
+        ledger.record_file(record, size=size, row_keys=seen.keys(), attach=seen.source())
     remarks = tally.remarks + mapping_remarks(tally.mappings)
     return FileOutcome(name, sha, rows_in, tally.accepted, tally.quarantined, "ingested", tally.reasons, remarks)
 
