@@ -22,7 +22,7 @@ def test_new_domain_promoted_flipped_and_random_labels_never(tmp_path, domains, 
 
     root = tmp_path / "ws"
     init_workspace(root)
-    write_params(root, {"model.max_length": 48, "train.learning_rate": 1e-4, "train.bootstrap_epochs": 2,
+    write_params(root, {"model.max_length": 48, "train.learning_rate": 1e-4, "train.bootstrap_epochs": 4,
                         "preprocess.test_fraction": 0.3, "preprocess.val_fraction": 0.1,
                         "replay.ratio": 1.0, "data.min_batch_rows": 50})
     ws = Workspace.open(root)
@@ -54,8 +54,9 @@ def test_new_domain_promoted_flipped_and_random_labels_never(tmp_path, domains, 
     write_params(root, {"trust.min_kappa": -1.0, "trust.max_confident_issues": 1.0})
     unchecked = run("movies-flipped-again.csv", movies.iloc[700:].assign(label=lambda f: f["label"].map(FLIP)))
     assert unchecked["decision"] == "rejected", unchecked["reasons"]
-    assert "no improvement shown" in unchecked["reasons"][0] or (
-        "earlier batch-0001" in unchecked["reasons"][0] and "is shown" in unchecked["reasons"][0]), unchecked["reasons"]
+    reasons = unchecked["reasons"]
+    assert any("no improvement shown" in r for r in reasons) or any(
+        "earlier batch-0001" in r and " is shown " in r for r in reasons), reasons
 
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
