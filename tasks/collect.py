@@ -6,47 +6,45 @@ to the ledger (keyed by content hash), and only then remove it from the landing 
 never happened is simply ingested again (every write is deterministic); one whose commit happened is found
 "already ingested" and removed. Staged rows become a batch once at least `min_batch_rows` have arrived; until
 then they wait, whatever their number. `recover` clears what a killed run left half written.
+
+A file of any size is read in chunks (tasks/ingest.py): it is copied from the landing zone and hashed in
+pieces, then read, judged and written `chunk_rows` rows at a time into temporaries that are committed, in the
+order above, only once the whole file has been read. Memory follows the chunk, not the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import fsspec
-import pandas as pd
 
 from kaizen.tasks import landing
 from kaizen.tasks.faults import kill_point
-from kaizen.tasks.files import json_line, parquet_bytes, write_atomically
+from kaizen.tasks.files import commit_file, temporary
+from kaizen.tasks.ingest import (
+    CHUNK_ROWS,
+    FileOutcome,
+    archive_path,
+    incoming_path,
+    ingest_copy,
+    ingest_file,
+    keys_path,
+)
 from kaizen.tasks.landing import Skipped
 from kaizen.tasks.ledger import FileRecord, Ledger
-from kaizen.tasks.parse import BadFile, parse
 from kaizen.tasks.repo import write_stage_vars
-from kaizen.tasks.validate import Verdict, judge
 from kaizen.tasks.workspace import Workspace, hold
 
+__all__ = ["KILL_POINTS", "CollectResult", "FileOutcome", "archive_path", "collect", "form_batches", "ingest_file",
+           "landed_files", "next_batch", "nothing_new", "recover"]
 logger = logging.getLogger(__name__)
 
 # Where a kill is injected in tests (tasks/faults.py), in the order a collect reaches them.
 KILL_POINTS = ("atomic:written", "collect:archived", "collect:staged", "collect:quarantined",
                "ledger:file-uncommitted", "collect:recorded", "collect:removed", "collect:batch-written",
                "ledger:batch-uncommitted", "collect:batch-recorded")
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    name: str
-    sha256: str
-    rows_in: int
-    rows_accepted: int
-    rows_quarantined: int
-    note: str  # "ingested" or why nothing was ingested ("already ingested as ...")
-    reasons: dict[str, int] = field(default_factory=dict)  # quarantine reason -> rows
-    remarks: tuple[str, ...] = ()  # what else happened: a delimiter guessed, a file that could not be removed
 
 
 @dataclass(frozen=True)
@@ -87,69 +85,6 @@ class CollectResult:
         return lines
 
 
-def archive_path(ws: Workspace, sha: str, name: str) -> Path:
-    """Where a file's bytes are kept: its hash and a cleaned name, never a path a name could steer."""
-    return ws.archive_dir / f"{sha[:16]}-{landing.safe_component(landing.printable(name))}"
-
-
-def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> FileOutcome:
-    """Ingest one landed file's bytes (the caller removes it from the landing zone afterwards)."""
-    name = landing.printable(name)
-    sha = hashlib.sha256(data).hexdigest()
-    known = ledger.file(sha)
-    if known is not None:
-        note = f"already ingested as {known.name}: nothing to do"
-        ledger.record_delivery(sha, name, note)
-        return FileOutcome(name, sha, 0, 0, 0, note)
-
-    verdict, remarks = read_rows(ws, ledger, name, data)
-
-    stem = sha[:16]
-    write_atomically(archive_path(ws, sha, name), data)
-    kill_point("collect:archived")
-    if len(verdict.accepted):
-        write_atomically(ws.staged_dir / f"{stem}.parquet", parquet_bytes(verdict.accepted))
-        kill_point("collect:staged")
-    if verdict.quarantined:
-        lines = [json_line({"file": name, "sha256": sha, **q}) for q in verdict.quarantined]
-        write_atomically(ws.quarantine_dir / f"{stem}.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
-        kill_point("collect:quarantined")
-
-    rows_in = len(verdict.accepted) + len(verdict.quarantined)
-    record = FileRecord(sha, name, rows_in, len(verdict.accepted), len(verdict.quarantined), None)
-    ledger.record_file(record, size=len(data), row_keys=verdict.keys)
-    reasons: dict[str, int] = {}
-    for q in verdict.quarantined:
-        reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
-    return FileOutcome(name, sha, rows_in, record.rows_accepted, record.rows_quarantined, "ingested", reasons,
-                       remarks)
-
-
-def read_rows(ws: Workspace, ledger: Ledger, name: str, data: bytes) -> tuple[Verdict, tuple[str, ...]]:
-    """Each row of a file accepted or quarantined. A file that cannot be read is one quarantined unit whose reason
-    is the error: whatever one file holds, it never stops the files after it nor the loop (its bytes stay in
-    the archive, and the traceback in the log)."""
-    settings = ws.settings.data
-    try:
-        table = parse(data, name, (settings.text_column, settings.label_column))
-        verdict = judge(table, name, settings, ledger)
-        if len(verdict.accepted) + len(verdict.quarantined) != len(table.rows):  # every row read gets a verdict
-            raise RuntimeError(f"{len(table.rows)} rows read, but {len(verdict.accepted)} accepted and "
-                               f"{len(verdict.quarantined)} quarantined")
-    except BadFile as exc:
-        return _refused(str(exc)), ()
-    except sqlite3.Error:  # the ledger's trouble, not the file's: the run stops and the file stays in the landing zone
-        raise
-    except Exception as exc:  # a reader's bug or limit met by this file's bytes
-        logger.exception("%s could not be read; quarantined whole", name)
-        return _refused(f"unreadable file: {type(exc).__name__}: {str(exc)[:300]}"), ()
-    return verdict, table.remarks + verdict.remarks
-
-
-def _refused(reason: str) -> Verdict:
-    return Verdict(pd.DataFrame(), [{"row": 0, "reason": reason, "record": None}], [])
-
-
 def landed_files(ws: Workspace) -> list[str]:
     """Files waiting in the landing zone, oldest name first; hidden and partial files are not ready yet."""
     return [f.path for f in landing.survey(ws.landing, settle_seconds=0)[0]]
@@ -164,17 +99,41 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
         if sum(r.rows_accepted for r in group) < ws.settings.data.min_batch_rows:
             continue
         batch_id = ledger.next_batch_id()
-        frames = [pd.read_parquet(ws.staged_dir / f"{r.sha256[:16]}.parquet") for r in group]
-        batch = pd.concat(frames, ignore_index=True)
-        write_atomically(ws.batch_file(batch_id), parquet_bytes(batch))
+        rows = _concatenated([ws.staged_dir / f"{r.sha256[:16]}.parquet" for r in group], ws.batch_file(batch_id))
         kill_point("collect:batch-written")
-        ledger.record_batch(batch_id, len(batch), [r.sha256 for r in group])
+        ledger.record_batch(batch_id, rows, [r.sha256 for r in group])
         kill_point("collect:batch-recorded")
         for r in group:
             (ws.staged_dir / f"{r.sha256[:16]}.parquet").unlink(missing_ok=True)
         formed.append(batch_id)
         group = []
     return formed
+
+
+def _concatenated(parts: list[Path], path: Path) -> int:
+    """The staged files one after the other in one Parquet file, written atomically a row group at a time
+    (a batch of millions of rows never sits in memory); its number of rows."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, rows = temporary(path), 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in parts:
+            source = pq.ParquetFile(part)
+            writer = writer or pq.ParquetWriter(tmp, source.schema_arrow)
+            # By row group (staged ones hold a chunk each): iter_batches keeps what it read until the file is closed
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
+                # Staged by an older kaizen: the same columns, maybe other types; cast to the batch's own
+                writer.write_table(table if table.schema.equals(writer.schema) else table.cast(writer.schema))
+                rows += table.num_rows
+                del table
+    finally:
+        if writer is not None:
+            writer.close()
+    commit_file(tmp, path)
+    return rows
 
 
 def recover(ws: Workspace, ledger: Ledger) -> None:
@@ -187,6 +146,7 @@ def recover(ws: Workspace, ledger: Ledger) -> None:
     for folder in (ws.archive_dir, ws.staged_dir, ws.quarantine_dir, ws.accepted_dir):
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
+    keys_path(ws).unlink(missing_ok=True)
     files = {f.sha256[:16]: f.batch_id for f in ledger.files()}
     waiting = {stem for stem, batch_id in files.items() if batch_id is None}
     for staged in ws.staged_dir.glob("*.parquet"):
@@ -201,20 +161,23 @@ def recover(ws: Workspace, ledger: Ledger) -> None:
             batch.unlink()
 
 
-def collect(ws: Workspace) -> CollectResult:
-    """Ingest every file ready in the landing zone, then form the batches that have enough rows."""
+def collect(ws: Workspace, chunk_rows: int = CHUNK_ROWS) -> CollectResult:
+    """Ingest every file ready in the landing zone, then form the batches that have enough rows. Files are read
+    `chunk_rows` rows at a time: memory follows the chunk, not the file."""
     fs, _ = fsspec.core.url_to_fs(ws.landing)
     with hold(ws, "collect", wait=False), Ledger(ws.ledger_db) as ledger:
         recover(ws, ledger)
         ready, skipped = landing.survey(ws.landing, ws.settings.data.settle_seconds)
         outcomes = []
         for file in ready:
+            incoming = incoming_path(ws)  # copied first: the bytes read are the bytes archived, hashed and parsed
             try:
-                data = landing.read(fs, file)
+                sha, size = landing.fetch(fs, file, incoming)
             except landing.NotReady as exc:  # left in place and reported; the next run tries again
+                incoming.unlink(missing_ok=True)
                 skipped.append(Skipped(file.name, str(exc)))
                 continue
-            outcome = ingest_file(ws, ledger, file.name, data)
+            outcome = ingest_copy(ws, ledger, file.name, incoming, sha, size, chunk_rows)
             kill_point("collect:recorded")
             problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
             kill_point("collect:removed")

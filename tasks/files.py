@@ -95,15 +95,26 @@ def json_line(record: dict) -> str:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write, fsync, rename, fsync the folder: readers and restarts see the whole file or none of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary(path)
     with open(tmp, "wb") as out:
         out.write(data)
-        out.flush()
+    commit_file(tmp, path)
+
+
+def temporary(path: Path) -> Path:
+    """Where `path` is written before it is committed: a hidden `.tmp` name that `recover` clears after a kill."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def commit_file(tmp: Path, path: Path) -> None:
+    """Make a fully written temporary file `path`: fsync it, rename it, fsync the folder (the rename itself
+    must be durable before anything records that the file exists)."""
+    with open(tmp, "rb+") as out:
         os.fsync(out.fileno())
     kill_point("atomic:written")
     os.replace(tmp, path)
     folder = os.open(path.parent, os.O_RDONLY)
-    try:  # the rename itself must be durable before anything records that the file exists
+    try:
         os.fsync(folder)
     finally:
         os.close(folder)

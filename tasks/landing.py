@@ -15,7 +15,7 @@ import stat
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
@@ -173,6 +173,35 @@ def read(fs: Any, file: Landed) -> bytes:
     if after != file.stamp or len(data) != after[0]:
         raise NotReady(f"changed while it was read ({file.stamp[0]} bytes, then {after[0]}): read again next run")
     return data
+
+
+def fetch(fs: Any, file: Landed, dest: Path, piece: int = 1 << 20) -> tuple[str, int]:
+    """Copy the file to `dest` a piece at a time (memory stays one piece, whatever its size) and return its
+    sha256 and size; NotReady, as `read` says, when it cannot be read or changed while it was read."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    try:
+        if isinstance(fs, LocalFileSystem):
+            # O_NOFOLLOW: a link swapped in since the survey is refused; O_NONBLOCK: a FIFO never hangs us.
+            fd = os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            source = os.fdopen(fd, "rb")
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                source.close()
+                raise NotReady("not a regular file: not read")
+        else:
+            source = fs.open(file.path, "rb")
+        with source, open(dest, "wb") as out:
+            while block := source.read(piece):
+                digest.update(block)
+                out.write(block)
+                size += len(block)
+        after = look(fs, file)
+    except OSError as exc:
+        raise NotReady(f"could not be read: {exc}") from exc
+    if after != file.stamp or size != after[0]:
+        raise NotReady(f"changed while it was read ({file.stamp[0]} bytes, then {after[0]}): read again next run")
+    return digest.hexdigest(), size
 
 
 def remove(fs: Any, file: Landed) -> str | None:

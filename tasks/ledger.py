@@ -9,8 +9,8 @@ same for both; tasks/sqldb.py adapts what differs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,22 +116,33 @@ class Ledger:
                 found[key] = sha
         return found
 
-    def record_file(self, record: FileRecord, size: int, row_keys: list[tuple[str, int]]) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (record.sha256, record.name, size, now(), record.rows_in, record.rows_accepted,
-                 record.rows_quarantined),
-            )
-            db.executemany(
-                "INSERT INTO row_keys VALUES (?,?,?)", [(key, record.sha256, row) for key, row in row_keys]
-            )
-            db.execute(
-                "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
-                (record.sha256, record.name, now(), "ingested"),
-            )
-            kill_point("ledger:file-uncommitted")  # tests: a kill here must leave no trace of the file
+    def record_file(self, record: FileRecord, size: int, row_keys: Iterable[tuple[str, int]],
+                    attach: tuple[Path, str] | None = None) -> None:
+        """The file, its keys (streamed: a large file's do not fit in memory) and its delivery, in one commit.
+        `attach`: a SQLite file and a query over it (as schema `incoming`) yielding the same keys and rows; a
+        SQLite ledger copies them SQLite to SQLite, ten million keys never crossing into Python one by one."""
+        copied = attach is not None and isinstance(self._db, sqldb.SQLite)
+        with ExitStack() as stack:
+            if copied:
+                stack.enter_context(self._db.attached(attach[0], "incoming"))
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (record.sha256, record.name, size, now(), record.rows_in, record.rows_accepted,
+                     record.rows_quarantined),
+                )
+                if copied:
+                    db.execute(f"INSERT INTO row_keys (key, sha256, row) SELECT k, ?, r FROM ({attach[1]})",
+                               (record.sha256,))
+                else:
+                    db.executemany("INSERT INTO row_keys VALUES (?,?,?)",
+                                   ((key, record.sha256, row) for key, row in row_keys))
+                db.execute(
+                    "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
+                    (record.sha256, record.name, now(), "ingested"),
+                )
+                kill_point("ledger:file-uncommitted")  # tests: a kill here must leave no trace of the file
 
     def record_delivery(self, sha256: str, name: str, outcome: str) -> None:
         with self.transaction() as db:

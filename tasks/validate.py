@@ -7,12 +7,13 @@ same example.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from kaizen.tasks.dedup import FileKeys
 from kaizen.tasks.ledger import Ledger
-from kaizen.tasks.parse import Table, encodable, plain, short
+from kaizen.tasks.parse import Chunk, RawRow, encodable, plain, short
 from kaizen.tasks.settings import DataSettings
 from kaizen.tasks.text import text_key
 
@@ -26,8 +27,7 @@ ACCEPTED_COLUMNS = ["text", "label", "source", "source_row", "label_given"]
 class Verdict:
     accepted: pd.DataFrame  # ACCEPTED_COLUMNS: label_given is the label as the file wrote it, before label_map
     quarantined: list[dict]  # row, reason, record
-    keys: list[tuple[str, int]]  # dedup key and row of every accepted row
-    remarks: tuple[str, ...] = ()  # what was done to the rows that a user should know (labels mapped)
+    mappings: dict[tuple[str, str], int] = field(default_factory=dict)  # (label given, label) -> rows, where they differ
 
 
 def mapped(label: object, label_map: dict[str, str]) -> object:
@@ -56,54 +56,63 @@ def row_problem(text: object, label: object, settings: DataSettings) -> str | No
     return None
 
 
-def judge(table: Table, name: str, settings: DataSettings, ledger: Ledger) -> Verdict:
-    """Accept the rows a model can learn from, once each; quarantine every other row with its reason."""
-    raw = [{k: plain(v) for k, v in row.record.items()} for row in table.rows]
-    missing = [c for c in (settings.text_column, settings.label_column) if c not in table.columns]
+def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen: FileKeys) -> Verdict:
+    """Accept the rows of a chunk a model can learn from, once each; quarantine every other row with its reason.
+    `seen` holds the rows this file accepted in earlier chunks, and gets this chunk's."""
+    columns = (settings.text_column, settings.label_column)
+    missing = [c for c in columns if c not in chunk.columns]
     if missing:
-        reason = f"missing column(s) {missing}; the file has {short(table.columns, 300)}"
-        if any(d in c for c in table.columns for d in ",;\t|"):
+        reason = f"missing column(s) {missing}; the file has {short(chunk.columns, 300)}"
+        if any(d in c for c in chunk.columns for d in ",;\t|"):
             reason += " (wrong delimiter? a column name holds a delimiter)"
-        return Verdict(pd.DataFrame(), [{"row": i, "reason": reason, "record": r} for i, r in enumerate(raw, 1)], [])
+        return Verdict(pd.DataFrame(), [{"row": i, "reason": reason, "record": _raw(r)}
+                                        for i, r in enumerate(chunk.rows, chunk.start)])
 
     candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
     quarantined: list[dict] = []
-    for i, row in enumerate(table.rows, 1):
+    for i, row in enumerate(chunk.rows, chunk.start):
         text, label = row.record[settings.text_column], mapped(row.record[settings.label_column], settings.label_map)
         reason = row.problem or row_problem(text, label, settings)
         if reason:
-            quarantined.append({"row": i, "reason": reason, "record": raw[i - 1]})
+            quarantined.append({"row": i, "reason": reason, "record": _raw(row)})
         else:
             candidates.append((i, text, label, text_key(text)))
 
-    already = ledger.known_keys([key for *_, key in candidates])
-    seen: dict[str, tuple[int, str]] = {}
-    accepted, keys = [], []
+    keys = [key for *_, key in candidates]
+    already = ledger.known_keys(keys)
+    earlier = seen.lookup(keys)  # accepted in an earlier chunk of this file
+    fresh: dict[str, tuple[int, str]] = {}  # accepted in this chunk
+    accepted: dict[str, list] = {c: [] for c in ACCEPTED_COLUMNS}  # by column: a frame of lists is built fast
+    counts: dict[tuple[str, str], int] = {}
     for row, text, label, key in candidates:
-        if key in seen:
-            first, first_label = seen[key]
-            reason = f"duplicate of row {first} of this file"
-            reason += f", with another label ({short(first_label)} there)" if label != first_label else ""
+        first = fresh.get(key) or earlier.get(key)
+        if first:
+            reason = f"duplicate of row {first[0]} of this file"
+            reason += f", with another label ({short(first[1])} there)" if label != first[1] else ""
         elif key in already:
             origin = ledger.file(already[key])
             reason = f"duplicate of a row already ingested from {origin.name if origin else already[key]}"
         else:
-            seen[key] = (row, label)
-            given = str(raw[row - 1][settings.label_column])
-            accepted.append({"text": text, "label": label, "source": name, "source_row": row, "label_given": given})
-            keys.append((key, row))
+            fresh[key] = (row, label)
+            given = str(plain(chunk.rows[row - chunk.start].record[settings.label_column]))
+            for column, value in zip(ACCEPTED_COLUMNS, (text, label, name, row, given), strict=True):
+                accepted[column].append(value)
+            if given != label:
+                counts[(given, label)] = counts.get((given, label), 0) + 1
             continue
-        quarantined.append({"row": row, "reason": reason, "record": raw[row - 1]})
+        quarantined.append({"row": row, "reason": reason, "record": _raw(chunk.rows[row - chunk.start])})
+    seen.add([(key, row, label) for key, (row, label) in fresh.items()])
     quarantined.sort(key=lambda q: q["row"])
-    frame = pd.DataFrame(accepted, columns=ACCEPTED_COLUMNS)
-    return Verdict(frame, quarantined, keys, _mapping_remarks(frame))
+    return Verdict(pd.DataFrame(accepted, columns=ACCEPTED_COLUMNS), quarantined, counts)
 
 
-def _mapping_remarks(accepted: pd.DataFrame) -> tuple[str, ...]:
+def _raw(row: RawRow) -> dict:
+    return {k: plain(v) for k, v in row.record.items()}
+
+
+def mapping_remarks(counts: dict[tuple[str, str], int]) -> tuple[str, ...]:
     """One remark naming every label mapping applied to the accepted rows, with its number of rows."""
-    changed = accepted[accepted["label_given"] != accepted["label"]]
-    if changed.empty:
+    if not counts:
         return ()
-    counts = changed.groupby(["label_given", "label"]).size()
-    shown = ", ".join(f"{given!r} -> {label!r} ({n} rows)" for (given, label), n in counts.items())
+    shown = ", ".join(f"{given!r} -> {label!r} ({n} rows)" for (given, label), n in sorted(counts.items()))
     return (f"labels mapped by data.label_map: {shown}",)
