@@ -28,39 +28,57 @@ METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other charact
 
 
 def predictions_on(ws, model_dir: Path, model, batch: str, split: str, logged: bool = True) -> pd.DataFrame:
-    """`label`, `predicted` and each class's probability (`p_<label>`) of a model on one split of a batch. A
-    registered version's (`model`, a registry.ModelRef) are kept, named by the split's md5, under the workspace
-    and as an artifact of the version's run (logged by `check_quality`), so that no machine computes them twice;
-    `logged` False: the run has none yet (the challenger being checked), do not look."""
-    path = ws.split_file(batch, split)
-    name = f"{batch}-{split}-{hashlib.md5(path.read_bytes()).hexdigest()}.parquet"
-    cache = prediction_dir(ws, model.version) / name if model is not None else None
-    if cache is not None and logged and not cache.exists():
-        _fetch_logged(ws, model.run_id, name, cache)
-    if cache is not None and cache.exists():
-        return pd.read_parquet(cache)
-    frame = pd.read_parquet(path)
-    labels, probs = predict(model_dir, frame["text"].tolist(), max_length=ws.settings.model.max_length,
-                            device=pick_device(ws.settings.train.device))
-    out = pd.DataFrame({"label": frame["label"].to_numpy(), "predicted": labels})
-    for i, label in enumerate(ws.settings.data.labels):
-        out[f"p_{label}"] = probs[:, i]
-    if cache is not None:
-        write_atomically(cache, parquet_bytes(out))
-    return out
+    """`label`, `predicted` and each class's probability (`p_<label>`) of a model on one split of a batch."""
+    return predictions_on_each(ws, model_dir, model, [batch], split, logged)[batch]
+
+
+def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: str,
+                        logged: bool = True) -> dict[str, pd.DataFrame]:
+    """A model's predictions on one split of each of `batches` (see `predictions_on`). A registered version's
+    (`model`, a registry.ModelRef) are kept, named by the split's md5, under the workspace and as an artifact of
+    the version's run (logged by `check_quality`), so that no machine computes them twice; `logged` False: the
+    run has none yet (the challenger being checked), do not look. The splits not cached are scored in one pass:
+    one model load and one length-sorted batching, however many batches the history holds."""
+    paths = {b: ws.split_file(b, split) for b in batches}
+    names = {b: f"{b}-{split}-{hashlib.md5(p.read_bytes()).hexdigest()}.parquet" for b, p in paths.items()}
+    folder = prediction_dir(ws, model.version) if model is not None else None
+    found: dict[str, pd.DataFrame] = {}
+    if folder is not None:
+        if logged:
+            _fetch_logged(ws, model.run_id, [names[b] for b in batches if not (folder / names[b]).exists()], folder)
+        found = {b: pd.read_parquet(folder / names[b]) for b in batches if (folder / names[b]).exists()}
+    todo = {b: pd.read_parquet(paths[b]) for b in batches if b not in found}
+    if todo:
+        texts = [text for frame in todo.values() for text in frame["text"]]
+        labels, probs = predict(model_dir, texts, max_length=ws.settings.model.max_length,
+                                device=pick_device(ws.settings.train.device))
+        start = 0
+        for batch, frame in todo.items():
+            end = start + len(frame)
+            out = pd.DataFrame({"label": frame["label"].to_numpy(), "predicted": labels[start:end]})
+            for i, label in enumerate(ws.settings.data.labels):
+                out[f"p_{label}"] = probs[start:end, i]
+            if folder is not None:
+                write_atomically(folder / names[batch], parquet_bytes(out))
+            found[batch], start = out, end
+    return {b: found[b] for b in batches}
 
 
 def prediction_dir(ws, version: str) -> Path:
     return ws.runs_dir / "predictions" / f"v{version}"
 
 
-def _fetch_logged(ws, run_id: str, name: str, cache: Path) -> None:
-    """Copy a version's logged predictions into the local cache, when its run has them."""
+def _fetch_logged(ws, run_id: str, names: list[str], folder: Path) -> None:
+    """Copy those of a version's logged predictions that its run has into the local cache (one listing)."""
     from kaizen.tasks import registry
 
+    if not names:
+        return
     client = registry.connect(ws)
-    if any(a.path == f"predictions/{name}" for a in client.list_artifacts(run_id, "predictions")):
-        write_atomically(cache, Path(client.download_artifacts(run_id, f"predictions/{name}")).read_bytes())
+    logged = {a.path for a in client.list_artifacts(run_id, "predictions")}
+    for name in names:
+        if f"predictions/{name}" in logged:
+            write_atomically(folder / name, Path(client.download_artifacts(run_id, f"predictions/{name}")).read_bytes())
 
 
 def trusted_batches(ws, batches: tuple[str, ...]) -> list[str]:
@@ -126,12 +144,12 @@ def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftRes
     from kaizen.tasks import lineage, registry
 
     reports = report_dir(ws, it)
-    paired: dict[str, PairedPredictions] = {}
-    for batch in trusted_batches(ws, it.batches):
-        new = predictions_on(ws, challenger.model_dir, challenger.model, batch, "test", logged=False)
-        old = predictions_on(ws, champion_dir, it.champion, batch, "test") if it.champion else None
-        paired[batch] = PairedPredictions(tuple(new["label"]), tuple(new["predicted"]),
-                                          tuple(old["predicted"]) if old is not None else None)
+    trusted = trusted_batches(ws, it.batches)
+    news = predictions_on_each(ws, challenger.model_dir, challenger.model, trusted, "test", logged=False)
+    olds = predictions_on_each(ws, champion_dir, it.champion, trusted, "test") if it.champion else {}
+    paired = {batch: PairedPredictions(tuple(new["label"]), tuple(new["predicted"]),
+                                       tuple(olds[batch]["predicted"]) if batch in olds else None)
+              for batch, new in news.items()}
     earlier = [b for b in paired if b != it.batch_id]
     for title, batches in ((it.batch_id, [it.batch_id]), ("earlier", earlier)):
         if batches:

@@ -149,6 +149,8 @@ def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | Non
     registry.tag_version(client, name, challenger_version, tags)
     client.update_model_version(name, challenger_version, description=gate.summary)
     registry.set_tags(client, it.run_id, tags)
+    # MLflow cuts a tag at 8,000 characters (about 40 earlier batches of reasons): the whole text goes with the run.
+    client.log_text(it.run_id, reasons + "\n", "gate/reasons.txt")
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     registry.set_tags(client, it.run_id, {TAG["champion_version"]: champion.version if champion else ""})
     if champion is not None:

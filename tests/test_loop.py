@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from scipy.stats import binomtest
@@ -91,6 +92,9 @@ def test_registry_aliases_and_lineage(loop_state) -> None:
         assert tags[TAG["data_version"]] == read_data_version(lock).prepared_md5
         assert tags[TAG["decision"]] == decision
         assert tags[TAG["reasons"]]
+        run_id = registry.model_version(client, name, version).run_id
+        # the whole text with the run, as MLflow cuts long tags (the version's model run is the iteration's)
+        assert Path(client.download_artifacts(run_id, "gate/reasons.txt")).read_text() == tags[TAG["reasons"]] + "\n"
         assert len(tags[TAG["code_commit"]]) >= 7
         assert tags[TAG["flow_run_id"]]
     assert registry.model_version(client, name, "2").tags[TAG["batches_seen"]] == "batch-0001,batch-0002"
@@ -192,3 +196,38 @@ def test_the_default_gate_decides_a_real_iteration(loop_state, domains, tmp_path
     passes = (score["challenger"][new] >= gate.min_score and improved
               and not any(" is shown " in r for r in reasons))
     assert summary["decision"] == ("promoted" if passes else "rejected"), (score, reasons)
+
+
+def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp_path, monkeypatch) -> None:
+    """A version's predictions on each test split were kept when it was checked, locally and with its run: a
+    machine without the local copy reads them from the run and never loads the model; and scoring several
+    uncached splits in one pass gives what scoring each alone gives."""
+    import shutil
+
+    import numpy as np
+
+    from kaizen.tasks.evaluate import prediction_dir, predictions_on, predictions_on_each
+    from kaizen.tasks.workspace import Workspace
+
+    ws, _, _ = loop_state
+    root = tmp_path / "moved"
+    shutil.copytree(ws.root, root, symlinks=True)
+    monkeypatch.setenv("KAIZEN_WORKSPACE_ID", ws.workspace_id)
+    moved = Workspace.open(root)
+    client = registry.connect(moved)
+    name = moved.settings.model.registered_name
+    version = registry.model_version(client, name, "2")  # checked as the challenger on batches 1 and 2
+    batches = ["batch-0001", "batch-0002"]
+    kept = {b: pd.read_parquet(next(prediction_dir(ws, "2").glob(f"{b}-test-*.parquet"))) for b in batches}
+    shutil.rmtree(prediction_dir(moved, "2"))
+
+    fetched = predictions_on_each(moved, tmp_path / "no-such-model", version, batches, "test")
+
+    for batch in batches:
+        pd.testing.assert_frame_equal(fetched[batch], kept[batch])
+    model_dir = registry.download_model(client, name, "2", tmp_path / "model")
+    together = predictions_on_each(moved, model_dir, None, batches, "test")
+    for batch in batches:
+        alone = predictions_on(moved, model_dir, None, batch, "test")
+        assert together[batch]["predicted"].tolist() == alone["predicted"].tolist() == kept[batch]["predicted"].tolist()
+        np.testing.assert_allclose(together[batch].filter(like="p_"), alone.filter(like="p_"), atol=1e-5)
