@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -155,43 +155,14 @@ def _settle(fs: Any, files: list[Landed], seconds: float, skipped: list[Skipped]
     return ready, skipped
 
 
-def read(fs: Any, file: Landed) -> bytes:
-    """The file's bytes, read whole; NotReady when it cannot be read or changed while it was read."""
-    try:
-        if isinstance(fs, LocalFileSystem):
-            # O_NOFOLLOW: a link swapped in since the survey is refused; O_NONBLOCK: a FIFO never hangs us.
-            fd = os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                    raise NotReady("not a regular file: not read")
-                data = handle.read()
-        else:
-            data = fs.cat_file(file.path)
-        after = look(fs, file)
-    except OSError as exc:
-        raise NotReady(f"could not be read: {exc}") from exc
-    if after != file.stamp or len(data) != after[0]:
-        raise NotReady(f"changed while it was read ({file.stamp[0]} bytes, then {after[0]}): read again next run")
-    return data
-
-
 def fetch(fs: Any, file: Landed, dest: Path, piece: int = 1 << 20) -> tuple[str, int]:
     """Copy the file to `dest` a piece at a time (memory stays one piece, whatever its size) and return its
-    sha256 and size; NotReady, as `read` says, when it cannot be read or changed while it was read."""
+    sha256 and size; NotReady when it cannot be read or changed while it was read."""
     import hashlib
 
     digest, size = hashlib.sha256(), 0
     try:
-        if isinstance(fs, LocalFileSystem):
-            # O_NOFOLLOW: a link swapped in since the survey is refused; O_NONBLOCK: a FIFO never hangs us.
-            fd = os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            source = os.fdopen(fd, "rb")
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-                source.close()
-                raise NotReady("not a regular file: not read")
-        else:
-            source = fs.open(file.path, "rb")
-        with source, open(dest, "wb") as out:
+        with _opened(fs, file) as source, open(dest, "wb") as out:
             while block := source.read(piece):
                 digest.update(block)
                 out.write(block)
@@ -202,6 +173,17 @@ def fetch(fs: Any, file: Landed, dest: Path, piece: int = 1 << 20) -> tuple[str,
     if after != file.stamp or size != after[0]:
         raise NotReady(f"changed while it was read ({file.stamp[0]} bytes, then {after[0]}): read again next run")
     return digest.hexdigest(), size
+
+
+def _opened(fs: Any, file: Landed) -> BinaryIO:
+    if not isinstance(fs, LocalFileSystem):
+        return fs.open(file.path, "rb")
+    # O_NOFOLLOW: a link swapped in since the survey is refused; O_NONBLOCK: a FIFO never hangs us.
+    source = os.fdopen(os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
+    if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+        source.close()
+        raise NotReady("not a regular file: not read")
+    return source
 
 
 def remove(fs: Any, file: Landed) -> str | None:

@@ -417,11 +417,13 @@ def test_a_file_that_changes_while_read_or_before_removal_stays(new_ws) -> None:
     (file,), _ = landing.survey(ws.landing, settle_seconds=0)
     with open(path, "ab") as out:  # a writer appends after the survey looked
         out.write(b"more,positive\n")
+    copy = ws.root / "copy"
     with pytest.raises(landing.NotReady, match=r"changed while it was read \(\d+ bytes, then \d+\)"):
-        landing.read(fs, file)
+        landing.fetch(fs, file, copy)
 
     (file,), _ = landing.survey(ws.landing, settle_seconds=0)
-    assert landing.read(fs, file) == path.read_bytes()
+    landing.fetch(fs, file, copy)
+    assert copy.read_bytes() == path.read_bytes()
     path.write_bytes(csv_bytes(GOOD[2:]))  # replaced after it was read: removing it would lose the new rows
     assert landing.remove(fs, file).startswith("left in the landing zone: it changed after it was read")
     assert path.read_bytes() == csv_bytes(GOOD[2:])
