@@ -31,6 +31,7 @@ from kaizen.tasks.ingest import (
     ingest_copy,
     ingest_file,
     keys_path,
+    staged_path,
 )
 from kaizen.tasks.landing import Skipped
 from kaizen.tasks.ledger import FileRecord, Ledger
@@ -99,12 +100,12 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
         if sum(r.rows_accepted for r in group) < ws.settings.data.min_batch_rows:
             continue
         batch_id = ledger.next_batch_id()
-        rows = _concatenated([ws.staged_dir / f"{r.sha256[:16]}.parquet" for r in group], ws.batch_file(batch_id))
+        rows = _concatenated([staged_path(ws, r.sha256) for r in group], ws.batch_file(batch_id))
         kill_point("collect:batch-written")
         ledger.record_batch(batch_id, rows, [r.sha256 for r in group])
         kill_point("collect:batch-recorded")
         for r in group:
-            (ws.staged_dir / f"{r.sha256[:16]}.parquet").unlink(missing_ok=True)
+            (staged_path(ws, r.sha256)).unlink(missing_ok=True)
         formed.append(batch_id)
         group = []
     return formed

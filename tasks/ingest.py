@@ -57,6 +57,16 @@ def archive_path(ws: Workspace, sha: str, name: str) -> Path:
     return ws.archive_dir / f"{sha[:16]}-{landing.safe_component(landing.printable(name))}"
 
 
+def staged_path(ws: Workspace, sha: str) -> Path:
+    """A file's accepted rows until they join a batch."""
+    return ws.staged_dir / f"{sha[:16]}.parquet"
+
+
+def quarantine_path(ws: Workspace, sha: str) -> Path:
+    """A file's quarantined rows, each with its reason."""
+    return ws.quarantine_dir / f"{sha[:16]}.jsonl"
+
+
 def incoming_path(ws: Workspace) -> Path:
     """Where a landed file is copied before its hash, and so its archive name, is known."""
     ws.archive_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +98,7 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
         ledger.record_delivery(sha, name, note)
         return FileOutcome(name, sha, 0, 0, 0, note)
 
-    stem = sha[:16]
-    staged, quarantine = ws.staged_dir / f"{stem}.parquet", ws.quarantine_dir / f"{stem}.jsonl"
+    staged, quarantine = staged_path(ws, sha), quarantine_path(ws, sha)
     for folder in (ws.staged_dir, ws.quarantine_dir):
         folder.mkdir(parents=True, exist_ok=True)
     with FileKeys(keys_path(ws), size, pending=4 * chunk_rows) as seen:
@@ -141,13 +150,12 @@ def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: 
     import pyarrow.parquet as pq
 
     settings = ws.settings.data
-    stem = sha[:16]
-    staged = temporary(ws.staged_dir / f"{stem}.parquet")
+    staged = temporary(staged_path(ws, sha))
     seen.clear()
     tally = Tally()
     writer: pq.ParquetWriter | None = None
     try:
-        with open(temporary(ws.quarantine_dir / f"{stem}.jsonl"), "w", encoding="utf-8", newline="\n") as out:
+        with open(temporary(quarantine_path(ws, sha)), "w", encoding="utf-8", newline="\n") as out:
             for chunk in read_chunks(path, name, (settings.text_column, settings.label_column), chunk_rows, columns):
                 verdict = judge(chunk, name, settings, ledger, seen)
                 if len(verdict.accepted) + len(verdict.quarantined) != len(chunk.rows):  # every row gets a verdict
@@ -177,10 +185,9 @@ def _quarantine(out: IO[str], name: str, sha: str, records: list[dict[str, Any]]
 
 def _refused(ws: Workspace, name: str, sha: str, seen: FileKeys, reason: str) -> Tally:
     """The whole file as one quarantined unit: no row of it is kept, whatever was read before the fault."""
-    stem = sha[:16]
-    temporary(ws.staged_dir / f"{stem}.parquet").unlink(missing_ok=True)
+    temporary(staged_path(ws, sha)).unlink(missing_ok=True)
     seen.clear()
     tally = Tally()
-    with open(temporary(ws.quarantine_dir / f"{stem}.jsonl"), "w", encoding="utf-8", newline="\n") as out:
+    with open(temporary(quarantine_path(ws, sha)), "w", encoding="utf-8", newline="\n") as out:
         _quarantine(out, name, sha, [{"row": 0, "reason": reason, "record": None}], tally)
     return tally
