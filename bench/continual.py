@@ -14,6 +14,7 @@ domain, their mean, the worst drop of a domain below its best after any step, an
 (rows x epochs) as a share of joint's.
 
     .venv/bin/python bench/continual.py [--rows 800] [--seeds 13,14,15] [--orders movies,amazon,finefood,airline]
+                                        [--set train.distill_weight=0.5 ...] [--work DIR]
 """
 
 from __future__ import annotations
@@ -48,42 +49,49 @@ def accuracies(model_dir: Path, ws, batches: list[str]) -> dict[str, float]:
     return out
 
 
-def kaizen_arm(root: Path, files: list[Path], seed: int) -> dict:
-    """The real loop, one batch per iteration."""
+def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict) -> dict:
+    """The real loop, one batch per iteration. A step that leaves no champion (the first batch refused) scores
+    NaN on every domain: the table shows it rather than the script stopping."""
     from kaizen.flows.loop import iteration
     from kaizen.tasks import registry
     from kaizen.tasks.workspace import Workspace, init_workspace
 
     init_workspace(root)
-    write_overrides(root / "params.yaml", {"preprocess.seed": seed, "train.seed": seed})
+    write_overrides(root / "params.yaml", {"preprocess.seed": seed, "train.seed": seed, **overrides})
     ws = Workspace.open(root)
     landing = Path(ws.landing)
     landing.mkdir(parents=True, exist_ok=True)
-    per_step, samples, decisions, batches = [], 0, [], []
+    per_step, samples, decisions, batches, champion = [], 0, [], [], None
     for path in files:
         (landing / path.name).write_bytes(path.read_bytes())
+        epochs = ws.settings.train.epochs if champion else ws.settings.train.bootstrap_epochs
         summary = iteration(str(root))
         batches.append(summary["batch"])
         client = registry.connect(ws)
         champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
-        per_step.append(accuracies(registry.local_model(ws, champion.version), ws, batches))
+        per_step.append(accuracies(registry.local_model(ws, champion.version), ws, batches) if champion
+                        else dict.fromkeys(batches, float("nan")))
         decisions.append(summary["decision"])
         if summary.get("challenger_version"):
-            metrics = client.get_run(summary["run_id"]).data.metrics
-            epochs = ws.settings.train.bootstrap_epochs if len(per_step) == 1 else ws.settings.train.epochs
-            samples += int(metrics["train.rows"]) * epochs
-        print(f"    kaizen: {summary['batch']} {summary['decision']}, champion v{summary['champion_version']}",
-              flush=True)
+            samples += int(client.get_run(summary["run_id"]).data.metrics["train.rows"]) * epochs
+        print(f"    kaizen: {summary['batch']} {summary['decision']}, champion "
+              f"{'v' + str(champion.version) if champion else 'none'}", flush=True)
     bootstrap = registry.local_model(ws, "1")
     return {"steps": per_step, "samples": samples, "decisions": decisions, "ws": ws, "bootstrap": bootstrap,
             "batches": batches}
 
 
-def train_on(ws, start: Path, frame: pd.DataFrame, val: pd.DataFrame, epochs: int, out: Path) -> Path:
-    from kaizen.tasks.train import fine_tune
+def train_on(ws, start: Path, frame: pd.DataFrame, val: pd.DataFrame, epochs: int, out: Path,
+             from_scratch: bool = False) -> Path:
+    """A plain fine-tune (no merge, no distillation); from the pretrained encoder it weighs the labels as the
+    loop's bootstrap does."""
+    from kaizen.tasks.train import balanced_weights, fine_tune
 
+    weights = balanced_weights(frame["label"], LABELS) if from_scratch and (
+        ws.settings.train.balance_classes != "never") else None
     return fine_tune(str(start), frame.sample(frac=1.0, random_state=ws.settings.train.seed), val, LABELS,
-                     model=ws.settings.model, train_settings=ws.settings.train, epochs=epochs, out_dir=out).model_dir
+                     model=ws.settings.model, train_settings=ws.settings.train, epochs=epochs, out_dir=out,
+                     class_weights=weights).model_dir
 
 
 def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_ratio: float, gated: bool) -> dict:
@@ -119,7 +127,7 @@ def joint_arm(ws, batches: list[str], work: Path) -> dict:
     trains = [pd.read_parquet(ws.split_file(b, "train")) for b in batches]
     val = pd.concat([pd.read_parquet(ws.split_file(b, "val")) for b in batches], ignore_index=True)
     model = train_on(ws, Path(resolve_backbone(ws.settings.model.backbone)), pd.concat(trains, ignore_index=True),
-                     val, epochs, work / "joint")
+                     val, epochs, work / "joint", from_scratch=True)
     # Retraining at every arrival: the samples of each retraining, though only the last one is run here.
     samples = sum(sum(len(t) for t in trains[: k + 1]) * epochs for k in range(len(trains)))
     return {"steps": [accuracies(model, ws, batches)], "samples": samples, "decisions": []}
@@ -127,12 +135,12 @@ def joint_arm(ws, batches: list[str], work: Path) -> dict:
 
 def summarise(result: dict, batches: list[str]) -> dict:
     final = result["steps"][-1]
-    worst = max([0.0] + [max(s[b] for s in result["steps"] if b in s) - final[b] for b in batches])
+    worst = max([0.0] + [np.nanmax([s[b] for s in result["steps"] if b in s]) - final[b] for b in batches])
     return {"final": [final[b] for b in batches], "mean": float(np.mean([final[b] for b in batches])),
             "forgetting": worst, "samples": result["samples"], "decisions": result["decisions"]}
 
 
-def one_run(work: Path, order: list[str], seed: int, rows: int) -> dict[str, dict]:
+def one_run(work: Path, order: list[str], seed: int, rows: int, overrides: dict) -> dict[str, dict]:
     sources = ROOT / ".kaizen" / "sources"
     stream.fetch_sources(sources)
     files = []
@@ -142,7 +150,7 @@ def one_run(work: Path, order: list[str], seed: int, rows: int) -> dict[str, dic
         path = work / "stream" / f"{i:02d}-{name}.csv"
         path.write_bytes(frame_bytes(frame[["text", "label"]], path.name))
         files.append(path)
-    kaizen = kaizen_arm(work / "kaizen", files, seed)
+    kaizen = kaizen_arm(work / "kaizen", files, seed, overrides)
     ws, batches = kaizen["ws"], kaizen["batches"]
     arms = {"naive": sequential_arm(ws, batches, kaizen["bootstrap"], work / "naive", 0.0, gated=False),
             "fixed-gate": sequential_arm(ws, batches, kaizen["bootstrap"], work / "fixed", 0.5, gated=True),
@@ -169,8 +177,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="13,14,15")
     parser.add_argument("--orders", default="movies,amazon,finefood,airline;airline,finefood,amazon,movies",
                         help="orders of the domains, separated by ';'")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="params.yaml override of the kaizen arm (YAML value), e.g. train.distill_weight=0.5")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
     args = parser.parse_args()
+    import yaml
+
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -182,12 +195,12 @@ def main() -> None:
             work = args.work / f"{'-'.join(order)}-seed{seed}"
             shutil.rmtree(work, ignore_errors=True)
             print(f"order {order}, seed {seed}", flush=True)
-            runs.append(one_run(work, order, seed, args.rows))
+            runs.append(one_run(work, order, seed, args.rows, overrides))
             (work / "result.json").write_text(json.dumps(runs[-1], indent=1))
         report.append(f"order: {' -> '.join(order)}; seeds {args.seeds}; decisions (kaizen): "
                       f"{[r['kaizen']['decisions'] for r in runs]}\n\n{table(runs, order)}\n")
         print(report[-1], flush=True)
-    header = (f"rows per domain {args.rows}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    header = (f"rows per domain {args.rows}; overrides {overrides or 'none'}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"{time.perf_counter() - began:.0f} s in all")
     (args.work / "table.md").write_text(header + "\n\n" + "\n".join(report))
     print(header)

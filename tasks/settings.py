@@ -149,6 +149,7 @@ class TrainSettings(_Section):
     device: Literal["auto", "cpu", "cuda"]
     processes: int = Field(ge=1, le=64)
     deployment: str = Field(pattern=r"^$|^[^/]+/[^/]+$")
+    balance_classes: Literal["never", "bootstrap", "always"]
     distill_weight: float = Field(ge=0.0, lt=1.0)
     distill_temperature: float = Field(gt=0.0)
     skip_if_champion_above: float = Field(ge=0.0)

@@ -53,9 +53,11 @@ def encoded(tokenizer, frame: pd.DataFrame, label_id: dict[str, int], max_length
                     teacher_logits)
 
 
-def distilling_trainer(weight: float, temperature: float):
+def distilling_trainer(weight: float, temperature: float, class_weights: list[float] | None = None):
     """A Trainer whose loss mixes in KL to the champion's outputs (learning without forgetting), for rows that
-    carry `teacher_logits`; rows without them (validation) get the plain loss."""
+    carry `teacher_logits`; rows without them (validation) get the plain loss. With `class_weights` (one per
+    label) the cross-entropy weighs each row by its label's weight."""
+    import torch
     import torch.nn.functional as F
     from transformers import Trainer
 
@@ -64,6 +66,9 @@ def distilling_trainer(weight: float, temperature: float):
             teacher = inputs.pop("teacher_logits", None)
             outputs = model(**inputs)
             loss = outputs.loss
+            if class_weights is not None and "labels" in inputs:
+                w = torch.tensor(class_weights, dtype=outputs.logits.dtype, device=outputs.logits.device)
+                loss = F.cross_entropy(outputs.logits, inputs["labels"], weight=w)
             if teacher is not None and weight > 0:
                 kd = F.kl_div(F.log_softmax(outputs.logits / temperature, dim=-1),
                               F.softmax(teacher.to(outputs.logits.dtype) / temperature, dim=-1),
@@ -144,7 +149,7 @@ def run(job: Path) -> None:
         remove_unused_columns=False,  # keep teacher_logits: compute_loss takes them out itself
     )
     label_id = {label: i for i, label in enumerate(labels)}
-    trainer = distilling_trainer(settings.distill_weight, settings.distill_temperature)(
+    trainer = distilling_trainer(settings.distill_weight, settings.distill_temperature, spec.get("class_weights"))(
         model=net, args=args, train_dataset=encoded(tokenizer, train, label_id, model.max_length, teacher),
         eval_dataset=encoded(tokenizer, val, label_id, model.max_length) if len(val) else None,
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),

@@ -20,7 +20,7 @@ def test_minilm_learns_movie_sentiment_well_above_chance(domains, tmp_path: Path
     model = ModelSettings(registered_name="m", backbone="minilm", max_length=64)
     settings = TrainSettings(epochs=2, bootstrap_epochs=2, batch_size=16, learning_rate=1e-4, weight_decay=0.01,
                              warmup_ratio=0.1, max_train_rows=0, seed=13, device="auto", processes=1, deployment="",
-                             distill_weight=0.0, distill_temperature=2.0, skip_if_champion_above=1.01,
+                             balance_classes="never", distill_weight=0.0, distill_temperature=2.0, skip_if_champion_above=1.01,
                              merge_alphas=(1.0,), merge_val_rows=100)
     result = fine_tune(resolve_backbone("minilm"), train, val, ("negative", "positive"), model=model,
                        train_settings=settings, epochs=2, out_dir=tmp_path)
