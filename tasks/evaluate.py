@@ -28,26 +28,34 @@ METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other charact
 
 
 def predictions_on(ws, model_dir: Path, model, batch: str, split: str, logged: bool = True) -> pd.DataFrame:
-    """`label`, `predicted` and each class's probability (`p_<label>`) of a model on one split of a batch."""
+    """`row` (the row of the split), `label`, `predicted` and each class's probability (`p_<label>`) of a model on
+    one split of a batch."""
     return predictions_on_each(ws, model_dir, model, [batch], split, logged)[batch]
 
 
-def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: str,
-                        logged: bool = True) -> dict[str, pd.DataFrame]:
-    """A model's predictions on one split of each of `batches` (see `predictions_on`). A registered version's
-    (`model`, a registry.ModelRef) are kept, named by the split's md5, under the workspace and as an artifact of
-    the version's run (logged by `check_quality`), so that no machine computes them twice; `logged` False: the
-    run has none yet (the challenger being checked), do not look. The splits not cached are scored in one pass:
-    one model load and one length-sorted batching, however many batches the history holds."""
+def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: str, logged: bool = True,
+                        rows: dict[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
+    """A model's predictions on one split of each of `batches` (see `predictions_on`), on the `rows` given for a
+    batch (row numbers of its split, in order) or on all of them. A registered version's (`model`, a
+    registry.ModelRef) are kept per row, named by the split's md5, under the workspace and as an artifact of the
+    version's run (logged by `check_quality`), so that no machine computes them twice; `logged` False: the run has
+    none yet (the challenger being checked), do not look. Rows not cached are scored in one pass: one model load
+    and one length-sorted batching, however many batches the history holds."""
+    import pyarrow.parquet as pq
+
     paths = {b: ws.split_file(b, split) for b in batches}
     names = {b: f"{b}-{split}-{hashlib.md5(p.read_bytes()).hexdigest()}.parquet" for b, p in paths.items()}
+    wanted = {b: np.asarray(rows[b]) if rows and b in rows else np.arange(pq.read_metadata(paths[b]).num_rows)
+              for b in batches}
     folder = prediction_dir(ws, model.version) if model is not None else None
-    found: dict[str, pd.DataFrame] = {}
+    cached: dict[str, pd.DataFrame] = {}
     if folder is not None:
         if logged:
             _fetch_logged(ws, model.run_id, [names[b] for b in batches if not (folder / names[b]).exists()], folder)
-        found = {b: pd.read_parquet(folder / names[b]) for b in batches if (folder / names[b]).exists()}
-    todo = {b: pd.read_parquet(paths[b]) for b in batches if b not in found}
+        cached = {b: _with_rows(pd.read_parquet(folder / names[b])) for b in batches if (folder / names[b]).exists()}
+    found = {b: frame.set_index("row").loc[wanted[b]].reset_index() for b, frame in cached.items()
+             if np.isin(wanted[b], frame["row"]).all()}
+    todo = {b: pd.read_parquet(paths[b]).iloc[wanted[b]] for b in batches if b not in found}
     if todo:
         texts = [text for frame in todo.values() for text in frame["text"]]
         labels, probs = predict(model_dir, texts, max_length=ws.settings.model.max_length,
@@ -55,13 +63,40 @@ def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: s
         start = 0
         for batch, frame in todo.items():
             end = start + len(frame)
-            out = pd.DataFrame({"label": frame["label"].to_numpy(), "predicted": labels[start:end]})
+            out = pd.DataFrame({"row": wanted[batch], "label": frame["label"].to_numpy(),
+                                "predicted": labels[start:end]})
             for i, label in enumerate(ws.settings.data.labels):
                 out[f"p_{label}"] = probs[start:end, i]
-            if folder is not None:
-                write_atomically(folder / names[batch], parquet_bytes(out))
-            found[batch], start = out, end
+            if folder is not None:  # with the rows cached before, so the file only ever grows
+                kept = cached.get(batch, out.iloc[:0])
+                merged = pd.concat([kept[~kept["row"].isin(out["row"])], out]).sort_values("row")
+                write_atomically(folder / names[batch], parquet_bytes(merged.reset_index(drop=True)))
+            found[batch], start = out.reset_index(drop=True), end
     return {b: found[b] for b in batches}
+
+
+def _with_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """A cached file from before predictions were kept per row held every row of its split, in order."""
+    return frame if "row" in frame else frame.assign(row=np.arange(len(frame)))
+
+
+def earlier_rows(ws, batches: list[str], new_batch: str) -> dict[str, np.ndarray]:
+    """The rows of each earlier batch's test split that the challenger is judged on: all of them while the earlier
+    splits hold `gate.max_earlier_rows` rows or fewer together, so that evaluation stops growing with the history
+    beyond that; then an equal share of each. A share is the first rows of a permutation fixed per batch, so a
+    later, smaller share is part of an earlier one, and the champion's predictions from when it was the
+    challenger still cover it."""
+    import pyarrow.parquet as pq
+
+    from kaizen.tasks.preprocess import batch_seed
+
+    cap, earlier = ws.settings.gate.max_earlier_rows, [b for b in batches if b != new_batch]
+    sizes = {b: pq.read_metadata(ws.split_file(b, "test")).num_rows for b in earlier}
+    if cap == 0 or sum(sizes.values()) <= cap:
+        return {}
+    share = max(1, cap // len(earlier))
+    return {b: np.sort(np.random.default_rng(batch_seed(ws.settings.preprocess.seed, f"judge:{b}")).permutation(n)[
+        :share]) for b, n in sizes.items()}
 
 
 def prediction_dir(ws, version: str) -> Path:
@@ -145,8 +180,9 @@ def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftRes
 
     reports = report_dir(ws, it)
     trusted = trusted_batches(ws, it.batches)
-    news = predictions_on_each(ws, challenger.model_dir, challenger.model, trusted, "test", logged=False)
-    olds = predictions_on_each(ws, champion_dir, it.champion, trusted, "test") if it.champion else {}
+    judged = earlier_rows(ws, trusted, it.batch_id)
+    news = predictions_on_each(ws, challenger.model_dir, challenger.model, trusted, "test", logged=False, rows=judged)
+    olds = predictions_on_each(ws, champion_dir, it.champion, trusted, "test", rows=judged) if it.champion else {}
     paired = {batch: PairedPredictions(tuple(new["label"]), tuple(new["predicted"]),
                                        tuple(olds[batch]["predicted"]) if batch in olds else None)
               for batch, new in news.items()}
@@ -161,6 +197,7 @@ def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftRes
     client = registry.connect(ws)
     metrics = {score_metric(model, batch, metric): value for model in ("challenger", "champion")
                for metric in ("accuracy", "f1") for batch, value in (evaluation.scores(model, metric) or {}).items()}
+    metrics["evaluation.earlier_rows"] = float(sum(len(paired[b].labels) for b in earlier))
     registry.log_metrics(client, it.run_id, metrics)
     lineage.log_evaluation_matrix(client, it.run_id, evaluation, reports)
     tests = {f"{it.batch_id}/test": pd.read_parquet(ws.split_file(it.batch_id, "test"))}

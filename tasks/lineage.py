@@ -37,15 +37,19 @@ def evaluation_matrix(evaluation) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "batch", "accuracy", "f1"])
 
 
+HEATMAP_BATCHES = 20  # wider is unreadable, and drawing grows with the history; matrix.json keeps every batch
+
+
 def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Models by batches, coloured by `metric`, each cell annotated."""
+    """Models by batches (the last HEATMAP_BATCHES of them), coloured by `metric`, each cell annotated."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display here, and none needed
     import matplotlib.pyplot as plt
 
-    grid = matrix.pivot(index="model", columns="batch", values=metric).reindex(["champion", "challenger"]).dropna(
+    full = matrix.pivot(index="model", columns="batch", values=metric).reindex(["champion", "challenger"]).dropna(
         how="all")
+    grid = full.iloc[:, -HEATMAP_BATCHES:]  # batch ids sort in order of arrival
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * grid.shape[1], 0.8 + 0.7 * grid.shape[0]))
     image = ax.imshow(grid.values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
@@ -55,7 +59,8 @@ def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
             value = grid.values[i, j]
             if pd.notna(value):
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    ax.set_title(f"{metric} on each batch's test split")
+    ax.set_title(f"{metric} on each batch's test split" + (f" (last {grid.shape[1]} of {full.shape[1]} batches)"
+                                                             if full.shape[1] > grid.shape[1] else ""))
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -149,7 +149,8 @@ class TrainSettings(_Section):
     device: Literal["auto", "cpu", "cuda"]
     processes: int = Field(ge=1, le=64)
     deployment: str = Field(pattern=r"^$|^[^/]+/[^/]+$")
-    balance_classes: Literal["never", "bootstrap", "always"]
+    # A default, unlike the other knobs: a workspace made before this knob existed still loads.
+    balance_classes: Literal["never", "bootstrap", "always"] = "bootstrap"
     distill_weight: float = Field(ge=0.0, lt=1.0)
     distill_temperature: float = Field(gt=0.0)
     skip_if_champion_above: float = Field(ge=0.0)
@@ -179,6 +180,8 @@ class GateSettings(_Section):
     alpha: float = Field(gt=0.0, lt=0.5)
     resamples: int = Field(ge=100)
     min_test_rows: int = Field(ge=1)
+    # A default, so that a workspace made before this knob existed still loads.
+    max_earlier_rows: int = Field(default=4000, ge=0)
     require_approval: bool
     approval_timeout_seconds: int = Field(ge=1)
 

@@ -197,7 +197,9 @@ def train_challenger(ws, it) -> Challenger:
     registry.log_metrics(client, it.run_id, {"train.rows": result.train_rows,
                                              "train.replay_rows": sum(replay_rows.values()),
                                              "train.seconds": result.seconds,
-                                             **{f"replay.{b}.rows": n for b, n in replay_rows.items()}})
+                                             **{f"replay.{b}.rows": n for b, n in replay_rows.items()},
+                                             **({f"train.class_weight.{label}": w for label, w in
+                                                 zip(ws.settings.data.labels, weights, strict=True)} if weights else {})})
     registry.set_tags(client, it.run_id, {TAG["start"]: start if it.champion is None else
                                           f"{name}/{it.champion.version}", TAG["device"]: result.device})
     seen = (batches_seen(it.champion) if it.champion else []) + [it.batch_id]

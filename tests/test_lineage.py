@@ -29,3 +29,20 @@ def test_forgetting_is_the_drop_from_the_best_accuracy_so_far() -> None:
 def test_one_step_has_nothing_to_forget() -> None:
     assert step_through(MATRIX[:1]) == [({}, None)]
     assert forgetting_and_bwt({}, {}, {}) == ({}, None)
+
+
+def test_the_heatmap_draws_the_last_batches_only(tmp_path) -> None:
+    """Drawing grows with the columns: past HEATMAP_BATCHES the picture keeps the latest batches (matrix.json,
+    logged beside it, keeps them all), so a long history neither slows the check nor makes it unreadable."""
+    import pandas as pd
+    from PIL import Image
+
+    from kaizen.tasks.lineage import HEATMAP_BATCHES, heatmap
+
+    def width(n: int) -> int:
+        rows = [{"model": m, "batch": f"batch-{i:04d}", "accuracy": 0.5 + i / 200} for m in ("champion", "challenger")
+                for i in range(1, n + 1)]
+        return Image.open(heatmap(pd.DataFrame(rows), "accuracy", tmp_path / f"{n}.png")).size[0]
+
+    assert width(3) < width(HEATMAP_BATCHES)
+    assert width(HEATMAP_BATCHES + 30) == width(HEATMAP_BATCHES)

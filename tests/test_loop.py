@@ -23,6 +23,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.data_version import read_data_version
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG
+from kaizen.tasks.workspace import Workspace
 from tests.helpers import FAST, OPEN_GATE, land, sample, write_params
 
 
@@ -71,6 +72,18 @@ def test_bootstrap_then_promotion_then_nothing_then_refusal(loop_state) -> None:
     assert summaries[1]["rows_quarantined"] == 1 and summaries[1]["rows_accepted"] == 160
     assert summaries[0]["drift_share"] is None and 0.0 <= summaries[1]["drift_share"] <= 1.0
     assert any("min_improvement" in r for r in summaries[3]["reasons"])
+
+
+def test_only_the_bootstrap_weighs_labels_by_their_rarity(loop_state) -> None:
+    """train.balance_classes: bootstrap (the shipped default): the first fine-tune's loss weighs each label by
+    n / (2 * its rows) of what it trained on; a continued fine-tune starts from a classifier and is unweighted."""
+    ws, summaries, _ = loop_state
+    client = registry.connect(ws)
+    first = client.get_run(summaries[0]["run_id"]).data.metrics
+    counts = pd.read_parquet(ws.split_file("batch-0001", "train"))["label"].value_counts()
+    for label in ("negative", "positive"):
+        assert first[f"train.class_weight.{label}"] == pytest.approx(counts.sum() / (2 * counts[label]))
+    assert not any(k.startswith("train.class_weight") for k in client.get_run(summaries[1]["run_id"]).data.metrics)
 
 
 def test_registry_aliases_and_lineage(loop_state) -> None:
@@ -198,6 +211,17 @@ def test_the_default_gate_decides_a_real_iteration(loop_state, domains, tmp_path
     assert summary["decision"] == ("promoted" if passes else "rejected"), (score, reasons)
 
 
+def _copy_of(ws, tmp_path: Path, monkeypatch):
+    """The module's workspace copied, as another machine would have it (the same MLflow store and ids)."""
+    import shutil
+
+    from kaizen.tasks.workspace import Workspace
+
+    shutil.copytree(ws.root, tmp_path / "moved", symlinks=True)
+    monkeypatch.setenv("KAIZEN_WORKSPACE_ID", ws.workspace_id)
+    return Workspace.open(tmp_path / "moved")
+
+
 def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp_path, monkeypatch) -> None:
     """A version's predictions on each test split were kept when it was checked, locally and with its run: a
     machine without the local copy reads them from the run and never loads the model; and scoring several
@@ -207,13 +231,9 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
     import numpy as np
 
     from kaizen.tasks.evaluate import prediction_dir, predictions_on, predictions_on_each
-    from kaizen.tasks.workspace import Workspace
 
     ws, _, _ = loop_state
-    root = tmp_path / "moved"
-    shutil.copytree(ws.root, root, symlinks=True)
-    monkeypatch.setenv("KAIZEN_WORKSPACE_ID", ws.workspace_id)
-    moved = Workspace.open(root)
+    moved = _copy_of(ws, tmp_path, monkeypatch)
     client = registry.connect(moved)
     name = moved.settings.model.registered_name
     version = registry.model_version(client, name, "2")  # checked as the challenger on batches 1 and 2
@@ -231,3 +251,54 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
         alone = predictions_on(moved, model_dir, None, batch, "test")
         assert together[batch]["predicted"].tolist() == alone["predicted"].tolist() == kept[batch]["predicted"].tolist()
         np.testing.assert_allclose(together[batch].filter(like="p_"), alone.filter(like="p_"), atol=1e-5)
+
+
+def test_past_max_earlier_rows_each_earlier_batch_is_judged_on_a_fixed_share(loop_state, tmp_path, monkeypatch) -> None:
+    """gate.max_earlier_rows bounds the rows a challenger is scored on however long the history: an equal share
+    of each earlier batch, the start of a permutation fixed per batch, so the smaller share of a later iteration
+    lies inside the larger one the champion was scored on; predictions are kept per row, so those rows are read,
+    never scored again."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from kaizen.tasks.evaluate import earlier_rows, prediction_dir, predictions_on_each
+
+    moved = _copy_of(loop_state[0], tmp_path, monkeypatch)
+    batches = ["batch-0001", "batch-0002", "batch-0003", "batch-0004"]
+    sizes = {b: pq.read_metadata(moved.split_file(b, "test")).num_rows for b in batches}
+    assert earlier_rows(moved, batches, "batch-0004") == {}  # the shipped cap is above these few rows
+    write_params(moved.root, {"gate.max_earlier_rows": 20})
+    moved = Workspace.open(moved.root)
+    three, two = earlier_rows(moved, batches, "batch-0004"), earlier_rows(moved, batches[:3], "batch-0003")
+    assert sorted(three) == batches[:3] and sorted(two) == batches[:2]
+    assert {len(r) for r in three.values()} == {20 // 3} and {len(r) for r in two.values()} == {20 // 2}
+    for batch, rows in three.items():
+        assert list(rows) == sorted(set(rows)) and rows.min() >= 0 and rows.max() < sizes[batch]
+        assert set(rows) <= set(two.get(batch, rows))  # nested: a later share was scored with the earlier one
+    write_params(moved.root, {"gate.max_earlier_rows": 0})
+    assert earlier_rows(Workspace.open(moved.root), batches, "batch-0004") == {}  # 0: every row
+
+    client = registry.connect(moved)
+    name = moved.settings.model.registered_name
+    version, model_dir = registry.model_version(client, name, "2"), tmp_path / "model"
+    registry.download_model(client, name, "2", model_dir)
+    full = predictions_on_each(moved, model_dir, None, batches[:2], "test")
+    shutil.rmtree(prediction_dir(moved, "2"))
+    scored = predictions_on_each(moved, model_dir, version, batches[:2], "test", logged=False, rows=two)
+    for batch in batches[:2]:
+        pd.testing.assert_frame_equal(scored[batch], full[batch].iloc[two[batch]].reset_index(drop=True),
+                                      check_exact=False, atol=1e-5)
+        cached = pd.read_parquet(next(prediction_dir(moved, "2").glob(f"{batch}-test-*.parquet")))
+        assert cached["row"].tolist() == list(two[batch])  # what was scored, and nothing else
+    # A smaller share inside it: read from the kept rows, with no model to load.
+    again = predictions_on_each(moved, tmp_path / "no-such-model", version, batches[:2], "test", logged=False,
+                                rows={b: three[b] for b in batches[:2]})
+    for batch in batches[:2]:
+        assert again[batch]["row"].tolist() == list(three[batch])
+        assert again[batch]["predicted"].tolist() == full[batch]["predicted"].iloc[three[batch]].tolist()
+    # Every row: the missing ones are scored and join the kept file.
+    predictions_on_each(moved, model_dir, version, batches[:1], "test", logged=False)
+    cached = pd.read_parquet(next(prediction_dir(moved, "2").glob("batch-0001-test-*.parquet")))
+    assert cached["row"].tolist() == list(range(sizes["batch-0001"]))
+    assert cached["predicted"].tolist() == full["batch-0001"]["predicted"].tolist()

@@ -85,3 +85,35 @@ def test_distillation_keeps_the_student_near_its_teacher(tiny_backbone: Path, mo
                        out_dir=tmp_path / "kd", teacher_logits=teacher)
     labels, _ = predict(result.model_dir, val["text"].tolist(), max_length=32)
     assert labels.count("negative") == len(labels)
+
+
+def test_balanced_weights_make_every_label_weigh_the_same() -> None:
+    import pandas as pd
+
+    from kaizen.tasks.train import balanced_weights
+
+    labels = pd.Series(["negative"] * 8 + ["positive"] * 2)
+    weights = balanced_weights(labels, LABELS)
+    assert weights == pytest.approx([10 / 16, 10 / 4])
+    assert weights[0] * 8 == pytest.approx(weights[1] * 2)  # each label's rows carry the same total weight
+    assert balanced_weights(pd.Series(["positive"] * 3), LABELS) == [1.0, 1.0]  # a label with no rows: no weight to set
+
+
+def test_the_job_loss_weighs_each_row_by_its_label(tiny_backbone: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from kaizen.tasks.train import load_for_training
+    from kaizen.tasks.train_job import distilling_trainer
+
+    net, tokenizer = load_for_training(str(tiny_backbone), LABELS)
+    net.eval()  # no dropout: the same logits in every call below
+    inputs = dict(tokenizer(["good", "bad", "fine", "awful"], return_tensors="pt", padding=True))
+    labels = torch.tensor([1, 0, 1, 0])
+    with torch.no_grad():
+        logits = net(**inputs).logits
+        weighted = distilling_trainer(0.0, 2.0, [1.0, 3.0]).compute_loss(None, net, {**inputs, "labels": labels})
+        plain = distilling_trainer(0.0, 2.0).compute_loss(None, net, {**inputs, "labels": labels})
+    assert float(weighted) == pytest.approx(float(F.cross_entropy(logits, labels, weight=torch.tensor([1.0, 3.0]))))
+    assert float(plain) == pytest.approx(float(F.cross_entropy(logits, labels)))
+    assert float(weighted) != pytest.approx(float(plain))
