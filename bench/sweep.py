@@ -27,18 +27,22 @@ from kaizen.tasks.merge import choose_merge
 from kaizen.tasks.predict import predict
 from kaizen.tasks.preprocess import draw_replay, prepare
 from kaizen.tasks.settings import load_settings
-from kaizen.tasks.train import fine_tune, resolve_backbone
+from kaizen.tasks.train import balanced_weights, fine_tune, resolve_backbone
 from kaizen.tasks.workspace import template
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ("negative", "positive")
-# name -> (learning rate, replay ratio, epochs, merge coefficients; () = no merge)
+SHIPPED = (0.5, 0.75, 1.0)  # params.yaml's train.merge_alphas
+# name -> (learning rate, replay ratio, epochs, merge coefficients (() = no merge), distillation weight)
 VARIANTS = {
-    "base": (5e-5, 0.5, 1, ()),
-    "merge": (5e-5, 0.5, 1, (0.25, 0.5, 0.75, 1.0)),
-    "merge+replay1": (5e-5, 1.0, 1, (0.25, 0.5, 0.75, 1.0)),
-    "merge+replay1+lr2e-5": (2e-5, 1.0, 1, (0.25, 0.5, 0.75, 1.0)),
-    "merge+replay1+2ep": (5e-5, 1.0, 2, (0.25, 0.5, 0.75, 1.0)),
+    "base": (5e-5, 0.5, 1, (), 0.0),
+    "merge": (5e-5, 0.5, 1, (0.25, 0.5, 0.75, 1.0), 0.0),
+    "merge+replay1": (5e-5, 1.0, 1, (0.25, 0.5, 0.75, 1.0), 0.0),
+    "merge+replay1+lr2e-5": (2e-5, 1.0, 1, (0.25, 0.5, 0.75, 1.0), 0.0),
+    "merge+replay1+2ep": (5e-5, 1.0, 2, (0.25, 0.5, 0.75, 1.0), 0.0),
+    "shipped": (5e-5, 0.5, 1, SHIPPED, 0.0),
+    "shipped+distill0.5": (5e-5, 0.5, 1, SHIPPED, 0.5),
+    "shipped+lr1e-4": (1e-4, 0.5, 1, SHIPPED, 0.0),
 }
 
 
@@ -62,8 +66,8 @@ def batches_of(rows: int, seed: int, order: list[str]) -> dict[str, dict[str, pd
 
 
 def run_variant(name: str, prepared, bootstrap: Path, work: Path, seed: int, settings) -> dict:
-    lr, ratio, epochs, alphas = VARIANTS[name]
-    train_settings = settings.train.model_copy(update={"learning_rate": lr, "seed": seed})
+    lr, ratio, epochs, alphas, distill = VARIANTS[name]
+    train_settings = settings.train.model_copy(update={"learning_rate": lr, "seed": seed, "distill_weight": distill})
     max_length = settings.model.max_length
     batches = sorted(prepared)
     champion, samples, per_step, alphas_chosen = bootstrap, 0, [], []
@@ -75,8 +79,13 @@ def run_variant(name: str, prepared, bootstrap: Path, work: Path, seed: int, set
         replay = draw_replay(pool, n_replay, seed + k) if n_replay else pd.DataFrame(columns=["text", "label"])
         train = pd.concat([prepared[batch]["train"], replay[["text", "label"]]], ignore_index=True).sample(
             frac=1.0, random_state=seed)
+        teacher = None
+        if distill:  # as tasks/train.py does it: the champion's log-probabilities on every training row
+            _, probs = predict(champion, train["text"].tolist(), max_length=max_length)
+            teacher = np.log(np.clip(probs, 1e-7, 1.0))
         tuned = fine_tune(str(champion), train, prepared[batch]["val"], LABELS, model=settings.model,
-                          train_settings=train_settings, epochs=epochs, out_dir=work / name / batch).model_dir
+                          train_settings=train_settings, epochs=epochs, out_dir=work / name / batch,
+                          teacher_logits=teacher).model_dir
         samples += len(train) * epochs
         if alphas:
             choice = choose_merge(champion, tuned, {b: prepared[b]["val"] for b in batches[: k + 1]}, batch, alphas,
@@ -114,7 +123,8 @@ def main() -> None:
         bootstrap = fine_tune(resolve_backbone(settings.model.backbone), prepared[first]["train"],
                               prepared[first]["val"], LABELS, model=settings.model,
                               train_settings=settings.train.model_copy(update={"seed": seed}),
-                              epochs=settings.train.bootstrap_epochs, out_dir=work / "bootstrap").model_dir
+                              epochs=settings.train.bootstrap_epochs, out_dir=work / "bootstrap",
+                              class_weights=balanced_weights(prepared[first]["train"]["label"], LABELS)).model_dir
         for name in args.variants.split(","):
             results.setdefault(name, []).append(run_variant(name, prepared, bootstrap, work, seed, settings))
         if args.joint:
@@ -122,7 +132,8 @@ def main() -> None:
                                                                                                 random_state=seed)
             joint = fine_tune(resolve_backbone(settings.model.backbone), train, prepared[first]["val"], LABELS,
                               model=settings.model, train_settings=settings.train.model_copy(update={"seed": seed}),
-                              epochs=settings.train.bootstrap_epochs, out_dir=work / "joint").model_dir
+                              epochs=settings.train.bootstrap_epochs, out_dir=work / "joint",
+                              class_weights=balanced_weights(train["label"], LABELS)).model_dir
             final = {b: accuracy(joint, prepared[b]["test"], settings.model.max_length) for b in sorted(prepared)}
             results.setdefault("joint", []).append({"final": final, "mean": float(np.mean(list(final.values()))),
                                                     "forgetting": 0.0, "samples": len(train) * 2, "alphas": []})
