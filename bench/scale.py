@@ -78,7 +78,7 @@ def step_times(flow_run_id) -> dict[str, float]:
     return times
 
 
-def iterations(work: Path, n_batches: int, rows: int, real: bool = False) -> list[dict]:
+def iterations(work: Path, n_batches: int, rows: int, real: bool = False, overrides: dict | None = None) -> list[dict]:
     from kaizen.tasks.files import frame_bytes
     from kaizen.tasks.settings import write_overrides
     from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
@@ -91,6 +91,7 @@ def iterations(work: Path, n_batches: int, rows: int, real: bool = False) -> lis
         "data.settle_seconds": 0, "gate.min_score": 0.0, "gate.min_improvement": -1.0, "gate.max_regression": 1.0,
         "gate.improvement_alpha": 1.0, "gate.min_test_rows": 5, "trust.min_kappa": -1.0,
         "trust.max_confident_issues": 1.0})
+    write_overrides(root / "params.yaml", overrides or {})
     ws = Workspace.open(root)
     configure_environment(ws)
     from kaizen.flows.loop import iteration
@@ -161,6 +162,9 @@ def main() -> None:
     parser.add_argument("--real", action="store_true",
                         help="the real MiniLM and the shipped params.yaml (gate included) instead of the tiny BERT "
                              "with the gate opened: the demo's cost per iteration, e.g. --real --batches 4 --rows 800")
+    parser.add_argument("--max-earlier-rows", type=int, default=None,
+                        help="gate.max_earlier_rows for the run (default: params.yaml's); e.g. 320, ten 160-row "
+                             "batches' test rows, to see scoring stop growing within 50 batches")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "scale")
     args = parser.parse_args()
     import shutil
@@ -169,11 +173,13 @@ def main() -> None:
     args.work.mkdir(parents=True)
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
     began = time.perf_counter()
-    results = iterations(args.work, args.batches, args.rows, args.real)
+    overrides = {} if args.max_earlier_rows is None else {"gate.max_earlier_rows": args.max_earlier_rows}
+    results = iterations(args.work, args.batches, args.rows, args.real, overrides)
     idle = idle_run(args.work)
     drift = drift_times(args.work)
     (args.work / "result.json").write_text(json.dumps({"iterations": results, "idle": idle, "drift": drift}, indent=1))
-    print(f"\n{args.batches} batches of {args.rows} rows, {'MiniLM' if args.real else 'tiny BERT'}; {platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"\n{args.batches} batches of {args.rows} rows, {'MiniLM' if args.real else 'tiny BERT'}, overrides "
+          f"{overrides or 'none'}; {platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.perf_counter() - began:.0f} s in all\n")
     print(table(results))
     print(f"\nidle `kaizen run` (nothing new, fresh process): {idle:.2f} s\n")
