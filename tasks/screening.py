@@ -2,9 +2,10 @@
 
 - Can a challenger be judged on it at all? A test split too small, or a batch of one label, cannot show a
   better classifier: the batch is not trained on, and says why.
-- Are its labels to be trusted? Labels that disagree with the champion far beyond what chance gives (flipped
-  labels agree less than chance; random ones about as much) are suspect: the batch is not trained on, never
-  enters replay and is no yardstick for later gates, until an operator says otherwise (`kaizen batch trust`).
+- Are its labels to be trusted? Labels that agree with the champion less than chance (flipped), or about as
+  much as chance while the batch's own texts do not predict them either (random), are suspect: the batch is
+  not trained on, never enters replay and is no yardstick for later gates, until an operator says otherwise
+  (`kaizen batch trust`). Chance agreement with labels the texts do predict is a new domain: trusted.
 - Is training worth it? Not when the champion already does well on the batch and nothing drifted.
 Each verdict is recorded on the iteration's run; a suspect batch also in the ledger and as a Prefect event.
 """
@@ -80,22 +81,49 @@ def judge_labels(ws, it, champion_dir: Path | None) -> LabelVerdict:
     own = view.apply(lambda row: row[f"p_{row['label']}"], axis=1).to_numpy()
     agreement = stats.label_agreement(list(view["label"]), list(view["predicted"]), own,
                                       confident=trust.confident, resamples=ws.settings.gate.resamples // 2)
-    facts = (f"the champion v{it.champion.version} agrees with {agreement.agreement:.1%} of {agreement.rows} "
+    learnable, rows = None, new_batch_rows(ws, it.batch_id)
+    if agreement.kappa >= 0.0 and agreement.kappa_high < trust.min_kappa and rows["label"].value_counts().min() > 1:
+        # About chance: random labels, or a domain the champion does not know yet. The batch's own texts tell.
+        learnable = stats.learnability(rows["text"].tolist(), rows["label"].tolist(),
+                                       resamples=ws.settings.gate.resamples // 2)
+    verdict = label_verdict(agreement, learnable, trust, it.champion.version)
+    client = registry.connect(ws)
+    registry.log_metrics(client, it.run_id, {
+        "labels.agreement": agreement.agreement, "labels.kappa": agreement.kappa,
+        "labels.kappa_high": agreement.kappa_high, "labels.confident_issues": agreement.confident_issues,
+        **({"labels.learnable_kappa": learnable.kappa, "labels.learnable_kappa_low": learnable.kappa_low}
+           if learnable else {})})
+    return _settle(ws, it, verdict)
+
+
+def label_verdict(agreement: stats.Agreement, learnable: stats.Learnability | None, trust, champion: str
+                  ) -> LabelVerdict:
+    """Suspect when the champion agrees with the labels less than chance (flipped labels), or no better than
+    chance while the labels cannot be predicted from the batch's own texts either (random labels), or when it
+    rejects too many of them with confidence. Agreement about chance with labels that follow the texts is a
+    domain the champion does not know yet: trusted (a first airline batch made a champion that agreed with
+    the labels of the fine-food batch after it no better than that)."""
+    facts = (f"the champion v{champion} agrees with {agreement.agreement:.1%} of {agreement.rows} "
              f"labels, Cohen's kappa {agreement.kappa:+.2f} (95% upper bound {agreement.kappa_high:+.2f}), "
              f"{agreement.confident_issues:.1%} confident label issues")
+    if learnable is not None:
+        facts += (f"; predicted from the batch's own texts (TF-IDF + logistic regression, out of fold) with kappa "
+                  f"{learnable.kappa:+.2f} (95% lower bound {learnable.kappa_low:+.2f})")
+    if agreement.kappa_high < trust.min_kappa and agreement.kappa < 0:
+        return LabelVerdict(False, f"labels suspect: {facts}; kappa is below trust.min_kappa {trust.min_kappa:g} "
+                                   "and below chance (flipped labels?)", agreement)
+    if agreement.kappa_high < trust.min_kappa and (learnable is None or not learnable.learnable):
+        why = ("the texts do not predict the labels either" if learnable else
+               "whether the batch's texts predict its labels was not checked (a label with a single row)")
+        return LabelVerdict(False, f"labels suspect: {facts}; kappa is below trust.min_kappa {trust.min_kappa:g} "
+                                   f"and {why} (random labels?)", agreement)
+    if agreement.confident_issues > trust.max_confident_issues:
+        return LabelVerdict(False, f"labels suspect: {facts}; more than trust.max_confident_issues "
+                                   f"{trust.max_confident_issues:.0%} confident issues", agreement)
     if agreement.kappa_high < trust.min_kappa:
-        verdict = LabelVerdict(False, f"labels suspect: {facts}; kappa is below trust.min_kappa {trust.min_kappa:g} "
-                                      "(flipped or random labels?)", agreement)
-    elif agreement.confident_issues > trust.max_confident_issues:
-        verdict = LabelVerdict(False, f"labels suspect: {facts}; more than trust.max_confident_issues "
-                                      f"{trust.max_confident_issues:.0%} confident issues", agreement)
-    else:
-        verdict = LabelVerdict(True, f"labels trusted: {facts}", agreement)
-    client = registry.connect(ws)
-    registry.log_metrics(client, it.run_id, {"labels.agreement": agreement.agreement, "labels.kappa": agreement.kappa,
-                                             "labels.kappa_high": agreement.kappa_high,
-                                             "labels.confident_issues": agreement.confident_issues})
-    return _settle(ws, it, verdict)
+        return LabelVerdict(True, f"labels trusted: {facts}; the champion agrees about as chance does, but the "
+                                  "texts predict the labels: a domain it does not know yet", agreement)
+    return LabelVerdict(True, f"labels trusted: {facts}", agreement)
 
 
 def _settle(ws, it, verdict: LabelVerdict) -> LabelVerdict:

@@ -124,3 +124,42 @@ def resolution(rows: int, discordant: float = 0.15, alpha: float = 0.05, power: 
 
     z = NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(power)
     return z * math.sqrt(discordant / rows)
+
+
+@dataclass(frozen=True)
+class Learnability:
+    """How far a batch's labels can be predicted from its own texts: Cohen's kappa of out-of-fold predictions."""
+
+    rows: int
+    kappa: float
+    kappa_low: float  # lower end of its one-sided bootstrap confidence bound
+
+    @property
+    def learnable(self) -> bool:
+        return self.kappa_low > 0.0
+
+
+def learnability(texts: list[str], labels: list[str], *, folds: int = 5, confidence: float = 0.95,
+                 resamples: int = 1000, seed: int = 0) -> Learnability:
+    """Out-of-fold predictions of a TF-IDF + logistic regression classifier (balanced class weights, so that a
+    majority label is no free score) trained on the batch itself, against its labels. Real labels, even ones
+    flipped throughout, follow the texts; random labels do not (kappa about 0). It needs no champion, so it
+    tells random labels from a domain the champion does not know yet, where agreement with the champion is
+    about chance either way."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    y = np.asarray(labels)
+    smallest = min(np.unique(y, return_counts=True)[1]) if len(y) else 0
+    if smallest < 2:
+        raise ValueError(f"learnability: every label needs 2 rows or more, the rarest has {smallest}")
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+                          LogisticRegression(class_weight="balanced", max_iter=1000))
+    split = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
+    predicted = cross_val_predict(model, list(texts), y, cv=split)
+    rng = np.random.default_rng(seed)
+    kappas = [cohen_kappa(y[idx], predicted[idx]) for idx in rng.integers(0, len(y), size=(resamples, len(y)))]
+    return Learnability(rows=len(y), kappa=cohen_kappa(y, predicted),
+                        kappa_low=float(np.quantile(kappas, 1 - confidence)))

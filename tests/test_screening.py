@@ -129,3 +129,32 @@ def test_a_batch_no_challenger_can_be_judged_on_says_why(make_workspace, domains
     batch = pd.DataFrame({"text": texts, "label": labels})
     write_prepared(prepare({"batch-0001": batch}, ws.settings.preprocess, ws.settings.replay), ws.prepared_dir)
     assert expected in unusable_reason(ws, "batch-0001")
+
+
+def _agreement(kappa: float, high: float, issues: float = 0.0):
+    from kaizen.tasks.stats import Agreement
+
+    return Agreement(rows=200, agreement=0.5 + kappa / 2, kappa=kappa, kappa_high=high, confident_issues=issues)
+
+
+@pytest.mark.parametrize(("kappa", "high", "learnable_low", "issues", "trusted", "says"), [
+    (-0.5, -0.3, None, 0.0, False, "below chance (flipped labels?)"),
+    (0.05, 0.15, -0.04, 0.0, False, "do not predict the labels either (random labels?)"),
+    (0.05, 0.15, None, 0.0, False, "random labels?"),  # nothing to tell them apart: held back
+    (0.05, 0.15, 0.25, 0.0, True, "a domain it does not know yet"),  # the fine food after an airline champion
+    (0.60, 0.70, None, 0.0, True, "labels trusted"),
+    (0.60, 0.70, None, 0.6, False, "confident issues"),
+])
+def test_the_label_verdict_tells_flipped_and_random_labels_from_a_new_domain(kappa, high, learnable_low, issues,
+                                                                              trusted, says) -> None:
+    from kaizen.tasks.screening import label_verdict
+    from kaizen.tasks.settings import TrustSettings
+    from kaizen.tasks.stats import Learnability
+
+    trust = TrustSettings(min_kappa=0.2, confident=0.9, max_confident_issues=0.5)
+    learnable = None if learnable_low is None else Learnability(rows=800, kappa=learnable_low + 0.1,
+                                                                kappa_low=learnable_low)
+    verdict = label_verdict(_agreement(kappa, high, issues), learnable, trust, "3")
+    assert verdict.trusted is trusted and says in verdict.reason, verdict.reason
+    assert "champion v3" in verdict.reason
+    assert ("predicted from the batch's own texts" in verdict.reason) is (learnable is not None)

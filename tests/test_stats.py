@@ -116,3 +116,22 @@ def test_a_bigger_test_split_resolves_smaller_losses() -> None:
     seen = [resolution(n) for n in sizes]
     assert seen == sorted(seen, reverse=True)
     assert 0.07 < resolution(160) < 0.08 and resolution(5000) < 0.015
+
+
+@pytest.mark.parametrize("domain", ["amazon", "airline"])
+def test_real_and_flipped_labels_follow_the_texts_and_random_ones_do_not(domains, domain: str) -> None:
+    """What tells random labels from a domain the champion does not know: 240 real rows of each domain."""
+    from kaizen.tasks.stats import learnability
+
+    rows = domains[domain]
+    rows = rows[rows["label"].isin(["negative", "positive"])].sample(n=240, random_state=1)
+    texts, real = rows["text"].tolist(), rows["label"].to_numpy()
+    flipped = np.where(real == "positive", "negative", "positive")
+    noise = np.random.default_rng(0).choice(["negative", "positive"], size=len(real))
+    found = {kind: learnability(texts, list(y)) for kind, y in (("real", real), ("flipped", flipped),
+                                                                ("random", noise))}
+    assert found["real"].learnable and found["flipped"].learnable and not found["random"].learnable, found
+    assert found["real"].kappa == pytest.approx(found["flipped"].kappa)  # flipped throughout: as consistent
+    assert all(f.kappa_low <= f.kappa for f in found.values())
+    with pytest.raises(ValueError, match="every label needs 2 rows"):
+        learnability(texts[:3], ["positive", "positive", "negative"])
