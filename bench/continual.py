@@ -179,6 +179,8 @@ def main() -> None:
                         help="orders of the domains, separated by ';'")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params.yaml override of the kaizen arm (YAML value), e.g. train.distill_weight=0.5")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: the table of the result.json files that earlier runs left under --work")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
     args = parser.parse_args()
     import yaml
@@ -193,6 +195,9 @@ def main() -> None:
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
             work = args.work / f"{'-'.join(order)}-seed{seed}"
+            if args.table_only:
+                runs.append(json.loads((work / "result.json").read_text()))
+                continue
             shutil.rmtree(work, ignore_errors=True)
             print(f"order {order}, seed {seed}", flush=True)
             runs.append(one_run(work, order, seed, args.rows, overrides))
