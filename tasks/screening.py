@@ -24,6 +24,8 @@ from kaizen.tasks.ledger import SUSPECT, TRUSTED, Ledger
 from kaizen.tasks.predict import scores
 from kaizen.tasks.record import TAG, score_metric
 
+LEARNABILITY_ROWS = 5000  # rows of a batch that the learnability check reads at most
+
 
 def unusable_reason(ws, batch_id: str) -> str | None:
     """Why no challenger can be judged on this batch; None when one can. A label with a single row is only
@@ -83,7 +85,9 @@ def judge_labels(ws, it, champion_dir: Path | None) -> LabelVerdict:
                                       confident=trust.confident, resamples=ws.settings.gate.resamples // 2)
     learnable, rows = None, new_batch_rows(ws, it.batch_id)
     if agreement.kappa >= 0.0 and agreement.kappa_high < trust.min_kappa and rows["label"].value_counts().min() > 1:
-        # About chance: random labels, or a domain the champion does not know yet. The batch's own texts tell.
+        # About chance: random labels, or a domain the champion does not know yet. The batch's own texts tell;
+        # a few thousand rows tell as well as a million, at a bounded cost.
+        rows = rows.sample(n=min(len(rows), LEARNABILITY_ROWS), random_state=ws.settings.preprocess.seed)
         learnable = stats.learnability(rows["text"].tolist(), rows["label"].tolist(),
                                        resamples=ws.settings.gate.resamples // 2)
     verdict = label_verdict(agreement, learnable, trust, it.champion.version)
