@@ -35,44 +35,53 @@ def predictions_on(ws, model_dir: Path, model, batch: str, split: str, logged: b
 
 def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: str, logged: bool = True,
                         rows: dict[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
-    """A model's predictions on one split of each of `batches` (see `predictions_on`), on the `rows` given for a
-    batch (row numbers of its split, in order) or on all of them. A registered version's (`model`, a
+    """A model's predictions on one split of each of `batches` (see `predictions_on_splits`), on the `rows` given
+    for a batch or on all of them."""
+    found = predictions_on_splits(ws, model_dir, model, [(b, split) for b in batches], logged,
+                                  {(b, split): r for b, r in (rows or {}).items()})
+    return {b: found[b, split] for b in batches}
+
+
+def predictions_on_splits(ws, model_dir: Path, model, splits: list[tuple[str, str]], logged: bool = True,
+                          rows: dict[tuple[str, str], np.ndarray] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+    """A model's predictions on each (batch, split) of `splits` (see `predictions_on`), on the `rows` given for
+    one (row numbers of the split, in order) or on all of them. A registered version's (`model`, a
     registry.ModelRef) are kept per row, named by the split's md5, under the workspace and as an artifact of the
     version's run (logged by `check_quality`), so that no machine computes them twice; `logged` False: the run has
     none yet (the challenger being checked), do not look. Rows not cached are scored in one pass: one model load
     and one length-sorted batching, however many batches the history holds."""
     import pyarrow.parquet as pq
 
-    paths = {b: ws.split_file(b, split) for b in batches}
-    names = {b: f"{b}-{split}-{hashlib.md5(p.read_bytes()).hexdigest()}.parquet" for b, p in paths.items()}
-    wanted = {b: np.asarray(rows[b]) if rows and b in rows else np.arange(pq.read_metadata(paths[b]).num_rows)
-              for b in batches}
+    paths = {key: ws.split_file(*key) for key in splits}
+    names = {(b, s): f"{b}-{s}-{hashlib.md5(p.read_bytes()).hexdigest()}.parquet" for (b, s), p in paths.items()}
+    wanted = {key: np.asarray(rows[key]) if rows and key in rows else np.arange(pq.read_metadata(paths[key]).num_rows)
+              for key in splits}
     folder = prediction_dir(ws, model.version) if model is not None else None
-    cached: dict[str, pd.DataFrame] = {}
+    cached: dict[tuple[str, str], pd.DataFrame] = {}
     if folder is not None:
         if logged:
-            _fetch_logged(ws, model.run_id, [names[b] for b in batches if not (folder / names[b]).exists()], folder)
-        cached = {b: _with_rows(pd.read_parquet(folder / names[b])) for b in batches if (folder / names[b]).exists()}
-    found = {b: frame.set_index("row").loc[wanted[b]].reset_index() for b, frame in cached.items()
-             if np.isin(wanted[b], frame["row"]).all()}
-    todo = {b: pd.read_parquet(paths[b]).iloc[wanted[b]] for b in batches if b not in found}
+            _fetch_logged(ws, model.run_id, [names[k] for k in splits if not (folder / names[k]).exists()], folder)
+        cached = {k: _with_rows(pd.read_parquet(folder / names[k])) for k in splits if (folder / names[k]).exists()}
+    found = {k: frame.set_index("row").loc[wanted[k]].reset_index() for k, frame in cached.items()
+             if np.isin(wanted[k], frame["row"]).all()}
+    todo = {k: pd.read_parquet(paths[k]).iloc[wanted[k]] for k in splits if k not in found}
     if todo:
         texts = [text for frame in todo.values() for text in frame["text"]]
         labels, probs = predict(model_dir, texts, max_length=ws.settings.model.max_length,
                                 device=pick_device(ws.settings.train.device))
         start = 0
-        for batch, frame in todo.items():
+        for key, frame in todo.items():
             end = start + len(frame)
-            out = pd.DataFrame({"row": wanted[batch], "label": frame["label"].to_numpy(),
+            out = pd.DataFrame({"row": wanted[key], "label": frame["label"].to_numpy(),
                                 "predicted": labels[start:end]})
             for i, label in enumerate(ws.settings.data.labels):
                 out[f"p_{label}"] = probs[start:end, i]
             if folder is not None:  # with the rows cached before, so the file only ever grows
-                kept = cached.get(batch, out.iloc[:0])
+                kept = cached.get(key, out.iloc[:0])
                 merged = pd.concat([kept[~kept["row"].isin(out["row"])], out]).sort_values("row")
-                write_atomically(folder / names[batch], parquet_bytes(merged.reset_index(drop=True)))
-            found[batch], start = out.reset_index(drop=True), end
-    return {b: found[b] for b in batches}
+                write_atomically(folder / names[key], parquet_bytes(merged.reset_index(drop=True)))
+            found[key], start = out.reset_index(drop=True), end
+    return {k: found[k] for k in splits}
 
 
 def _with_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kaizen.tasks import stats
-from kaizen.tasks.evaluate import new_batch_rows, predictions_on
+from kaizen.tasks.evaluate import new_batch_rows, predictions_on, predictions_on_splits
 from kaizen.tasks.ledger import SUSPECT, TRUSTED, Ledger
 from kaizen.tasks.predict import scores
 from kaizen.tasks.record import TAG, score_metric
@@ -64,8 +64,8 @@ class LabelVerdict:
 
 def _champion_view(ws, it, champion_dir: Path) -> pd.DataFrame:
     """The champion's predictions on the new batch's validation and test rows (never trained on by anyone)."""
-    return pd.concat([predictions_on(ws, champion_dir, it.champion, it.batch_id, s) for s in ("val", "test")],
-                     ignore_index=True)
+    both = predictions_on_splits(ws, champion_dir, it.champion, [(it.batch_id, "val"), (it.batch_id, "test")])
+    return pd.concat(both.values(), ignore_index=True)  # one model load for the two
 
 
 def judge_labels(ws, it, champion_dir: Path | None) -> LabelVerdict:

@@ -230,7 +230,12 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
 
     import numpy as np
 
-    from kaizen.tasks.evaluate import prediction_dir, predictions_on, predictions_on_each
+    from kaizen.tasks.evaluate import (
+        prediction_dir,
+        predictions_on,
+        predictions_on_each,
+        predictions_on_splits,
+    )
 
     ws, _, _ = loop_state
     moved = _copy_of(ws, tmp_path, monkeypatch)
@@ -251,6 +256,11 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
         alone = predictions_on(moved, model_dir, None, batch, "test")
         assert together[batch]["predicted"].tolist() == alone["predicted"].tolist() == kept[batch]["predicted"].tolist()
         np.testing.assert_allclose(together[batch].filter(like="p_"), alone.filter(like="p_"), atol=1e-5)
+    # Two splits of one batch (screening's view of a new batch) in one pass, too.
+    both = predictions_on_splits(moved, model_dir, None, [("batch-0001", "val"), ("batch-0001", "test")])
+    assert both["batch-0001", "test"]["predicted"].tolist() == kept["batch-0001"]["predicted"].tolist()
+    assert both["batch-0001", "val"]["predicted"].tolist() == predictions_on(
+        moved, model_dir, None, "batch-0001", "val")["predicted"].tolist()
 
 
 def test_past_max_earlier_rows_each_earlier_batch_is_judged_on_a_fixed_share(loop_state, tmp_path, monkeypatch) -> None:
