@@ -60,10 +60,9 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
               class_weights: Sequence[float] | None = None) -> TrainResult:
     """Fine-tune `start` on `train` (text, label), evaluating on `val` after every epoch; with `teacher_logits`
     (one row per training row) the loss also keeps the outputs close to the teacher's; `class_weights` (one per
-    label, in `labels` order) weigh the cross-entropy. The training runs as a
-    job of its own (tasks/train_job.py, started by tasks/jobs.py: `train.processes` processes here, or on the
-    machine of `train.deployment`) while this process waits, logging each epoch as it ends; a job resumes from
-    the last checkpoint in `out_dir`."""
+    label, in `labels` order) weigh the cross-entropy. The training runs as a job of its own (tasks/train_job.py,
+    started by tasks/jobs.py: `train.processes` processes here, or on the machine of `train.deployment`) while
+    this process waits, logging each epoch as it ends; a job resumes from the last checkpoint in `out_dir`."""
     if train.empty:
         raise ValueError("nothing to train on: the training split is empty")
     # Checked here, not in the job: the job's own KeyError would reach us only as a failed exit and a log tail.
