@@ -123,14 +123,17 @@ def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_r
 def joint_arm(ws, batches: list[str], work: Path) -> dict:
     from kaizen.tasks.train import resolve_backbone
 
-    epochs = ws.settings.train.bootstrap_epochs
     trains = [pd.read_parquet(ws.split_file(b, "train")) for b in batches]
     val = pd.concat([pd.read_parquet(ws.split_file(b, "val")) for b in batches], ignore_index=True)
     model = train_on(ws, Path(resolve_backbone(ws.settings.model.backbone)), pd.concat(trains, ignore_index=True),
-                     val, epochs, work / "joint", from_scratch=True)
-    # Retraining at every arrival: the samples of each retraining, though only the last one is run here.
-    samples = sum(sum(len(t) for t in trains[: k + 1]) * epochs for k in range(len(trains)))
-    return {"steps": [accuracies(model, ws, batches)], "samples": samples, "decisions": []}
+                     val, ws.settings.train.bootstrap_epochs, work / "joint", from_scratch=True)
+    return {"steps": [accuracies(model, ws, batches)], "samples": joint_samples(ws, batches), "decisions": []}
+
+
+def joint_samples(ws, batches: list[str]) -> int:
+    """Retraining at every arrival: the samples of each retraining, though only the last one is run."""
+    rows = [len(pd.read_parquet(ws.split_file(b, "train"))) for b in batches]
+    return sum(sum(rows[: k + 1]) * ws.settings.train.bootstrap_epochs for k in range(len(rows)))
 
 
 def summarise(result: dict, batches: list[str]) -> dict:
@@ -140,7 +143,8 @@ def summarise(result: dict, batches: list[str]) -> dict:
             "forgetting": worst, "samples": result["samples"], "decisions": result["decisions"]}
 
 
-def one_run(work: Path, order: list[str], seed: int, rows: int, overrides: dict) -> dict[str, dict]:
+def one_run(work: Path, order: list[str], seed: int, rows: int, overrides: dict, kaizen_only: bool = False
+            ) -> dict[str, dict]:
     sources = ROOT / ".kaizen" / "sources"
     stream.fetch_sources(sources)
     files = []
@@ -152,10 +156,12 @@ def one_run(work: Path, order: list[str], seed: int, rows: int, overrides: dict)
         files.append(path)
     kaizen = kaizen_arm(work / "kaizen", files, seed, overrides)
     ws, batches = kaizen["ws"], kaizen["batches"]
-    arms = {"naive": sequential_arm(ws, batches, kaizen["bootstrap"], work / "naive", 0.0, gated=False),
-            "fixed-gate": sequential_arm(ws, batches, kaizen["bootstrap"], work / "fixed", 0.5, gated=True),
-            "kaizen": kaizen, "joint": joint_arm(ws, batches, work)}
-    return {name: summarise(result, batches) for name, result in arms.items()}
+    arms = {"kaizen": kaizen} if kaizen_only else {
+        "naive": sequential_arm(ws, batches, kaizen["bootstrap"], work / "naive", 0.0, gated=False),
+        "fixed-gate": sequential_arm(ws, batches, kaizen["bootstrap"], work / "fixed", 0.5, gated=True),
+        "kaizen": kaizen, "joint": joint_arm(ws, batches, work)}
+    joint = joint_samples(ws, batches)
+    return {name: summarise(result, batches) | {"share": result["samples"] / joint} for name, result in arms.items()}
 
 
 def table(runs: list[dict[str, dict]], order: list[str]) -> str:
@@ -164,7 +170,7 @@ def table(runs: list[dict[str, dict]], order: list[str]) -> str:
     for arm in runs[0]:
         cell = lambda values: f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"  # noqa: E731
         finals = [cell([r[arm]["final"][i] for r in runs]) for i in range(len(order))]
-        share = np.mean([r[arm]["samples"] / r["joint"]["samples"] for r in runs])
+        share = np.mean([r[arm].get("share") or r[arm]["samples"] / r["joint"]["samples"] for r in runs])
         lines.append(f"| {arm} | " + " | ".join(finals) + f" | {cell([r[arm]['mean'] for r in runs])} | "
                      f"{cell([r[arm]['forgetting'] for r in runs])} | "
                      f"{np.mean([r[arm]['samples'] for r in runs]):.0f} ({share:.0%}) |")
@@ -179,6 +185,8 @@ def main() -> None:
                         help="orders of the domains, separated by ';'")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params.yaml override of the kaizen arm (YAML value), e.g. train.distill_weight=0.5")
+    parser.add_argument("--kaizen-only", action="store_true",
+                        help="run the kaizen arm alone (with --set, a variant of it; the other arms do not change)")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: the table of the result.json files that earlier runs left under --work")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
@@ -200,7 +208,7 @@ def main() -> None:
                 continue
             shutil.rmtree(work, ignore_errors=True)
             print(f"order {order}, seed {seed}", flush=True)
-            runs.append(one_run(work, order, seed, args.rows, overrides))
+            runs.append(one_run(work, order, seed, args.rows, overrides, args.kaizen_only))
             (work / "result.json").write_text(json.dumps(runs[-1], indent=1))
         report.append(f"order: {' -> '.join(order)}; seeds {args.seeds}; decisions (kaizen): "
                       f"{[r['kaizen']['decisions'] for r in runs]}\n\n{table(runs, order)}\n")
