@@ -83,20 +83,22 @@ def judge_labels(ws, it, champion_dir: Path | None) -> LabelVerdict:
     own = view.apply(lambda row: row[f"p_{row['label']}"], axis=1).to_numpy()
     agreement = stats.label_agreement(list(view["label"]), list(view["predicted"]), own,
                                       confident=trust.confident, resamples=ws.settings.gate.resamples // 2)
-    learnable, rows = None, new_batch_rows(ws, it.batch_id)
-    if agreement.kappa >= 0.0 and agreement.kappa_high < trust.min_kappa and rows["label"].value_counts().min() > 1:
+    learnable = None
+    if agreement.kappa >= 0.0 and agreement.kappa_high < trust.min_kappa:
         # About chance: random labels, or a domain the champion does not know yet. The batch's own texts tell;
         # a few thousand rows tell as well as a million, at a bounded cost.
-        rows = rows.sample(n=min(len(rows), LEARNABILITY_ROWS), random_state=ws.settings.preprocess.seed)
-        learnable = stats.learnability(rows["text"].tolist(), rows["label"].tolist(),
-                                       resamples=ws.settings.gate.resamples // 2)
+        rows = new_batch_rows(ws, it.batch_id)
+        if rows["label"].value_counts().min() > 1:
+            rows = rows.sample(n=min(len(rows), LEARNABILITY_ROWS), random_state=ws.settings.preprocess.seed)
+            learnable = stats.learnability(rows["text"].tolist(), rows["label"].tolist(),
+                                           resamples=ws.settings.gate.resamples // 2)
     verdict = label_verdict(agreement, learnable, trust, it.champion.version)
     client = registry.connect(ws)
     registry.log_metrics(client, it.run_id, {
         "labels.agreement": agreement.agreement, "labels.kappa": agreement.kappa,
         "labels.kappa_high": agreement.kappa_high, "labels.confident_issues": agreement.confident_issues,
         **({"labels.learnable_kappa": learnable.kappa, "labels.learnable_kappa_low": learnable.kappa_low}
-           if learnable else {})})
+           if learnable is not None else {})})
     return _settle(ws, it, verdict)
 
 
@@ -117,7 +119,7 @@ def label_verdict(agreement: stats.Agreement, learnable: stats.Learnability | No
         return LabelVerdict(False, f"labels suspect: {facts}; kappa is below trust.min_kappa {trust.min_kappa:g} "
                                    "and below chance (flipped labels?)", agreement)
     if agreement.kappa_high < trust.min_kappa and (learnable is None or not learnable.learnable):
-        why = ("the texts do not predict the labels either" if learnable else
+        why = ("the texts do not predict the labels either" if learnable is not None else
                "whether the batch's texts predict its labels was not checked (a label with a single row)")
         return LabelVerdict(False, f"labels suspect: {facts}; kappa is below trust.min_kappa {trust.min_kappa:g} "
                                    f"and {why} (random labels?)", agreement)

@@ -102,6 +102,14 @@ def cohen_kappa(labels: np.ndarray, predicted: np.ndarray) -> float:
     return 0.0 if chance >= 1.0 else (agree - chance) / (1 - chance)
 
 
+def kappa_quantile(labels: np.ndarray, predicted: np.ndarray, q: float, resamples: int, seed: int) -> float:
+    """The `q` quantile of Cohen's kappa over bootstrap resamples of the rows: one end of a confidence bound."""
+    rng = np.random.default_rng(seed)
+    kappas = [cohen_kappa(labels[idx], predicted[idx]) for idx in rng.integers(0, len(labels),
+                                                                               size=(resamples, len(labels)))]
+    return float(np.quantile(kappas, q))
+
+
 def label_agreement(labels: list[str], predicted: list[str], confidence_of_label: np.ndarray, *,
                     confident: float, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> Agreement:
     """Agreement of `labels` with `predicted`; `confidence_of_label` is the model's probability of each row's own
@@ -110,10 +118,8 @@ def label_agreement(labels: list[str], predicted: list[str], confidence_of_label
     if len(y) == 0 or len(y) != len(p) or len(p) != len(confidence_of_label):
         raise ValueError(f"label agreement: need equal, non-empty rows, got {len(y)}, {len(p)}, "
                          f"{len(confidence_of_label)}")
-    rng = np.random.default_rng(seed)
-    kappas = [cohen_kappa(y[idx], p[idx]) for idx in rng.integers(0, len(y), size=(resamples, len(y)))]
     return Agreement(rows=len(y), agreement=float((y == p).mean()), kappa=cohen_kappa(y, p),
-                     kappa_high=float(np.quantile(kappas, confidence)),
+                     kappa_high=kappa_quantile(y, p, confidence, resamples, seed),
                      confident_issues=float((np.asarray(confidence_of_label) < 1 - confident).mean()))
 
 
@@ -159,7 +165,5 @@ def learnability(texts: list[str], labels: list[str], *, folds: int = 5, confide
                           LogisticRegression(class_weight="balanced", max_iter=1000))
     split = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
     predicted = cross_val_predict(model, list(texts), y, cv=split)
-    rng = np.random.default_rng(seed)
-    kappas = [cohen_kappa(y[idx], predicted[idx]) for idx in rng.integers(0, len(y), size=(resamples, len(y)))]
     return Learnability(rows=len(y), kappa=cohen_kappa(y, predicted),
-                        kappa_low=float(np.quantile(kappas, 1 - confidence)))
+                        kappa_low=kappa_quantile(y, predicted, 1 - confidence, resamples, seed))
