@@ -74,6 +74,9 @@ def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -
         names = alerts.ensure_automations(ws)
         if on_alerts:
             on_alerts(names)
+        # Scoring first: once the loop's deployment exists, whoever waits for it (a test, an operator's script)
+        # finds the scoring one too, rather than racing prefect's serve, which applies both again.
+        build_scoring(ws).apply()
         zombies.ensure_automation(ws, build(ws).apply())
         crashed = zombies.reconcile(ws, f"{FLOW_NAME}/{deployment_name(ws)}")
         if crashed:
