@@ -165,6 +165,9 @@ def main() -> None:
     parser.add_argument("--max-earlier-rows", type=int, default=None,
                         help="gate.max_earlier_rows for the run (default: params.yaml's); e.g. 320, ten 160-row "
                              "batches' test rows, to see scoring stop growing within 50 batches")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="params.yaml override (YAML value), e.g. train.merge_val_rows=320 to bound the merge's "
+                             "validation scoring within 50 batches too")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "scale")
     args = parser.parse_args()
     import shutil
@@ -173,7 +176,10 @@ def main() -> None:
     args.work.mkdir(parents=True)
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
     began = time.perf_counter()
+    import yaml
+
     overrides = {} if args.max_earlier_rows is None else {"gate.max_earlier_rows": args.max_earlier_rows}
+    overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
     results = iterations(args.work, args.batches, args.rows, args.real, overrides)
     idle = idle_run(args.work)
     drift = drift_times(args.work)

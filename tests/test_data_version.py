@@ -174,3 +174,51 @@ def test_dvc_repro_by_hand(make_workspace, domains: dict[str, pd.DataFrame]) -> 
     version = build_data_version(ws, "batch-0002")
     assert version.outs == outs
     assert all(remote_object(ws, md5).is_file() for md5 in outs.values())
+
+
+def test_a_new_batch_is_reproduced_alone_unless_an_earlier_split_is_stale(
+        make_workspace, domains: dict[str, pd.DataFrame], monkeypatch) -> None:
+    """The loop reproduces a new batch's split and the replay sample without DVC checking every earlier split
+    (that check grows with the history); a changed parameter or an earlier output gone still rebuilds them."""
+    from kaizen.tasks import data_version
+
+    ws = make_workspace(preprocess__max_test_rows=20)
+    calls: list[tuple[str, ...]] = []
+    real_dvc = data_version._dvc
+    monkeypatch.setattr(data_version, "_dvc", lambda w, *args: calls.append(args) or real_dvc(w, *args))
+    reproduced = lambda: [c for c in calls if c[0] == "repro"]  # noqa: E731
+
+    for i, name in enumerate(("movies", "amazon"), start=1):
+        write_batch(ws, f"batch-000{i}", real_rows(domains, name, 100, seed=i))
+    build_data_version(ws, "batch-0002")
+    assert reproduced() == [("repro", "--quiet", "--single-item", "split@batch-0001", "split@batch-0002", "replay")]
+
+    # A third batch: its split and the replay alone, and the earlier splits stay what they were.
+    before = lock_outs(ws)
+    calls.clear()
+    write_batch(ws, "batch-0003", real_rows(domains, "finefood", 100, seed=3))
+    v3 = build_data_version(ws, "batch-0003")
+    assert reproduced() == [("repro", "--quiet", "--single-item", "split@batch-0003", "replay")]
+    assert {o: v3.outs[o] for o in before if o.startswith("data/prepared/")} == \
+           {o: md5 for o, md5 in before.items() if o.startswith("data/prepared/")}
+
+    # A changed parameter with a new batch: the new split is made the new way, so every earlier one is stale,
+    # and the full `dvc repro` makes them all again, as a full repro from nothing would.
+    calls.clear()
+    set_param(ws, "preprocess", "max_test_rows", 15)
+    write_batch(ws, "batch-0004", real_rows(domains, "airline", 100, seed=4))
+    v4 = build_data_version(ws, "batch-0004")
+    assert [c[:3] for c in reproduced()] == [("repro", "--quiet", "--single-item"), ("repro", "--quiet")]
+    for b in ("batch-0001", "batch-0002", "batch-0003", "batch-0004"):
+        assert json.loads((ws.prepared_dir / b / "summary.json").read_text())["test"] == 15
+        assert v4.outs[f"data/prepared/{b}"] != before.get(f"data/prepared/{b}")
+
+    # An earlier split's output removed by hand: DVC is asked to check everything, and restores it.
+    calls.clear()
+    for path in (ws.prepared_dir / "batch-0002").iterdir():
+        path.unlink()
+    write_batch(ws, "batch-0005", real_rows(domains, "movies", 100, seed=5))
+    v5 = build_data_version(ws, "batch-0005")
+    assert reproduced() == [("repro", "--quiet")]
+    assert v5.outs["data/prepared/batch-0002"] == v4.outs["data/prepared/batch-0002"]
+    assert ws.split_file("batch-0002", "test").is_file()
