@@ -147,11 +147,33 @@ def table(results: list[dict]) -> str:
     for r in results:
         if r["iteration"] not in REPORTED and len(results) > 4:
             continue
-        grouped = {g: sum(r["steps"].get(s, 0.0) for s in steps) for g, steps in GROUPS.items()}
-        other = r["wall"] - sum(grouped.values())
+        step = grouped(r)
+        other = r["wall"] - sum(step[g] for g in GROUPS)
         lines.append(f"| {r['iteration']} | {r['wall']:.1f} | " + " | ".join(
-            f"{grouped[g]:.1f} ({100 * grouped[g] / r['wall']:.0f}%)" for g in GROUPS) + f" | {other:.1f} | "
-            f"{r['wall'] / (grouped['training'] + grouped['evaluation']):.2f} | {r['decision']} |")
+            f"{step[g]:.1f} ({100 * step[g] / r['wall']:.0f}%)" for g in GROUPS) + f" | {other:.1f} | "
+            f"{r['wall'] / (step['training'] + step['evaluation']):.2f} | {r['decision']} |")
+    return "\n".join(lines)
+
+
+def grouped(r: dict) -> dict[str, float]:
+    return {g: sum(r["steps"].get(s, 0.0) for s in steps) for g, steps in GROUPS.items()} | {"wall": r["wall"]}
+
+
+def medians(results: list[dict]) -> str:
+    """Medians over the five iterations around each reported one (single iterations are noisy), and the growth
+    from the 5th to the last: the issue's 1.5x is about evaluation and preprocessing."""
+    columns = ("wall", "preprocessing", "evaluation", "training")
+    starts = [max(1, min(n - 2, len(results) - 4)) for n in REPORTED[1:] if n <= len(results)]
+    windows = [(a, a + 4) for a in starts]
+    if len(windows) < 2:
+        return ""
+    rows = {w: {c: float(pd.Series([grouped(r)[c] for r in results[w[0] - 1: w[1]]]).median()) for c in columns}
+            for w in windows}
+    lines = ["| iterations | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {a}–{b} | " + " | ".join(f"{v[c]:.2f}" for c in columns) + " |" for (a, b), v in rows.items()]
+    first, last = rows[windows[0]], rows[windows[-1]]
+    lines.append(f"| growth {windows[-1][0]}–{windows[-1][1]} / {windows[0][0]}–{windows[0][1]} | " + " | ".join(
+        f"{last[c] / first[c]:.2f}x" for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -168,9 +190,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params.yaml override (YAML value), e.g. train.merge_val_rows=320 to bound the merge's "
                              "validation scoring within 50 batches too")
+    parser.add_argument("--table-only", action="store_true", help="run nothing: the tables of --work's result.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "scale")
     args = parser.parse_args()
     import shutil
+
+    if args.table_only:
+        results = json.loads((args.work / "result.json").read_text())["iterations"]
+        print(table(results) + "\n\n" + medians(results))
+        return
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -187,7 +215,7 @@ def main() -> None:
     print(f"\n{args.batches} batches of {args.rows} rows, {'MiniLM' if args.real else 'tiny BERT'}, overrides "
           f"{overrides or 'none'}; {platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.perf_counter() - began:.0f} s in all\n")
-    print(table(results))
+    print(table(results) + "\n\n" + medians(results))
     print(f"\nidle `kaizen run` (nothing new, fresh process): {idle:.2f} s\n")
     print("| drift reference rows | seconds |\n|---|---|\n" + "\n".join(f"| {n} | {s:.2f} |" for n, s in drift))
 

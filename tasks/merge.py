@@ -66,10 +66,12 @@ def choose_merge(champion_dir: Path, tuned_dir: Path, val_sets: dict[str, pd.Dat
     for alpha in sorted(set(alphas)):
         dirs[alpha] = tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha,
                                                                   out_dir / f"alpha-{alpha:g}")
-        scores[alpha] = {}
-        for batch, val in val_sets.items():
-            predicted, _ = predict(dirs[alpha], val["text"].tolist(), max_length=max_length, device=device)
-            scores[alpha][batch] = float(np.mean(np.asarray(predicted) == val["label"].to_numpy()))
+        # Every batch's rows in one pass: a model load per batch made the choice grow with the history.
+        predicted, _ = predict(dirs[alpha], [t for val in val_sets.values() for t in val["text"]],
+                               max_length=max_length, device=device)
+        ends = np.cumsum([len(val) for val in val_sets.values()])
+        scores[alpha] = {batch: float(np.mean(np.asarray(predicted[end - len(val): end]) == val["label"].to_numpy()))
+                         for (batch, val), end in zip(val_sets.items(), ends, strict=True)}
     choice = MergeChoice(0.0, tuned_dir, scores, new_batch)
     best = max(sorted(scores), key=lambda a: (round(choice.objective(a), 12), a))
     for alpha, folder in dirs.items():

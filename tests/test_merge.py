@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from kaizen.tasks.merge import WEIGHTS, MergeChoice, choose_merge, interpolate
+from kaizen.tasks.predict import predict
 from kaizen.tasks.settings import ModelSettings
 from kaizen.tasks.train import fine_tune
 from tests.helpers import sample
@@ -57,6 +59,9 @@ def test_the_mix_with_the_best_mean_validation_accuracy_is_kept(two_models, tmp_
     assert set(choice.scores) == {0.25, 0.5, 1.0} and set(choice.scores[0.5]) == {"movies", "amazon"}
     assert choice.objective(choice.alpha) == max(choice.objective(a) for a in choice.scores)
     assert choice.objective(0.5) == (choice.scores[0.5]["amazon"] + choice.scores[0.5]["movies"]) / 2
+    for batch, rows in val.items():  # each batch's score is of its own rows, though all are scored in one pass
+        predicted, _ = predict(tuned, rows["text"].tolist(), max_length=32)
+        assert choice.scores[1.0][batch] == pytest.approx(np.mean(np.asarray(predicted) == rows["label"].to_numpy()))
     assert choice.model_dir.exists()
     kept = [p.name for p in tmp_path.iterdir()]
     assert kept == ([] if choice.alpha == 1.0 else [f"alpha-{choice.alpha:g}"])  # the other candidates are gone
