@@ -46,42 +46,85 @@ def predictions_on_splits(ws, model_dir: Path, model, splits: list[tuple[str, st
                           rows: dict[tuple[str, str], np.ndarray] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """A model's predictions on each (batch, split) of `splits` (see `predictions_on`), on the `rows` given for
     one (row numbers of the split, in order) or on all of them. A registered version's (`model`, a
-    registry.ModelRef) are kept per row, named by the split's md5, under the workspace and as an artifact of the
-    version's run (logged by `check_quality`), so that no machine computes them twice; `logged` False: the run has
-    none yet (the challenger being checked), do not look. Rows not cached are scored in one pass: one model load
-    and one length-sorted batching, however many batches the history holds."""
+    registry.ModelRef) are kept per row, keyed by the split's md5, in one file per version under the workspace
+    and as an artifact of the version's run (logged by `check_quality`), so that no machine computes them twice;
+    `logged` False: the run has none yet (the challenger being checked), do not look. Rows not kept are scored in
+    one pass: one model load and one length-sorted batching, however many batches the history holds. One file,
+    not one per split, because reading and writing a file per earlier batch made evaluation grow with the
+    history."""
     import pyarrow.parquet as pq
 
     paths = {key: ws.split_file(*key) for key in splits}
-    names = {(b, s): f"{b}-{s}-{hashlib.md5(p.read_bytes()).hexdigest()}.parquet" for (b, s), p in paths.items()}
+    names = {(b, s): f"{b}-{s}-{hashlib.md5(p.read_bytes()).hexdigest()}" for (b, s), p in paths.items()}
     wanted = {key: np.asarray(rows[key]) if rows and key in rows else np.arange(pq.read_metadata(paths[key]).num_rows)
               for key in splits}
-    folder = prediction_dir(ws, model.version) if model is not None else None
-    cached: dict[tuple[str, str], pd.DataFrame] = {}
-    if folder is not None:
-        if logged:
-            _fetch_logged(ws, model.run_id, [names[k] for k in splits if not (folder / names[k]).exists()], folder)
-        cached = {k: _with_rows(pd.read_parquet(folder / names[k])) for k in splits if (folder / names[k]).exists()}
-    found = {k: frame.set_index("row").loc[wanted[k]].reset_index() for k, frame in cached.items()
-             if np.isin(wanted[k], frame["row"]).all()}
+    kept = _kept(ws, model, logged, [names[k] for k in splits]) if model is not None else _EMPTY
+    by_split = {name: frame for name, frame in kept.groupby("split", sort=False)} if len(kept) else {}
+    found = {k: by_split[names[k]].set_index("row").loc[wanted[k]].reset_index().drop(columns="split")
+             for k in splits if names[k] in by_split and np.isin(wanted[k], by_split[names[k]]["row"]).all()}
     todo = {k: pd.read_parquet(paths[k]).iloc[wanted[k]] for k in splits if k not in found}
     if todo:
         texts = [text for frame in todo.values() for text in frame["text"]]
         labels, probs = predict(model_dir, texts, max_length=ws.settings.model.max_length,
                                 device=pick_device(ws.settings.train.device))
-        start = 0
+        start, scored = 0, []
         for key, frame in todo.items():
             end = start + len(frame)
             out = pd.DataFrame({"row": wanted[key], "label": frame["label"].to_numpy(),
                                 "predicted": labels[start:end]})
             for i, label in enumerate(ws.settings.data.labels):
                 out[f"p_{label}"] = probs[start:end, i]
-            if folder is not None:  # with the rows cached before, so the file only ever grows
-                kept = cached.get(key, out.iloc[:0])
-                merged = pd.concat([kept[~kept["row"].isin(out["row"])], out]).sort_values("row")
-                write_atomically(folder / names[key], parquet_bytes(merged.reset_index(drop=True)))
             found[key], start = out.reset_index(drop=True), end
+            scored.append(out.assign(split=names[key]))
+        if model is not None:  # with the rows kept before, so the file only ever grows
+            new = pd.concat(scored, ignore_index=True)
+            if len(kept):
+                old = kept[~kept.set_index(["split", "row"]).index.isin(new.set_index(["split", "row"]).index)]
+                new = pd.concat([old, new], ignore_index=True)
+            write_atomically(prediction_file(ws, model.version), parquet_bytes(new))
     return {k: found[k] for k in splits}
+
+
+_EMPTY = pd.DataFrame({"split": pd.Series(dtype=str), "row": pd.Series(dtype="int64")})
+
+
+def prediction_dir(ws, version: str) -> Path:
+    return ws.runs_dir / "predictions" / f"v{version}"
+
+
+def prediction_file(ws, version: str) -> Path:
+    """A version's kept predictions: `split` (<batch>-<split>-<md5 of the split file>), `row` and the rest."""
+    return prediction_dir(ws, version) / PREDICTIONS
+
+
+PREDICTIONS = "predictions.parquet"
+
+
+def kept_predictions(ws, version: str, batch: str, split: str) -> pd.DataFrame:
+    """The rows of one split that a version's predictions are kept for, as `predictions_on` gives them."""
+    kept = pd.read_parquet(prediction_file(ws, version))
+    return kept[kept["split"].str.startswith(f"{batch}-{split}-")].drop(columns="split").reset_index(drop=True)
+
+
+def _kept(ws, model, logged: bool, names: list[str]) -> pd.DataFrame:
+    """What is kept of a version's predictions: its file, and any of `names` kept the way kaizen kept them
+    before (a file per split, every row in order). What this machine lacks of `names` is looked for among the
+    artifacts of the version's run (one listing), unless `logged` is False."""
+    folder, file = prediction_dir(ws, model.version), prediction_file(ws, model.version)
+
+    def read() -> pd.DataFrame:
+        frames = [pd.read_parquet(file)] if file.exists() else []
+        frames += [_with_rows(pd.read_parquet(folder / f"{n}.parquet")).assign(split=n)
+                   for n in names if (folder / f"{n}.parquet").exists()]
+        return pd.concat(frames, ignore_index=True).drop_duplicates(["split", "row"]) if frames else _EMPTY
+
+    kept = read()
+    missing = set(names) - set(kept["split"])
+    if logged and missing:
+        _fetch_logged(ws, model.run_id, ([] if file.exists() else [PREDICTIONS]) +
+                      [f"{n}.parquet" for n in sorted(missing)], folder)
+        kept = read()
+    return kept
 
 
 def _with_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -106,10 +149,6 @@ def earlier_rows(ws, batches: list[str], new_batch: str) -> dict[str, np.ndarray
     share = max(1, cap // len(earlier))
     return {b: np.sort(np.random.default_rng(batch_seed(ws.settings.preprocess.seed, f"judge:{b}")).permutation(n)[
         :share]) for b, n in sizes.items()}
-
-
-def prediction_dir(ws, version: str) -> Path:
-    return ws.runs_dir / "predictions" / f"v{version}"
 
 
 def _fetch_logged(ws, run_id: str, names: list[str], folder: Path) -> None:

@@ -226,11 +226,13 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
     """A version's predictions on each test split were kept when it was checked, locally and with its run: a
     machine without the local copy reads them from the run and never loads the model; and scoring several
     uncached splits in one pass gives what scoring each alone gives."""
+    import hashlib
     import shutil
 
     import numpy as np
 
     from kaizen.tasks.evaluate import (
+        kept_predictions,
         prediction_dir,
         predictions_on,
         predictions_on_each,
@@ -243,13 +245,23 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
     name = moved.settings.model.registered_name
     version = registry.model_version(client, name, "2")  # checked as the challenger on batches 1 and 2
     batches = ["batch-0001", "batch-0002"]
-    kept = {b: pd.read_parquet(next(prediction_dir(ws, "2").glob(f"{b}-test-*.parquet"))) for b in batches}
+    kept = {b: kept_predictions(ws, "2", b, "test") for b in batches}
     shutil.rmtree(prediction_dir(moved, "2"))
 
     fetched = predictions_on_each(moved, tmp_path / "no-such-model", version, batches, "test")
 
     for batch in batches:
         pd.testing.assert_frame_equal(fetched[batch], kept[batch])
+    # Kept the way kaizen kept them before one file per version (a file per split, every row in order, no row
+    # numbers): still read, and the model still not loaded.
+    shutil.rmtree(prediction_dir(moved, "2"))
+    prediction_dir(moved, "2").mkdir(parents=True)
+    for batch in batches:
+        md5 = hashlib.md5(moved.split_file(batch, "test").read_bytes()).hexdigest()
+        kept[batch].drop(columns="row").to_parquet(prediction_dir(moved, "2") / f"{batch}-test-{md5}.parquet")
+    legacy = predictions_on_each(moved, tmp_path / "no-such-model", version, batches, "test", logged=False)
+    for batch in batches:
+        pd.testing.assert_frame_equal(legacy[batch], kept[batch])
     model_dir = registry.download_model(client, name, "2", tmp_path / "model")
     together = predictions_on_each(moved, model_dir, None, batches, "test")
     for batch in batches:
@@ -272,7 +284,7 @@ def test_past_max_earlier_rows_each_earlier_batch_is_judged_on_a_fixed_share(loo
 
     import pyarrow.parquet as pq
 
-    from kaizen.tasks.evaluate import earlier_rows, prediction_dir, predictions_on_each
+    from kaizen.tasks.evaluate import earlier_rows, kept_predictions, prediction_dir, predictions_on_each
 
     moved = _copy_of(loop_state[0], tmp_path, monkeypatch)
     batches = ["batch-0001", "batch-0002", "batch-0003", "batch-0004"]
@@ -299,7 +311,7 @@ def test_past_max_earlier_rows_each_earlier_batch_is_judged_on_a_fixed_share(loo
     for batch in batches[:2]:
         pd.testing.assert_frame_equal(scored[batch], full[batch].iloc[two[batch]].reset_index(drop=True),
                                       check_exact=False, atol=1e-5)
-        cached = pd.read_parquet(next(prediction_dir(moved, "2").glob(f"{batch}-test-*.parquet")))
+        cached = kept_predictions(moved, "2", batch, "test")
         assert cached["row"].tolist() == list(two[batch])  # what was scored, and nothing else
     # A smaller share inside it: read from the kept rows, with no model to load.
     again = predictions_on_each(moved, tmp_path / "no-such-model", version, batches[:2], "test", logged=False,
@@ -309,6 +321,6 @@ def test_past_max_earlier_rows_each_earlier_batch_is_judged_on_a_fixed_share(loo
         assert again[batch]["predicted"].tolist() == full[batch]["predicted"].iloc[three[batch]].tolist()
     # Every row: the missing ones are scored and join the kept file.
     predictions_on_each(moved, model_dir, version, batches[:1], "test", logged=False)
-    cached = pd.read_parquet(next(prediction_dir(moved, "2").glob("batch-0001-test-*.parquet")))
+    cached = kept_predictions(moved, "2", "batch-0001", "test")
     assert cached["row"].tolist() == list(range(sizes["batch-0001"]))
     assert cached["predicted"].tolist() == full["batch-0001"]["predicted"].tolist()
