@@ -249,10 +249,10 @@ def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftRes
     registry.log_metrics(client, it.run_id, metrics)
     lineage.log_evaluation_matrix(client, it.run_id, evaluation, reports)
     tests = {f"{it.batch_id}/test": pd.read_parquet(ws.split_file(it.batch_id, "test"))}
-    if earlier:
-        tests[f"{len(earlier)} earlier batch(es)/test"] = pd.concat(  # the rows judged (all, or each one's share)
-            [pd.read_parquet(ws.split_file(b, "test")).iloc[judged.get(b, slice(None))] for b in earlier],
-            ignore_index=True)
+    if earlier:  # which rows of each earlier test split were judged (the data version holds their texts): reading
+        # every earlier split again for its texts made this grow with the history
+        tests[f"{len(earlier)} earlier batch(es)/test"] = pd.concat(
+            [news[b][["row", "label"]].assign(batch=b) for b in earlier], ignore_index=True)
     lineage.log_datasets(client, it.run_id, tests, "evaluation", ws.prepared_dir)
     client.log_artifacts(it.run_id, str(reports), "reports")
     client.log_artifacts(it.run_id, str(prediction_dir(ws, challenger.model.version)), "predictions")

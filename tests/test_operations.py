@@ -114,6 +114,8 @@ def test_lineage_tags_are_true(served) -> None:
     assert inputs["batch-0002/train+replay"]["mlflow.data.context"] == "training"
     assert inputs["batch-0002/test"]["mlflow.data.context"] == "evaluation"
     assert inputs["1 earlier batch(es)/test"]["mlflow.data.context"] == "evaluation"  # pooled: one entry
+    earlier = next(d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "1 earlier batch(es)/test")
+    assert json.loads(earlier.profile)["num_rows"] == run.data.metrics["evaluation.earlier_rows"] > 0
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
         "evaluation/matrix.json", "evaluation/matrix-accuracy.png"}
     loop = client.get_run(run.data.tags["mlflow.parentRunId"])
