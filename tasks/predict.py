@@ -26,8 +26,8 @@ def pick_device(setting: str) -> str:
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro F1 (over the labels either side names; 0 for a label never predicted nor true-positive),
-    as scikit-learn gives them with zero_division=0. In numpy because an iteration asks for them per model, per
+    """Accuracy and macro F1 (per label 2·hits / (rows labelled + rows predicted), averaged over the labels
+    either side names), as scikit-learn gives them with zero_division=0. In numpy because an iteration asks for them per model, per
     batch and per metric: scikit-learn's input checks cost a millisecond a call, which grew with the history."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) != len(y_pred) or not len(y_true):
