@@ -27,8 +27,9 @@ def pick_device(setting: str) -> str:
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Accuracy and macro F1 (per label 2·hits / (rows labelled + rows predicted), averaged over the labels
-    either side names), as scikit-learn gives them with zero_division=0. In numpy because an iteration asks for them per model, per
-    batch and per metric: scikit-learn's input checks cost a millisecond a call, which grew with the history."""
+    either side names), as scikit-learn gives them with zero_division=0. In numpy because an iteration asks for
+    them per model, per batch and per metric: scikit-learn's input checks cost a millisecond a call, which grew
+    with the history."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) != len(y_pred) or not len(y_true):
         raise ValueError(f"scores need as many predictions as labels, at least one: {len(y_true)} and {len(y_pred)}")
