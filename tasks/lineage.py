@@ -53,7 +53,7 @@ def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
     full = matrix.pivot(index="model", columns="batch", values=metric).reindex(["champion", "challenger"]).dropna(
         how="all")
     grid = full.iloc[:, -HEATMAP_BATCHES:]  # batch ids sort in order of arrival
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * grid.shape[1], 0.8 + 0.7 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=(2.2 + 0.75 * grid.shape[1], 1.2 + 0.5 * grid.shape[0]))
     image = ax.imshow(grid.values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
     ax.set_yticks(range(grid.shape[0]), grid.index)
@@ -61,10 +61,11 @@ def heatmap(matrix: pd.DataFrame, metric: str, path: Path) -> Path:
         for j in range(grid.shape[1]):
             value = grid.values[i, j]
             if pd.notna(value):
-                ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+                ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if value < 0.6 else "black")
     ax.set_title(f"{metric} on each batch's test split" + (f" (last {grid.shape[1]} of {full.shape[1]} batches)"
                                                              if full.shape[1] > grid.shape[1] else ""))
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
