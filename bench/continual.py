@@ -186,7 +186,7 @@ def joint_samples(ws, batches: list[str]) -> int:
 
 def summarise(result: dict, batches: list[str]) -> dict:
     """Final accuracies, their mean and the worst forgetting, on the test splits and (under "held_out") on the
-    held-out rows, where the rows each final model got right are kept too."""
+    held-out rows, with each step's accuracies there and the rows each final model got right."""
     def figures(steps: list[dict]) -> dict:
         final = steps[-1]
         worst = max([0.0] + [np.nanmax([s[b] for s in steps if b in s]) - final[b] for b in batches])
@@ -195,7 +195,8 @@ def summarise(result: dict, batches: list[str]) -> dict:
 
     held = [{b: float(np.mean(hits)) for b, hits in step.items()} for step in result["held_out"] if step]
     return figures(result["steps"]) | {
-        "held_out": figures(held) | {"correct": [result["held_out"][-1][b].astype(int).tolist() for b in batches]},
+        "held_out": figures(held) | {"steps": held,
+                                     "correct": [result["held_out"][-1][b].astype(int).tolist() for b in batches]},
         "samples": result["samples"], "decisions": result["decisions"]}
 
 
