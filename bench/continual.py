@@ -208,7 +208,7 @@ def one_run(work: Path, order: list[str], seed: int, rows: int, held_out: int, o
     (work / "stream").mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(order, start=1):
         domain = stream.load_domain(name, sources)
-        frame = domain.sample(frac=1.0, random_state=seed).head(rows)
+        frame = stream.sample_groups(domain, rows, seed)  # whole reviews, so held-out rows share none
         held[name] = held_out_rows(domain, frame, held_out, seed)
         path = work / "stream" / f"{i:02d}-{name}.csv"
         path.write_bytes(frame_bytes(frame[["text", "label"]], path.name))

@@ -177,7 +177,9 @@ def load_domain(name: str, sources_dir: Path) -> pd.DataFrame:
     return df[["text", "label", "group"]].astype(str).reset_index(drop=True)
 
 
-def _sample(df: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+def sample_groups(df: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """`rows` rows of a domain (0: all) in a seeded order of whole groups: an Amazon review's sentences are all
+    taken or all left, so rows left out share no review with rows taken."""
     # Whole groups in a seeded random order, each group's rows kept adjacent, so a later split by
     # position keeps a review's sentences on one side. The last group is cut to hit the row count exactly.
     groups = pd.unique(df["group"])
@@ -195,7 +197,7 @@ def build_stream(sources_dir: Path, out_dir: Path, rows_per_batch: int, seed: in
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in DOMAINS:
-        batch = _sample(load_domain(name, sources_dir), rows_per_batch, seed)
+        batch = sample_groups(load_domain(name, sources_dir), rows_per_batch, seed)
         path = out_dir / _OUT_NAMES[name]
         # A reader (the loop watching the landing folder) must never see a half-written file.
         write_atomically(path, frame_bytes(batch[["text", "label"]].reset_index(drop=True), path.name))
