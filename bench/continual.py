@@ -194,9 +194,11 @@ def summarise(result: dict, batches: list[str]) -> dict:
                 "forgetting": worst}
 
     held = [{b: float(np.mean(hits)) for b, hits in step.items()} for step in result["held_out"] if step]
+    last = result["held_out"][-1]  # empty when no champion was ever promoted: NaN, as on the test splits
+    nothing = {"final": [float("nan")] * len(batches), "mean": float("nan"), "forgetting": float("nan")}
     return figures(result["steps"]) | {
-        "held_out": figures(held) | {"steps": held,
-                                     "correct": [result["held_out"][-1][b].astype(int).tolist() for b in batches]},
+        "held_out": (figures(held) if last else nothing) | {
+            "steps": held, "correct": [last[b].astype(int).tolist() for b in batches] if last else []},
         "samples": result["samples"], "decisions": result["decisions"]}
 
 
@@ -242,6 +244,8 @@ def table(runs: list[dict[str, dict]], order: list[str], held_out: bool) -> str:
 def paired(run: dict[str, dict], arm: str, against: str) -> tuple[float, float]:
     """Mean over domains of arm's final held-out accuracy minus against's, in points, and its standard error
     from the rows both were scored on (the rows each got right are paired, so the shared difficulty cancels)."""
+    if not run[arm]["held_out"]["correct"] or not run[against]["held_out"]["correct"]:
+        return float("nan"), float("nan")  # an arm left no model
     diffs, variances = [], []
     for a, b in zip(run[arm]["held_out"]["correct"], run[against]["held_out"]["correct"], strict=True):
         d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
