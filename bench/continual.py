@@ -48,17 +48,15 @@ def accuracies(model_dir: Path, ws, batches: list[str]) -> dict[str, float]:
 
 
 def correct(model_dir: Path, ws, frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
-    """Per frame, which rows `model_dir` labels right (one model load for all of them)."""
-    from kaizen.tasks.predict import load, probabilities
+    """Per frame, which rows `model_dir` labels right (one `predict` over all of them: one model load)."""
+    from kaizen.tasks.predict import predict
 
-    tokenizer, net = load(model_dir)
-    out = {}
-    for key, frame in frames.items():
-        probs = probabilities(tokenizer, net, frame["text"].tolist(), max_length=ws.settings.model.max_length,
-                              batch_size=ws.settings.serving.batch_size)
-        predicted = np.asarray([net.config.id2label[int(i)] for i in probs.argmax(axis=1)])
-        out[key] = predicted == frame["label"].to_numpy()
-    return out
+    texts = [text for frame in frames.values() for text in frame["text"]]
+    predicted, _ = predict(model_dir, texts, max_length=ws.settings.model.max_length,
+                           batch_size=ws.settings.serving.batch_size)
+    ends = np.cumsum([len(frame) for frame in frames.values()])
+    return {key: np.asarray(part) == frame["label"].to_numpy()
+            for (key, frame), part in zip(frames.items(), np.split(np.asarray(predicted), ends[:-1]), strict=True)}
 
 
 class HeldOut:
