@@ -90,6 +90,7 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     NaN on every domain: the table shows it rather than the script stopping."""
     from kaizen.flows.loop import iteration
     from kaizen.tasks import registry
+    from kaizen.tasks.record import TAG
     from kaizen.tasks.text import normalize_text
     from kaizen.tasks.workspace import Workspace, init_workspace
 
@@ -98,7 +99,7 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     ws = Workspace.open(root)
     landing = Path(ws.landing)
     landing.mkdir(parents=True, exist_ok=True)
-    per_step, held_steps, samples, decisions, batches, champion = [], [], 0, [], [], None
+    per_step, held_steps, samples, decisions, batches, champion, notes = [], [], 0, [], [], None, []
     held_out = HeldOut(ws, {})  # one for every arm: models are told apart by their folders
     for path, rows in zip(files, held.values(), strict=True):
         (landing / path.name).write_bytes(path.read_bytes())
@@ -114,13 +115,17 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
         per_step.append(accuracies(model, ws, batches) if model else dict.fromkeys(batches, float("nan")))
         held_steps.append(held_out.step(model, batches) if model else {})
         decisions.append(summary["decision"])
+        run = client.get_run(summary["run_id"])
+        # which mix the merge chose and what the gate said: why a step learned or refused, read from the run
+        notes.append({"merge_alpha": run.data.tags.get(TAG["merge_alpha"]),
+                      "reasons": run.data.tags.get(TAG["reasons"], "")[:1000]})
         if summary.get("challenger_version"):
-            samples += int(client.get_run(summary["run_id"]).data.metrics["train.rows"]) * epochs
+            samples += int(run.data.metrics["train.rows"]) * epochs
         print(f"    kaizen: {summary['batch']} {summary['decision']}, champion "
               f"{'v' + str(champion.version) if champion else 'none'}", flush=True)
     bootstrap = registry.local_model(ws, "1")
-    return {"steps": per_step, "held_out": held_steps, "samples": samples, "decisions": decisions, "ws": ws,
-            "bootstrap": bootstrap, "batches": batches, "held_out_eval": held_out}
+    return {"steps": per_step, "held_out": held_steps, "samples": samples, "decisions": decisions, "notes": notes,
+            "ws": ws, "bootstrap": bootstrap, "batches": batches, "held_out_eval": held_out}
 
 
 def train_on(ws, start: Path, frame: pd.DataFrame, val: pd.DataFrame, epochs: int, out: Path,
@@ -197,7 +202,7 @@ def summarise(result: dict, batches: list[str]) -> dict:
     return figures(result["steps"]) | {
         "held_out": (figures(held) if last else nothing) | {
             "steps": held, "correct": [last[b].astype(int).tolist() for b in batches] if last else []},
-        "samples": result["samples"], "decisions": result["decisions"]}
+        "samples": result["samples"], "decisions": result["decisions"], "notes": result.get("notes", [])}
 
 
 def one_run(work: Path, order: list[str], seed: int, rows: int, held_out: int, overrides: dict,
