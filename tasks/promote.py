@@ -123,6 +123,15 @@ def judge(ws, it, evaluation) -> GateDecision:
     return promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate)
 
 
+REASONS_FILE = "gate/reasons.txt"  # the run's artifact with the gate's whole text
+
+
+def fit(reasons: str, limit: int) -> str:
+    from kaizen.tasks import registry
+
+    return registry.fit_lines(reasons, limit, f"the run's {REASONS_FILE}")
+
+
 def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | None = None) -> Decision:
     """Move `champion` if the verdict (`gate`, else the gate's own) says so, and record the decision and its
     reasons either way. The verdict may come from `judge` and a person after it (tasks/approval.py)."""
@@ -133,8 +142,11 @@ def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | Non
     client = registry.connect(ws)
     name = ws.settings.model.registered_name
     reasons = "\n".join(gate.reasons)
+    # The whole text goes with the run; its tags and the version's hold what fits (MLflow's limits), and say so.
+    client.log_text(it.run_id, reasons + "\n", REASONS_FILE)
     # The intent first, on the run: a kill after the alias move below can still be completed from it.
-    registry.set_tags(client, it.run_id, {TAG["gate_reasons"]: reasons, TAG["challenger_version"]: challenger_version})
+    registry.set_tags(client, it.run_id, {TAG["gate_reasons"]: fit(reasons, registry.RUN_TAG_CHARS),
+                                          TAG["challenger_version"]: challenger_version})
     previous = None
     if gate.promote:
         started_from = it.champion.version if it.champion else None
@@ -144,13 +156,13 @@ def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | Non
         except registry.ChampionMoved as exc:  # refused, and recorded why: the operator's move stands
             gate = GateDecision(False, [str(exc), *gate.reasons], f"rejected: {exc}")
             reasons = "\n".join(gate.reasons)
+            client.log_text(it.run_id, reasons + "\n", REASONS_FILE)
         kill_point("promote:moved")
-    tags = {TAG["decision"]: gate.verdict, TAG["reasons"]: reasons}
-    registry.tag_version(client, name, challenger_version, tags)
+    registry.tag_version(client, name, challenger_version, {
+        TAG["decision"]: gate.verdict, TAG["reasons"]: fit(reasons, registry.VERSION_TAG_CHARS)})
     client.update_model_version(name, challenger_version, description=gate.summary)
-    registry.set_tags(client, it.run_id, tags)
-    # MLflow cuts a tag at 8,000 characters (about 40 earlier batches of reasons): the whole text goes with the run.
-    client.log_text(it.run_id, reasons + "\n", "gate/reasons.txt")
+    registry.set_tags(client, it.run_id, {TAG["decision"]: gate.verdict,
+                                          TAG["reasons"]: fit(reasons, registry.RUN_TAG_CHARS)})
     champion = registry.model_by_alias(client, name, registry.CHAMPION)
     registry.set_tags(client, it.run_id, {TAG["champion_version"]: champion.version if champion else ""})
     if champion is not None:

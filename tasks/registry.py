@@ -167,6 +167,29 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
+RUN_TAG_CHARS = 8_000  # MLflow cuts a run tag's value here, mid-line, with a warning each time
+VERSION_TAG_CHARS = 100_000  # and refuses a longer model version tag: the iteration would fail
+
+
+def fit_lines(text: str, limit: int, where: str) -> str:
+    """`text` itself when it fits in `limit` characters; else as many of its first lines as fit, then how many
+    more lines `where` holds. Reasons put failed checks first, so the lines that matter are the ones kept."""
+    if len(text) <= limit:
+        return text
+    lines = text.splitlines()
+    kept: list[str] = []
+    size = 0
+    for line in lines:
+        if size + len(line) + 1 + len(f"... {len(lines) - len(kept) - 1} more lines in {where}") > limit:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    tail = f"... {len(lines) - len(kept)} more lines in {where}"
+    if not kept:  # a first line longer than the limit: its start, and every line counted as not shown
+        return f"{lines[0][: max(0, limit - len(tail) - 1)]}\n{tail}"
+    return "\n".join([*kept, tail])
+
+
 def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 

@@ -1,11 +1,13 @@
 """tasks.registry against a tracking server that goes away mid-iteration: MLflow's own HTTP retries are the one
 retry layer. An outage shorter than their bounded wait is ridden out and the iteration completes (every epoch's
 metrics logged); a longer one fails the attempt within a bounded time, without counting it against the batch,
-and the next run finishes the iteration. Nothing is promoted twice, nothing lost."""
+and the next run finishes the iteration. Nothing is promoted twice, nothing lost. And the gate's reasons are fitted to
+what MLflow stores whole."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import Ledger
@@ -138,3 +142,49 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
             os.environ.pop("MLFLOW_TRACKING_URI")
     finally:
         stop_mlflow(server)
+
+
+LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x85"),
+               max_size=300)  # no character that splits a line
+
+
+@given(st.lists(LINE, max_size=80), st.integers(60, 3000))
+def test_fit_lines_keeps_whole_first_lines_and_counts_the_rest(lines, limit):
+    text = "\n".join(lines)
+    fitted = registry.fit_lines(text, limit, "reasons.txt")
+    assert len(fitted) <= limit
+    if len(text) <= limit:
+        assert fitted == text
+        return
+    lines = text.splitlines()
+    *shown, tail = fitted.split("\n")
+    rest = int(re.fullmatch(r"\.\.\. (\d+) more lines in reasons\.txt", tail).group(1))
+    whole = len(lines) - rest  # lines shown whole, the first ones
+    if whole:
+        assert shown == lines[:whole]
+        if whole < len(lines):  # the next line would not have fitted
+            longer = lines[: whole + 1] + [f"... {rest - 1} more lines in reasons.txt"]
+            assert len("\n".join(longer)) > limit
+    else:  # not even the first line fits: its start
+        assert len(shown) == 1 and lines[0].startswith(shown[0])
+        assert len(lines[0]) + 1 + len(tail) > limit
+
+
+def test_fitted_reasons_are_stored_whole_by_mlflow(tmp_path):
+    """The limits are MLflow's: a fitted run tag reads back unchanged (MLflow cuts longer ones), a fitted model
+    version tag is accepted (MLflow refuses longer ones)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("fit"))
+    reasons = "\n".join(f"batch-{i:04d}: accuracy -0.004 [-0.031, +0.023], not inferior (p 0.001)" for i in range(2000))
+    for limit in (registry.RUN_TAG_CHARS, registry.VERSION_TAG_CHARS):
+        assert len(reasons) > limit
+    short = registry.fit_lines(reasons, registry.RUN_TAG_CHARS, "gate/reasons.txt")
+    registry.set_tags(client, run.info.run_id, {"reasons": short})
+    assert client.get_run(run.info.run_id).data.tags["reasons"] == short
+    client.create_registered_model("fit")
+    version = client.create_model_version("fit", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    longer = registry.fit_lines(reasons, registry.VERSION_TAG_CHARS, "gate/reasons.txt")
+    client.set_model_version_tag("fit", version.version, "reasons", longer)
+    assert client.get_model_version("fit", version.version).tags["reasons"] == longer
