@@ -55,7 +55,7 @@ def test_the_repository_params_load_with_every_value(settings: Settings, raw: di
     # A few values with their types, as the rest of the code uses them.
     assert settings.data.labels == ("negative", "positive")
     assert settings.data.text_column == "text" and settings.data.label_column == "label"
-    assert isinstance(settings.train.learning_rate, float) and settings.train.learning_rate == 5e-5
+    assert isinstance(settings.train.learning_rate, float) and settings.train.learning_rate == 1e-4
     assert settings.train.device == "auto"
     assert settings.gate.metric in ("accuracy", "f1")
     assert settings.preprocess.lowercase is False
