@@ -236,6 +236,11 @@ def temporary_prefect_server() -> Iterator[None]:
         yield
     finally:
         _temporary.clear()
+        # The flows' last logs are still queued for the API: sent now, not at exit to a server already gone
+        # (Prefect then prints "--- Error logging to API ---" under the demo's table).
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
         server.stop()
         watchdog.terminate()
         watchdog.wait(timeout=30)

@@ -50,6 +50,32 @@ def test_a_kaizen_run_killed_with_sigkill_leaves_no_temporary_server(make_worksp
             run.wait()
 
 
+FLOW_THAT_LOGS = """
+from prefect import flow, get_run_logger
+from kaizen.tasks.servers import temporary_prefect_server
+
+@flow
+def talk():
+    for i in range(300):
+        get_run_logger().info("line %d", i)
+
+with temporary_prefect_server():
+    talk()
+"""
+
+
+def test_a_flows_last_logs_reach_the_temporary_server_before_it_stops(tmp_path) -> None:
+    """Without the drain, the logs still queued reach for a server already gone at exit, and Prefect prints an
+    error under the demo's table."""
+    env = {**cli_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO"}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-c", FLOW_THAT_LOGS], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "line 299" in done.stdout  # the flow ran and logged
+    assert "Error logging to API" not in done.stdout, done.stdout[-2000:]
+
+
 def test_the_session_check_finds_a_process_a_test_left_running() -> None:
     left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
