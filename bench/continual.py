@@ -18,6 +18,7 @@ models that disagree on 10% of its rows, with no change in their true accuracy; 
 
     .venv/bin/python bench/continual.py [--rows 800] [--held-out 2000] [--seeds 13,14,15]
                                         [--orders movies,amazon,finefood,airline] [--set train.distill_weight=0.5 ...]
+    .venv/bin/python bench/continual.py --kaizen-only --others bench/results/continual ...   # a variant of kaizen
 """
 
 from __future__ import annotations
@@ -268,6 +269,17 @@ def comparisons(runs: list[dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def with_other_arms(kaizen: dict[str, dict], full_run: Path) -> dict[str, dict]:
+    """A kaizen-only result with the naive, fixed-gate and joint arms of a full run on the same streams: the same
+    held-out rows (checked by their count per domain) and the same bootstrap champion."""
+    other = json.loads(full_run.read_text())
+    counts = [[len(c) for c in run["kaizen"]["held_out"]["correct"]] for run in (kaizen, other)]
+    if counts[0] != counts[1]:
+        raise SystemExit(f"{full_run}: held-out rows per domain {counts[1]}, this run's {counts[0]}: not the same "
+                         "streams (use the same --rows, --held-out, seeds and orders)")
+    return {arm: (kaizen["kaizen"] if arm == "kaizen" else result) for arm, result in other.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=800, help="rows per domain")
@@ -279,6 +291,9 @@ def main() -> None:
                         help="params.yaml override of the kaizen arm (YAML value), e.g. train.distill_weight=0.5")
     parser.add_argument("--kaizen-only", action="store_true",
                         help="run the kaizen arm alone (with --set, a variant of it; the other arms do not change)")
+    parser.add_argument("--others", type=Path, metavar="DIR",
+                        help="with --kaizen-only: the other arms from the result.json files a full run left under DIR "
+                             "(same --rows, --held-out, seeds and orders: the same streams), for the whole table")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: the table of the result.json files that earlier runs left under --work")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
@@ -301,6 +316,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             print(f"order {order}, seed {seed}", flush=True)
             runs.append(one_run(work, order, seed, args.rows, args.held_out, overrides, args.kaizen_only))
+            if args.others:
+                runs[-1] = with_other_arms(runs[-1], args.others / work.name / "result.json")
             (work / "result.json").write_text(json.dumps(runs[-1], indent=1))
         held = "held_out" in runs[0]["kaizen"]  # result.json files of earlier versions of this script lack it
         report.append(f"order: {' -> '.join(order)}; seeds {args.seeds}; decisions (kaizen): "
