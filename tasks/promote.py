@@ -6,9 +6,6 @@ The gate judges champion and challenger on the same rows (tasks/stats.py), so no
 - on every trusted earlier batch, and on all of them pooled, it is refused for forgetting only when a loss
   beyond `max_regression` is shown: a one-sided paired-bootstrap test per batch, Holm-corrected over the
   batches and the pooled check at `alpha`.
-A trusted earlier batch the champion never learned (its challenger was refused) is still new to the champion:
-it joins the new batch in the improvement test, so a gain one small test split missed can be shown on more
-rows, and the new batch is then checked for a loss like an earlier one.
 Every check is recorded with its estimate, interval and verdict, on the model version and the iteration's run,
 and the version gets a one-line description of the verdict.
 """
@@ -49,16 +46,8 @@ class GateDecision:
         return "promoted" if self.promote else "rejected"
 
 
-def pooled(parts: list[PairedPredictions]) -> PairedPredictions:
-    """Several test splits as one (both models scored: not at bootstrap)."""
-    return PairedPredictions(*(tuple(y for part in parts for y in getattr(part, field))
-                               for field in ("labels", "challenger", "champion")))
-
-
-def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings,
-                      unlearned: dict[str, PairedPredictions]) -> tuple[list[str], list[str]]:
-    """(failed, passed) checks of the challenger on the new batch; the improvement is tested on the new batch
-    and the `unlearned` ones pooled."""
+def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings) -> tuple[list[str], list[str]]:
+    """(failed, passed) checks of the challenger on the new batch."""
     failed: list[str] = []
     passed: list[str] = []
     score = scores(np.asarray(rows.labels), np.asarray(rows.challenger))[gate.metric]
@@ -70,28 +59,23 @@ def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings,
                       "predictor is never promoted")
     if rows.champion is None:
         return failed, passed + ["no champion yet: bootstrap"]
-    new = pooled([rows, *unlearned.values()]) if unlearned else rows
-    diff, _ = stats.paired_difference(new.correct("champion"), new.correct("challenger"),
+    diff, _ = stats.paired_difference(rows.correct("champion"), rows.correct("challenger"),
                                       confidence=1 - gate.alpha, resamples=gate.resamples)
     p = stats.mcnemar_exact(diff.wins, diff.losses)
     # Rounded: a boundary is a boundary (2 rows of 200 is a gain of 0.01, not a hair less).
     ok = round(diff.estimate, 9) >= gate.min_improvement and p <= gate.improvement_alpha
-    pooled_with = f" pooled with {', '.join(unlearned)}, which the champion never learned" if unlearned else ""
     (passed if ok else failed).append(
-        f"accuracy on the new batch {batch}{pooled_with}: challenger minus champion {diff.describe()}; better by "
-        f"McNemar's exact test p={p:.3f} (improvement_alpha {gate.improvement_alpha:g}, min_improvement "
+        f"accuracy on the new batch {batch}: challenger minus champion {diff.describe()}; better by McNemar's "
+        f"exact test p={p:.3f} (improvement_alpha {gate.improvement_alpha:g}, min_improvement "
         f"{gate.min_improvement:+.3f}): {'improved' if ok else 'no improvement shown'}")
     return failed, passed
 
 
-def _forgetting_checks(earlier: dict[str, PairedPredictions], gate: GateSettings,
-                       newest: dict[str, PairedPredictions]) -> tuple[list[str], list[str]]:
-    """(failed, passed) checks on the earlier batches, and on `newest` (the new batch when its improvement was tested
-    pooled with others): a loss beyond the margin, per batch and over the earlier ones pooled."""
+def _forgetting_checks(earlier: dict[str, PairedPredictions], gate: GateSettings) -> tuple[list[str], list[str]]:
+    """(failed, passed) checks on the earlier batches: a loss beyond the margin, per batch and pooled."""
     groups = {batch: (rows.correct("champion"), rows.correct("challenger")) for batch, rows in earlier.items()}
     if len(groups) > 1:
         groups["all earlier batches pooled"] = tuple(np.concatenate([g[i] for g in groups.values()]) for i in (0, 1))
-    groups |= {batch: (rows.correct("champion"), rows.correct("challenger")) for batch, rows in newest.items()}
     diffs, p_values = {}, {}
     for name, (old, new) in groups.items():
         diffs[name], draws = stats.paired_difference(old, new, confidence=1 - gate.alpha, resamples=gate.resamples)
@@ -100,24 +84,19 @@ def _forgetting_checks(earlier: dict[str, PairedPredictions], gate: GateSettings
     failed, passed = [], []
     for name in groups:
         (failed if shown[name] else passed).append(
-            f"accuracy on {'earlier ' if name in earlier else 'the new batch ' if name in newest else ''}{name}: "
-            f"challenger minus champion {diffs[name].describe()}; a loss beyond max_regression {gate.max_regression:g} is "
+            f"accuracy on {'earlier ' if name in earlier else ''}{name}: challenger minus champion "
+            f"{diffs[name].describe()}; a loss beyond max_regression {gate.max_regression:g} is "
             f"{'shown' if shown[name] else 'not shown'} (p={p_values[name]:.3f}, Holm over {len(groups)} tests "
             f"at alpha {gate.alpha:g})")
     return failed, passed
 
 
-def promotion_gate(new_batch: str, paired: dict[str, PairedPredictions], gate: GateSettings,
-                   unlearned: tuple[str, ...] = ()) -> GateDecision:
-    """Judge the challenger on the new batch and on every other batch in `paired` (the trusted earlier ones);
-    those in `unlearned`, which the champion never learned, count with the new batch (module docstring)."""
-    bootstrap = paired[new_batch].champion is None
-    still_new = {} if bootstrap else {b: paired[b] for b in unlearned if b in paired and b != new_batch}
-    failed, passed = _new_batch_checks(new_batch, paired[new_batch], gate, still_new)
-    earlier = {b: rows for b, rows in paired.items() if b != new_batch and b not in still_new}
-    if not bootstrap and (earlier or still_new):
-        more_failed, more_passed = _forgetting_checks(earlier, gate, {new_batch: paired[new_batch]} if still_new
-                                                      else {})
+def promotion_gate(new_batch: str, paired: dict[str, PairedPredictions], gate: GateSettings) -> GateDecision:
+    """Judge the challenger on the new batch and on every other batch in `paired` (the trusted earlier ones)."""
+    failed, passed = _new_batch_checks(new_batch, paired[new_batch], gate)
+    earlier = {b: rows for b, rows in paired.items() if b != new_batch}
+    if paired[new_batch].champion is not None and earlier:
+        more_failed, more_passed = _forgetting_checks(earlier, gate)
         failed, passed = failed + more_failed, passed + more_passed
     promote = not failed
     return GateDecision(promote, failed + passed, _summary(promote, new_batch, failed, passed))
@@ -139,24 +118,9 @@ class Decision:
     previous_version: str | None  # the champion before, when it was replaced
 
 
-def unlearned_batches(ws, it) -> tuple[str, ...]:
-    """The earlier batches the champion never learned: not in its lineage, and not skipped (a batch skipped because
-    the champion already scored well on it is learned in effect). Their challengers were refused, or the
-    champion was rolled back past them."""
-    from kaizen.tasks.ledger import Ledger
-    from kaizen.tasks.record import batches_seen
-
-    if it.champion is None:
-        return ()
-    seen = set(batches_seen(it.champion))
-    with Ledger(ws.ledger_db) as ledger:
-        skipped = {b.batch_id for b in ledger.batches() if b.decision == "skipped"}
-    return tuple(b for b in it.batches if b != it.batch_id and b not in seen and b not in skipped)
-
-
 def judge(ws, it, evaluation) -> GateDecision:
     """The gate's verdict on the iteration's evaluation (nothing recorded or moved yet)."""
-    return promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate, unlearned_batches(ws, it))
+    return promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate)
 
 
 REASONS_FILE = "gate/reasons.txt"  # the run's artifact with the gate's whole text
