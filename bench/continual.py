@@ -270,8 +270,9 @@ def comparisons(runs: list[dict[str, dict]]) -> str:
 
 
 def with_other_arms(kaizen: dict[str, dict], full_run: Path) -> dict[str, dict]:
-    """A kaizen-only result with the naive, fixed-gate and joint arms of a full run on the same streams: the same
-    held-out rows (checked by their count per domain) and the same bootstrap champion."""
+    """A kaizen-only result with the naive, fixed-gate and joint arms of a full run on the same streams (the same
+    held-out rows: checked by their count per domain). Those arms started from the full run's bootstrap champion
+    and trained with its settings: a variant that changes either is compared with arms that did not."""
     other = json.loads(full_run.read_text())
     counts = [[len(c) for c in run["kaizen"]["held_out"]["correct"]] for run in (kaizen, other)]
     if counts[0] != counts[1]:
