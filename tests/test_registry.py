@@ -175,7 +175,8 @@ def test_fitted_reasons_are_stored_whole_by_mlflow(tmp_path):
     version tag is accepted (MLflow refuses longer ones)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not the registry an earlier test set globally
     run = client.create_run(client.create_experiment("fit"))
     reasons = "\n".join(f"batch-{i:04d}: accuracy -0.004 [-0.031, +0.023], not inferior (p 0.001)" for i in range(2000))
     for limit in (registry.RUN_TAG_CHARS, registry.VERSION_TAG_CHARS):
