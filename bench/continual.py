@@ -40,6 +40,9 @@ from kaizen.tasks.settings import write_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ("negative", "positive")
+# The fixed-threshold gate kaizen had before the paired tests, kept here so that params.yaml's gate does not move
+# this baseline: min_score, min_improvement and max_regression on point estimates.
+FIXED_GATE = {"min_score": 0.6, "min_improvement": 0.01, "max_regression": 0.02}
 
 
 def accuracies(model_dir: Path, ws, batches: list[str]) -> dict[str, float]:
@@ -148,7 +151,7 @@ def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_r
     splits as the loop's gate was)."""
     from kaizen.tasks.preprocess import batch_seed, draw_replay
 
-    gate, epochs = ws.settings.gate, ws.settings.train.epochs
+    gate, epochs = FIXED_GATE, ws.settings.train.epochs
     champion, samples, decisions = bootstrap, 0, ["promoted"]
     per_step, held_steps = [accuracies(champion, ws, batches[:1])], [held_out.step(champion, batches[:1])]
     for k in range(1, len(batches)):
@@ -162,8 +165,8 @@ def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_r
         tuned = train_on(ws, champion, train, split(batch, "val"), epochs, work / batch)
         samples += len(train) * epochs
         new, old = accuracies(tuned, ws, batches[: k + 1]), per_step[-1] | accuracies(champion, ws, [batch])
-        promote = not gated or (new[batch] >= gate.min_score and new[batch] - old[batch] >= gate.min_improvement
-                                and all(old[b] - new[b] <= gate.max_regression for b in batches[:k]))
+        promote = not gated or (new[batch] >= gate["min_score"] and new[batch] - old[batch] >= gate["min_improvement"]
+                                and all(old[b] - new[b] <= gate["max_regression"] for b in batches[:k]))
         champion = tuned if promote else champion
         decisions.append("promoted" if promote else "rejected")
         per_step.append(new if promote else {b: old[b] for b in batches[: k + 1]})

@@ -53,6 +53,7 @@ TAG = {
 BATCH_METRICS = ("batch.files", "batch.rows_accepted", "batch.rows_quarantined")
 DRIFT_SHARE = "drift.share"
 ORPHANED = "orphaned"  # the decision of a killed attempt, redone by a later run
+SETTINGS_FILE = "settings.json"  # every setting of the iteration, whole (a param longer than MLflow takes is cut)
 LOOP_RUN = "kaizen-loop"  # the parent run that groups every iteration of one workspace
 
 
@@ -175,9 +176,12 @@ def start_iteration(ws, batch_id: str, batches: list[str], data_version, flow_ru
     lineage = lineage_tags(ws, batch_id, data_version, champion, flow_run_id)
     run = client.create_run(experiment, run_name=f"iteration-{batch_id}",
                             tags={"mlflow.parentRunId": loop_run, **lineage})
-    flat = ws.settings.model_dump(mode="json")
-    registry.log_params(client, run.info.run_id, {f"{section}.{k}": redact_value(v) for section, values in flat.items()
-                                                  for k, v in values.items()})  # credentials in a URL (storage.landing) masked
+    # credentials in a URL (storage.landing) masked, in the params and in the settings file alike
+    settings = {section: {k: redact_value(v) for k, v in values.items()}
+                for section, values in ws.settings.model_dump(mode="json").items()}
+    client.log_dict(run.info.run_id, settings, SETTINGS_FILE)
+    registry.log_params(client, run.info.run_id, {f"{section}.{k}": v for section, values in settings.items()
+                                                  for k, v in values.items()}, f"the run's {SETTINGS_FILE}")
     client.log_text(run.info.run_id, data_version.lock, "data/dvc.lock")
     return Iteration(batch_id, run.info.run_id, data_version.prepared_md5, data_version.accepted_md5, champion,
                      tuple(batches), flow_run_id, loop_run, lineage)

@@ -161,12 +161,7 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -
     client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 
 
-def log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-
-
+PARAM_CHARS = 6_000  # MLflow cuts a longer param value here, with a warning and no word of where the rest is
 RUN_TAG_CHARS = 8_000  # MLflow cuts a run tag's value here, mid-line, with a warning each time
 VERSION_TAG_CHARS = 100_000  # and refuses a longer model version tag: the iteration would fail
 
@@ -188,6 +183,17 @@ def fit_lines(text: str, limit: int, where: str) -> str:
     if not kept:  # a first line longer than the limit: its start, and every line counted as not shown
         return f"{lines[0][: max(0, limit - len(tail) - 1)]}\n{tail}"
     return "\n".join([*kept, tail])
+
+
+def log_params(client, run_id: str, params: dict[str, Any], where: str) -> None:
+    """Log params in one call; a value longer than MLflow takes keeps its start and says where it is whole."""
+    from mlflow.entities import Param
+
+    def fitted(value: str) -> str:
+        tail = f" ... {len(value)} characters in all, whole in {where}"
+        return value if len(value) <= PARAM_CHARS else value[: PARAM_CHARS - len(tail)] + tail
+
+    client.log_batch(run_id, params=[Param(k, fitted(str(v))) for k, v in params.items()])
 
 
 def set_tags(client, run_id: str, tags: dict[str, str]) -> None:

@@ -3,6 +3,7 @@ event, an artifact or a log line, while the loop uses them as given."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import fsspec
 
 from kaizen.flows.loop import iteration
-from kaizen.tasks import arrivals, registry
+from kaizen.tasks import arrivals, record, registry
 from kaizen.tasks.redact import redact
 from tests.helpers import sample
 
@@ -54,6 +55,7 @@ def test_credentials_in_the_landing_url_reach_no_param_tag_artifact_event_or_log
     assert run.data.params["storage.landing"] == "memory://***@bucket/landing"
     seen += [*run.data.params.values(), *run.data.tags.values()]
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts")))
+    assert json.loads((local / record.SETTINGS_FILE).read_text())["storage"]["landing"] == "memory://***@bucket/landing"
     seen += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file()]
     mv = registry.model_version(client, ws.settings.model.registered_name, "1")
     seen += list(mv.tags.values())

@@ -189,3 +189,17 @@ def test_fitted_reasons_are_stored_whole_by_mlflow(tmp_path):
     longer = registry.fit_lines(reasons, registry.VERSION_TAG_CHARS, "gate/reasons.txt")
     client.set_model_version_tag("fit", version.version, "reasons", longer)
     assert client.get_model_version("fit", version.version).tags["reasons"] == longer
+
+
+def test_a_param_longer_than_mlflow_takes_keeps_its_start_and_says_where_it_is_whole(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("params"))
+    label_map = str({f"label-{i}": "positive" for i in range(400)})  # a long data.label_map
+    assert len(label_map) > registry.PARAM_CHARS
+    registry.log_params(client, run.info.run_id, {"data.label_map": label_map, "train.epochs": 1}, "settings.json")
+    params = client.get_run(run.info.run_id).data.params
+    assert params["train.epochs"] == "1" and len(params["data.label_map"]) == registry.PARAM_CHARS
+    start, tail = params["data.label_map"].split(" ... ")
+    assert label_map.startswith(start) and tail == f"{len(label_map)} characters in all, whole in settings.json"
