@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kaizen.tasks import registry
 from kaizen.tasks.promote import PairedPredictions, promotion_gate
 from kaizen.tasks.record import TAG
-from kaizen.tasks.settings import GateSettings
+from kaizen.tasks.settings import GateSettings, load_settings
 
 GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6,
                     improvement_alpha=0.2, alpha=0.05, resamples=2000, min_test_rows=20,
@@ -255,3 +257,15 @@ def test_a_crash_between_the_alias_moves_never_leaves_previous_equal_to_champion
 
     killed_between("operations.rollback(ws, 'bad answers')")  # a rollback to the previous champion
     assert aliases() == ("1", None)
+
+
+SHIPPED_GATE = load_settings(Path(__file__).resolve().parent.parent / "params.yaml").gate
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 60), st.integers(0, 200))
+def test_the_shipped_gate_takes_a_new_batch_gain_exactly_when_more_rows_are_won_than_lost(wins, losses, both):
+    """params.yaml's min_improvement and improvement_alpha: on the new batch the challenger passes when it wins
+    more rows than it loses, however few; a tie or a net loss is no improvement (bench/README.md: why)."""
+    decision = promotion_gate("b2", {"b2": rows(both + 60, wins, losses, 0)}, SHIPPED_GATE)
+    assert decision.promote == (wins > losses), decision.reasons
