@@ -48,6 +48,7 @@ def _digest(entries: dict[str, str]) -> str:
 
 
 def _dvc(ws: Workspace, *args: str) -> str:
+    """Run DVC in the workspace. Never with --quiet: DVC then does not say even why it failed."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(dvc_command(*args), cwd=ws.root, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -83,7 +84,7 @@ def build_data_version(ws: Workspace, learning: str) -> DataVersion:
         write_trust_file(ws.trust_file, ledger.suspect_batches())
     reproduce(ws, stage_vars["batches"])
     kill_point("preprocess:reproduced")
-    _dvc(ws, "push", "--quiet")
+    _dvc(ws, "push")
     return read_data_version(ws.dvc_lock.read_text(encoding="utf-8"))
 
 
@@ -99,10 +100,10 @@ def reproduce(ws: Workspace, batches: list[str]) -> None:
     locked = _split_stages(ws)
     new = [f"split@{b}" for b in batches if f"split@{b}" not in locked]
     if new and all(_out_intact(ws, stage) for stage in locked.values()):
-        _dvc(ws, "repro", "--quiet", "--single-item", *new, "replay")
+        _dvc(ws, "repro", "--single-item", *new, "replay")
         if len({_recipe(name, stage) for name, stage in _split_stages(ws).items()}) == 1:
             return
-    _dvc(ws, "repro", "--quiet")
+    _dvc(ws, "repro")
 
 
 def _split_stages(ws: Workspace) -> dict[str, dict]:
@@ -140,5 +141,5 @@ def restore_data_version(ws: Workspace, lock_text: str, dest: Path, remote: str 
     batches, learning = lock_stage_vars(lock_text)
     write_stage_vars(dest, learning, batches)
     outs = list(read_data_version(lock_text).outs)
-    _dvc(Workspace(dest, ws.settings), "pull", "--quiet", *outs)
+    _dvc(Workspace(dest, ws.settings), "pull", *outs)
     return dest / "data"

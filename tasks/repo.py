@@ -28,6 +28,23 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
+# What DVC must not read as part of the pipeline: kaizen's own dvc.yaml template (the repository's copy when a
+# checkout is the workspace, as for `make demo`, or an installed package's inside the workspace). Its `vars`
+# name a file relative to the template's folder, so a `dvc push` that collects every dvc.yaml would fail there.
+DVC_IGNORED = ("**/kaizen/templates/",)
+
+
+def ignore_in_dvc(root: Path) -> None:
+    """Add the patterns of DVC_IGNORED that `root`'s .dvcignore lacks (idempotent)."""
+    path = root / ".dvcignore"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    missing = [p for p in DVC_IGNORED if p not in text.splitlines()]
+    if missing:
+        lines = [text.rstrip("\n")] if text.strip() else []
+        write_atomically(path, ("\n".join([*lines, "# kaizen's templates are not this workspace's pipeline",
+                                            *missing]) + "\n").encode("utf-8"))
+
+
 TRUST_FILE = Path("data") / "trust.json"  # the suspect batches, relative to the workspace (Workspace.trust_file)
 
 
@@ -103,6 +120,7 @@ def ensure_dvc(root: Path, remote: str | None = None) -> None:
             run_command(["git", "config", key, value], root)
     if not (root / ".dvc").exists():
         run_command(dvc_command("init", "-q"), root)
+    ignore_in_dvc(root)
     run_command(dvc_command("config", "core.analytics", "false"), root)
     run_command(dvc_command("config", "--local", "core.site_cache_dir", str(root / ".kaizen" / "dvc-site")), root)
     configure_remote(root, remote or str(root / ".kaizen" / "dvc-remote"))

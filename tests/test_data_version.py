@@ -222,3 +222,33 @@ def test_a_new_batch_is_reproduced_alone_unless_an_earlier_split_is_stale(
     assert reproduced() == [("repro", "--quiet")]
     assert v5.outs["data/prepared/batch-0002"] == v4.outs["data/prepared/batch-0002"]
     assert ws.split_file("batch-0002", "test").is_file()
+
+
+def test_a_checkout_of_kaizen_as_the_workspace_versions_its_data(make_workspace, domains) -> None:
+    """`make demo` runs in the repository, which also holds kaizen/templates/dvc.yaml (a link to the
+    pipeline, package data). DVC must not read it as a second pipeline: its `vars` do not resolve there, and
+    `dvc push` failed on it (with --quiet, without a word of why)."""
+    ws = make_workspace()
+    templates = ws.root / "kaizen" / "templates"
+    templates.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml"):  # as the repository has them
+        (templates / name).symlink_to(Path("..") / ".." / name)
+    write_batch(ws, "batch-0001", real_rows(domains, "movies", 100, seed=6))
+    version = build_data_version(ws, "batch-0001")
+    assert all(remote_object(ws, md5).is_file() for md5 in version.outs.values())
+
+    # Without the workspace's ignore pattern DVC fails there, and the error gives DVC's reason.
+    dvcignore = ws.root / ".dvcignore"
+    dvcignore.write_text("\n".join(line for line in dvcignore.read_text().splitlines() if "templates" not in line))
+    write_batch(ws, "batch-0002", real_rows(domains, "amazon", 100, seed=7))
+    with pytest.raises(RuntimeError, match=r"kaizen/templates/dvc\.yaml"):
+        build_data_version(ws, "batch-0002")
+
+
+def test_the_repository_ignores_its_templates_as_every_workspace_does() -> None:
+    """The checkout is a workspace too (`make demo`): its tracked .dvcignore already has the patterns, so the
+    demo does not change a tracked file (nor commit one)."""
+    from kaizen.tasks.repo import DVC_IGNORED
+
+    lines = (Path(__file__).resolve().parent.parent / ".dvcignore").read_text().splitlines()
+    assert all(pattern in lines for pattern in DVC_IGNORED)
