@@ -191,14 +191,14 @@ def test_a_new_batch_is_reproduced_alone_unless_an_earlier_split_is_stale(
     for i, name in enumerate(("movies", "amazon"), start=1):
         write_batch(ws, f"batch-000{i}", real_rows(domains, name, 100, seed=i))
     build_data_version(ws, "batch-0002")
-    assert reproduced() == [("repro", "--quiet", "--single-item", "split@batch-0001", "split@batch-0002", "replay")]
+    assert reproduced() == [("repro", "--single-item", "split@batch-0001", "split@batch-0002", "replay")]
 
     # A third batch: its split and the replay alone, and the earlier splits stay what they were.
     before = lock_outs(ws)
     calls.clear()
     write_batch(ws, "batch-0003", real_rows(domains, "finefood", 100, seed=3))
     v3 = build_data_version(ws, "batch-0003")
-    assert reproduced() == [("repro", "--quiet", "--single-item", "split@batch-0003", "replay")]
+    assert reproduced() == [("repro", "--single-item", "split@batch-0003", "replay")]
     assert {o: v3.outs[o] for o in before if o.startswith("data/prepared/")} == \
            {o: md5 for o, md5 in before.items() if o.startswith("data/prepared/")}
 
@@ -208,7 +208,7 @@ def test_a_new_batch_is_reproduced_alone_unless_an_earlier_split_is_stale(
     set_param(ws, "preprocess", "max_test_rows", 15)
     write_batch(ws, "batch-0004", real_rows(domains, "airline", 100, seed=4))
     v4 = build_data_version(ws, "batch-0004")
-    assert [c[:3] for c in reproduced()] == [("repro", "--quiet", "--single-item"), ("repro", "--quiet")]
+    assert [c[:2] for c in reproduced()] == [("repro", "--single-item"), ("repro",)]
     for b in ("batch-0001", "batch-0002", "batch-0003", "batch-0004"):
         assert json.loads((ws.prepared_dir / b / "summary.json").read_text())["test"] == 15
         assert v4.outs[f"data/prepared/{b}"] != before.get(f"data/prepared/{b}")
@@ -219,7 +219,7 @@ def test_a_new_batch_is_reproduced_alone_unless_an_earlier_split_is_stale(
         path.unlink()
     write_batch(ws, "batch-0005", real_rows(domains, "movies", 100, seed=5))
     v5 = build_data_version(ws, "batch-0005")
-    assert reproduced() == [("repro", "--quiet")]
+    assert reproduced() == [("repro",)]
     assert v5.outs["data/prepared/batch-0002"] == v4.outs["data/prepared/batch-0002"]
     assert ws.split_file("batch-0002", "test").is_file()
 
