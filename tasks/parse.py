@@ -17,7 +17,6 @@ import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,15 +24,7 @@ from kaizen.tasks.decode import PIECE, BadFile, drain, opened, text_lines
 from kaizen.tasks.files import UnsupportedFormat, compression, file_kind, inner_name
 from kaizen.tasks.parse_text import Chunk, ColumnsGrew, RawRow, csv_chunks, json_chunks
 
-__all__ = ["BadFile", "Chunk", "ColumnsGrew", "RawRow", "Table", "encodable", "parse", "plain", "read_chunks",
-           "short"]
-
-
-@dataclass(frozen=True)
-class Table:
-    columns: list[str]
-    rows: list[RawRow]
-    remarks: tuple[str, ...] = ()  # what was done to read it that a user should know
+__all__ = ["BadFile", "Chunk", "ColumnsGrew", "RawRow", "encodable", "plain", "read_chunks", "short"]
 
 
 def read_chunks(path: Path, name: str, required: Sequence[str] = (), size: int = 100_000,
@@ -57,21 +48,6 @@ def read_chunks(path: Path, name: str, required: Sequence[str] = (), size: int =
                       if kind == "csv" else
                       json_chunks(lines, inner.endswith(".json"), size, remarks + decoded, columns))
         yield from _names_stripped(chunks)
-
-
-def parse(data: bytes, name: str, required: Sequence[str] = ()) -> Table:
-    """A whole file's bytes read into one table (for small files and tests; collect reads in chunks)."""
-    with tempfile.NamedTemporaryFile() as spool:
-        spool.write(data)
-        spool.flush()
-        columns = None
-        while True:
-            try:
-                chunks = list(read_chunks(Path(spool.name), name, required, columns=columns))
-            except ColumnsGrew as grew:  # a JSON Lines column first seen after the first chunk
-                columns = grew.columns
-                continue
-            return Table(chunks[-1].columns, [row for c in chunks for row in c.rows], chunks[-1].remarks)
 
 
 def _names_stripped(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
