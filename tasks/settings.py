@@ -173,10 +173,12 @@ class DriftSettings(_Section):
 
 class GateSettings(_Section):
     metric: Literal["accuracy", "f1"]
+    # A default, so that a workspace made before this knob existed still loads, and keeps the gate it had.
+    require_improvement: bool = True
     min_improvement: float = Field(ge=-1.0, le=1.0)
+    improvement_alpha: float = Field(gt=0.0, le=1.0)
     max_regression: float = Field(ge=0.0, le=1.0)
     min_score: float = Field(ge=0.0, le=1.0)
-    improvement_alpha: float = Field(gt=0.0, le=1.0)
     alpha: float = Field(gt=0.0, lt=0.5)
     resamples: int = Field(ge=100)
     min_test_rows: int = Field(ge=1)

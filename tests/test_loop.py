@@ -50,7 +50,7 @@ def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
 
     summaries.append(iteration(str(root)))  # nothing new
 
-    write_params(root, {"gate.min_improvement": 1.0})  # no model can gain a whole point: refused
+    write_params(root, {"gate.require_improvement": True, "gate.min_improvement": 1.0})  # no model gains 1.0
     land(ws, "finefood.parquet", sample(domains["finefood"], 160, seed=3))
     summaries.append(iteration(str(root)))
     locks.append(ws.dvc_lock.read_text())
@@ -197,15 +197,21 @@ def test_the_default_gate_decides_a_real_iteration(loop_state, domains, tmp_path
         if found:
             batch, estimate, rows, won, lost = found.group(1), float(found.group(2)), *map(int, found.group(3, 4, 5))
             assert estimate == pytest.approx(score["challenger"][batch] - score["champion"][batch], abs=0.0006)
-            checks[batch] = (reason, rows, won, lost)
+            checks.setdefault(batch, []).append((reason, rows, won, lost))
     assert set(checks) == {*earlier, new}
-    reason, rows, won, lost = checks[new]
-    p = binomtest(won, won + lost, 0.5, alternative="greater").pvalue if won + lost else 1.0
-    assert f"p={p:.3f}" in reason and f"improvement_alpha {gate.improvement_alpha:g}" in reason
-    improved = round((won - lost) / rows, 9) >= gate.min_improvement and p <= gate.improvement_alpha
-    assert ("improved" if improved else "no improvement shown") in reason
     for batch in earlier:
-        assert f"max_regression {gate.max_regression:g}" in checks[batch][0]
+        assert f"max_regression {gate.max_regression:g}" in checks[batch][0][0]
+    (reason, rows, won, lost), = checks[new]  # one line: the improvement test or the loss test, as configured
+    p = binomtest(won, won + lost, 0.5, alternative="greater").pvalue if won + lost else 1.0
+    mcnemar = next(r for r in reasons if "McNemar" in r)
+    assert f"p={p:.3f}" in mcnemar and f"{won} won, {lost} lost" in mcnemar
+    if gate.require_improvement:
+        assert f"improvement_alpha {gate.improvement_alpha:g}" in reason
+        improved = round((won - lost) / rows, 9) >= gate.min_improvement and p <= gate.improvement_alpha
+        assert ("improved" if improved else "no improvement shown") in reason
+    else:  # as shipped: the new batch is judged like the earlier ones, for a loss beyond the margin
+        assert "not required" in mcnemar and f"max_regression {gate.max_regression:g}" in reason
+        improved = True
     passes = (score["challenger"][new] >= gate.min_score and improved
               and not any(" is shown " in r for r in reasons))
     assert summary["decision"] == ("promoted" if passes else "rejected"), (score, reasons)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -262,10 +263,40 @@ def test_a_crash_between_the_alias_moves_never_leaves_previous_equal_to_champion
 SHIPPED_GATE = load_settings(Path(__file__).resolve().parent.parent / "params.yaml").gate
 
 
+def test_the_shipped_gate_does_not_ask_a_new_batch_for_a_gain_its_split_cannot_show() -> None:
+    """bench/README.md's case: fine food, 7 rows won and 10 lost of 160 by a challenger 4.7 points better on
+    2,000 held-out rows. The shipped gate promotes it (no loss beyond the margin is shown); a gate that requires
+    an improvement refuses it."""
+    paired = {"b1": rows(140, 8, 8, 4), "b2": rows(150, 5, 5, 0), "b3": rows(120, 7, 10, 23)}
+    assert not SHIPPED_GATE.require_improvement
+    shipped = promotion_gate("b3", paired, SHIPPED_GATE)
+    assert shipped.promote, shipped.reasons
+    assert shipped.summary.startswith("promoted: accuracy on the new batch b3: challenger minus champion -0.019")
+    assert "a loss beyond max_regression 0.02 is not shown" in shipped.summary and "Holm over 4 tests" in \
+        shipped.summary  # the new batch, two earlier ones, the pooled check
+    assert any("McNemar's exact test" in r and "p=0.834" in r and "not required" in r for r in shipped.reasons)
+    strict = promotion_gate("b3", paired, SHIPPED_GATE.model_copy(update={"require_improvement": True}))
+    assert not strict.promote and "no improvement shown" in strict.reasons[0]
+
+
+def test_a_loss_shown_on_the_new_batch_is_refused_when_no_improvement_is_required() -> None:
+    decision = promotion_gate("b2", {"b1": rows(140, 8, 8, 4), "b2": rows(100, 5, 40, 15)}, SHIPPED_GATE)
+    assert not decision.promote
+    assert decision.summary.startswith("rejected: accuracy on the new batch b2: challenger minus champion -0.219")
+    assert "max_regression 0.02 is shown" in decision.summary
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 60), st.integers(0, 60), st.integers(0, 200))
-def test_the_shipped_gate_takes_a_new_batch_gain_exactly_when_more_rows_are_won_than_lost(wins, losses, both):
-    """params.yaml's min_improvement and improvement_alpha: on the new batch the challenger passes when it wins
-    more rows than it loses, however few; a tie or a net loss is no improvement (bench/README.md: why)."""
+def test_the_shipped_gate_refuses_a_new_batch_only_for_a_loss_beyond_the_margin(wins, losses, both):
+    """params.yaml's gate on a new batch alone: a point estimate within max_regression is never a shown loss;
+    one more than three standard errors beyond it always is. (Between the two the bootstrap decides.)"""
     decision = promotion_gate("b2", {"b2": rows(both + 60, wins, losses, 0)}, SHIPPED_GATE)
-    assert decision.promote == (wins > losses), decision.reasons
+    n = both + 60 + wins + losses
+    estimate = (wins - losses) / n
+    se = math.sqrt(wins + losses - (wins - losses) ** 2 / n) / n
+    margin = SHIPPED_GATE.max_regression
+    if estimate >= -margin:  # (60 + both + wins) / n is then above min_score 0.6 too
+        assert decision.promote, decision.reasons
+    elif estimate < -margin - 3 * se:
+        assert not decision.promote and " is shown " in decision.summary, decision.reasons
