@@ -164,8 +164,8 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return ws
-def leftover_processes() -> list:
-    """Processes other than this one that carry this session's mark: started by a test, directly or not."""
+def _marked_processes() -> list[tuple]:
+    """(process, its session mark) of every process other than this one that carries a test session's mark."""
     import psutil
 
     found = []
@@ -173,11 +173,53 @@ def leftover_processes() -> list:
         if process.pid == os.getpid():
             continue
         try:
-            if process.environ().get(SESSION_MARK[0]) == SESSION_MARK[1]:
-                found.append(process)
+            mark = process.environ().get(SESSION_MARK[0])
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+        if mark:
+            found.append((process, mark))
     return found
+
+
+def leftover_processes() -> list:
+    """Processes other than this one that carry this session's mark: started by a test, directly or not."""
+    return [process for process, mark in _marked_processes() if mark == SESSION_MARK[1]]
+
+
+def _session_runs(mark: str) -> bool:
+    """Whether the pytest process that made `mark` still runs (a concurrent session's processes are its own)."""
+    import psutil
+
+    try:
+        return "pytest" in " ".join(psutil.Process(int(mark.split("-", 1)[0])).cmdline())
+    except (ValueError, psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def orphans_of_ended_sessions() -> list:
+    """Processes started by a test session whose pytest process is gone: one killed (`timeout`, SIGKILL) runs no
+    teardown and no session check, so the servers and workers its tests started would run on for good."""
+    return [process for process, mark in _marked_processes() if mark != SESSION_MARK[1] and not _session_runs(mark)]
+
+
+def _kill(processes: list) -> list[str]:
+    """Kill each process; what each one was, for the report."""
+    import psutil
+
+    lines = []
+    for process in processes:
+        try:
+            lines.append(f"  pid {process.pid}: {' '.join(process.cmdline())[:200]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    return lines
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before the tests: whatever a killed earlier session left running is stopped, and named."""
+    if lines := _kill(orphans_of_ended_sessions()):
+        print("\nprocesses left running by an earlier test session that was killed (now killed):\n" + "\n".join(lines))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -185,20 +227,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     seconds to stop) is named, stopped, and fails the session."""
     import time
 
-    import psutil
-
     deadline = time.monotonic() + 30
     while (left := leftover_processes()) and time.monotonic() < deadline:
         time.sleep(1)
     if not left:
         return
-    lines = []
-    for process in left:
-        try:
-            lines.append(f"  pid {process.pid}: {' '.join(process.cmdline())[:200]}")
-            process.kill()
-        except psutil.NoSuchProcess:
-            continue
+    lines = _kill(left)
     print("\nprocesses started by the tests were still running at the end of the session (now killed):\n"
           + "\n".join(lines))
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

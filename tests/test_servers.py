@@ -12,7 +12,7 @@ import time
 import psutil
 
 from kaizen.tasks.servers import TEMPORARY_SERVER_MARK
-from tests.conftest import SESSION_MARK, leftover_processes
+from tests.conftest import SESSION_MARK, leftover_processes, orphans_of_ended_sessions, pytest_sessionstart
 from tests.helpers import land, sample
 from tests.servers import KAIZEN, cli_env, wait_until
 
@@ -90,6 +90,30 @@ def test_the_session_check_finds_a_process_a_test_left_running() -> None:
     finally:
         left.kill()
         left.wait()
+
+
+def test_what_a_killed_session_left_running_is_stopped_when_the_next_one_starts(capsys) -> None:
+    """A session killed by `timeout` runs no teardown: its servers would run on. The next session stops them,
+    and only them: not this session's processes, nor those of another session still running."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def started(mark: str) -> subprocess.Popen:
+        return subprocess.Popen(sleeper, env={**os.environ, SESSION_MARK[0]: mark}, start_new_session=True)
+
+    orphan = started("999999999-kaizen-tests-killed")  # no such pid: that session's pytest is gone
+    concurrent = started(f"{os.getpid()}-kaizen-tests-another")  # its pytest (this process) still runs
+    mine = started(SESSION_MARK[1])
+    try:
+        found = {p.pid for p in orphans_of_ended_sessions()}
+        assert orphan.pid in found and not {concurrent.pid, mine.pid} & found
+        pytest_sessionstart(None)
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert f"pid {orphan.pid}: " in capsys.readouterr().out
+        assert concurrent.poll() is None and mine.poll() is None
+    finally:
+        for process in (orphan, concurrent, mine):
+            process.kill()
+            process.wait()
 
 
 # --- open doors -----------------------------------------------------------------------------------------
