@@ -164,6 +164,8 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return ws
+
+
 def _marked_processes() -> list[tuple]:
     """(process, its session mark) of every process other than this one that carries a test session's mark."""
     import psutil
