@@ -65,12 +65,12 @@ def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings) -
     diff, _ = stats.paired_difference(rows.correct("champion"), rows.correct("challenger"),
                                       confidence=1 - gate.alpha, resamples=gate.resamples)
     p = stats.mcnemar_exact(diff.wins, diff.losses)
-    # Rounded: a boundary is a boundary (2 rows of 200 is a gain of 0.01, not a hair less).
-    ok = round(diff.estimate, 9) >= gate.min_improvement and p <= gate.improvement_alpha
     if not gate.require_improvement:  # reported only: the loss test on the new batch decides (_loss_checks)
         passed.append(f"on the new batch {batch}, McNemar's exact test that the challenger is better gives "
                       f"p={p:.3f} ({diff.wins} won, {diff.losses} lost): not required (require_improvement false)")
         return failed, passed
+    # Rounded: a boundary is a boundary (2 rows of 200 is a gain of 0.01, not a hair less).
+    ok = round(diff.estimate, 9) >= gate.min_improvement and p <= gate.improvement_alpha
     (passed if ok else failed).append(
         f"accuracy on the new batch {batch}: challenger minus champion {diff.describe()}; better by McNemar's "
         f"exact test p={p:.3f} (improvement_alpha {gate.improvement_alpha:g}, min_improvement "
@@ -78,16 +78,14 @@ def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings) -
     return failed, passed
 
 
-def _loss_checks(earlier: dict[str, PairedPredictions], gate: GateSettings,
-                 new_batch: tuple[str, PairedPredictions] | None = None) -> tuple[list[str], list[str]]:
-    """(failed, passed) checks of a loss beyond the margin: per earlier batch, pooled over them, and on the new
-    batch when it is given."""
-    groups = {batch: (rows.correct("champion"), rows.correct("challenger")) for batch, rows in earlier.items()}
-    if len(groups) > 1:
-        groups["all earlier batches pooled"] = tuple(np.concatenate([g[i] for g in groups.values()]) for i in (0, 1))
-    new_name, new_rows = new_batch or (None, None)
-    if new_rows is not None:  # first, so that its verdict leads the reasons
-        groups = {new_name: (new_rows.correct("champion"), new_rows.correct("challenger")), **groups}
+def _loss_checks(judged: dict[str, PairedPredictions], new_batch: str,
+                 gate: GateSettings) -> tuple[list[str], list[str]]:
+    """(failed, passed) checks of a loss beyond the margin on each batch in `judged` (the trusted earlier ones,
+    and the new one when it is judged too), and on the earlier ones pooled."""
+    groups = {name: (rows.correct("champion"), rows.correct("challenger")) for name, rows in judged.items()}
+    earlier = [name for name in groups if name != new_batch]
+    if len(earlier) > 1:
+        groups["all earlier batches pooled"] = tuple(np.concatenate([groups[b][i] for b in earlier]) for i in (0, 1))
     diffs, p_values = {}, {}
     for name, (champion, challenger) in groups.items():
         diffs[name], draws = stats.paired_difference(champion, challenger, confidence=1 - gate.alpha,
@@ -97,7 +95,7 @@ def _loss_checks(earlier: dict[str, PairedPredictions], gate: GateSettings,
     failed, passed = [], []
     for name in groups:
         (failed if shown[name] else passed).append(
-            f"accuracy on {'earlier ' if name in earlier else 'the new batch ' if name == new_name else ''}{name}: "
+            f"accuracy on {'the new batch ' if name == new_batch else 'earlier ' if name in earlier else ''}{name}: "
             f"challenger minus champion {diffs[name].describe()}; a loss beyond max_regression "
             f"{gate.max_regression:g} is {'shown' if shown[name] else 'not shown'} (p={p_values[name]:.3f}, "
             f"Holm over {len(groups)} tests at alpha {gate.alpha:g})")
@@ -107,10 +105,11 @@ def _loss_checks(earlier: dict[str, PairedPredictions], gate: GateSettings,
 def promotion_gate(new_batch: str, paired: dict[str, PairedPredictions], gate: GateSettings) -> GateDecision:
     """Judge the challenger on the new batch and on every other batch in `paired` (the trusted earlier ones)."""
     failed, passed = _new_batch_checks(new_batch, paired[new_batch], gate)
-    earlier = {b: rows for b, rows in paired.items() if b != new_batch}
-    judged_for_loss = None if gate.require_improvement else (new_batch, paired[new_batch])
-    if paired[new_batch].champion is not None and (earlier or judged_for_loss):
-        more_failed, more_passed = _loss_checks(earlier, gate, judged_for_loss)
+    judged = {b: rows for b, rows in paired.items() if b != new_batch}
+    if not gate.require_improvement:  # first, so that its verdict leads the reasons
+        judged = {new_batch: paired[new_batch], **judged}
+    if paired[new_batch].champion is not None and judged:
+        more_failed, more_passed = _loss_checks(judged, new_batch, gate)
         failed, passed = failed + more_failed, passed + more_passed
     promote = not failed
     return GateDecision(promote, failed + passed, _summary(promote, new_batch, failed, passed))

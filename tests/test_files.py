@@ -27,7 +27,8 @@ def test_every_format_written_reads_back_the_same_rows(name: str, tmp_path: Path
 
 def test_a_json_file_may_hold_one_array(tmp_path: Path) -> None:
     assert file_kind("x.json") == "jsonl"
-    assert read_back(tmp_path, b'[{"text": "a", "label": "positive"}]', "x.json")[1] == [{"text": "a", "label": "positive"}]
+    _, records = read_back(tmp_path, b'[{"text": "a", "label": "positive"}]', "x.json")
+    assert records == [{"text": "a", "label": "positive"}]
 
 
 def test_an_unknown_ending_names_the_formats() -> None:

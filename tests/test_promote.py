@@ -13,6 +13,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.promote import PairedPredictions, promotion_gate
 from kaizen.tasks.record import TAG
 from kaizen.tasks.settings import GateSettings, load_settings
+from kaizen.tasks.workspace import template
 
 GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6,
                     improvement_alpha=0.2, alpha=0.05, resamples=2000, min_test_rows=20,
@@ -260,7 +261,7 @@ def test_a_crash_between_the_alias_moves_never_leaves_previous_equal_to_champion
     assert aliases() == ("1", None)
 
 
-SHIPPED_GATE = load_settings(Path(__file__).resolve().parent.parent / "params.yaml").gate
+SHIPPED_GATE = load_settings(template("params.yaml")).gate
 
 
 def test_the_shipped_gate_does_not_ask_a_new_batch_for_a_gain_its_split_cannot_show() -> None:
