@@ -75,7 +75,12 @@ def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAtte
     if set_aside:
         _move(ws.batch_file(batch_id), ws.failed_dir / ws.batch_file(batch_id).name)
     if counted:  # the tracking server answers: close the attempt's run, marked with its error
-        _close_runs(ws, batch_id, error)
+        try:
+            _close_runs(ws, batch_id, error)
+        except Exception as exc:  # noqa: BLE001  the attempt's own error is the one to report, and it is
+            # recorded already; a run left open is labelled orphaned by the next attempt's recovery.
+            logger.warning("%s: the failed attempt's MLflow run could not be closed (the next attempt labels it "
+                           "orphaned): %s", batch_id, error_text(exc))
     attempt = FailedAttempt(batch_id, error, counted, in_a_row, set_aside)
     what = (f"set aside as failed after {in_a_row} attempts with this error; fix the cause, then "
             f"`kaizen batch retry {batch_id}`") if set_aside else (

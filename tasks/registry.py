@@ -6,6 +6,7 @@ and metrics) is `tasks/record.py`'s.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from kaizen.tasks.faults import kill_point
 from kaizen.tasks.workspace import Workspace, is_server
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
-_SET_HERE: dict[str, str] = {}  # MLflow settings this process put in its environment (not the user's)
+# The MLflow settings kaizen put in the environment, recorded there too: a child process inherits both, so it
+# tells them from the user's own and applies its own workspace's values (params.yaml may have changed since).
+SET_BY_KAIZEN = "KAIZEN_MLFLOW_SETTINGS"
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,7 @@ def connect(ws: Workspace):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    for key, value in tracking_retry_env(ws).items():  # read by MLflow at every request; the user's own win
-        if os.environ.get(key, _SET_HERE.get(key)) == _SET_HERE.get(key):
-            os.environ[key] = _SET_HERE[key] = value
+    apply_tracking_retries(ws)
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     if client.get_experiment_by_name(ws.settings.mlflow.experiment) is None:
         if is_server(ws.tracking_uri):
@@ -67,6 +68,16 @@ def tracking_retry_env(ws: Workspace) -> dict[str, str]:
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(ops.tracking_backoff_seconds),
             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(ops.tracking_timeout_seconds)}
+
+
+def apply_tracking_retries(ws: Workspace) -> None:
+    """Put `tracking_retry_env` in os.environ, where MLflow reads it at every request. A value the user set wins;
+    one kaizen set, in this process or in the one that started it, is replaced."""
+    ours = json.loads(os.environ.get(SET_BY_KAIZEN) or "{}")
+    for key, value in tracking_retry_env(ws).items():
+        if os.environ.get(key, ours.get(key)) == ours.get(key):  # unset, or still kaizen's
+            os.environ[key] = ours[key] = value
+    os.environ[SET_BY_KAIZEN] = json.dumps(ours, sort_keys=True)
 
 
 def retry_wait_seconds(retries: int, backoff: float, jitter: float = 1.0, cap: float = 120.0) -> float:
@@ -104,6 +115,7 @@ def download_model(client, name: str, version: str, dest: Path) -> Path:
     if dest.is_dir():
         return dest
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(dest)
@@ -111,7 +123,14 @@ def download_model(client, name: str, version: str, dest: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         uri = client.get_model_version_download_uri(name, version)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
+        except MlflowException:
+            # MLflow gathers the files it failed to download into one message, without their exceptions. Ask the
+            # server whether it still answers: if not, that error (a connection error, chained to this one) says
+            # so, and the attempt is not counted against the batch (tasks/failures.py); if it does, this one.
+            client.search_experiments(max_results=1)
+            raise
         weights = next(local.rglob("config.json")).parent
         tokenizer = next((p.parent for p in local.rglob("tokenizer.json")), weights)
         files = partial / "model"

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from kaizen.flows.cli import app
 from kaizen.flows.loop import IterationTimeout, iteration
 from kaizen.tasks.collect import collect, next_batch
-from kaizen.tasks.failures import FAILED_EVENT
+from kaizen.tasks.failures import FAILED_EVENT, note_failure
 from kaizen.tasks.ledger import Ledger
 from tests.helpers import land, sample, write_params
+from tests.servers import free_port, wait_until
 
 
 def failed_events(ws) -> list[dict]:
@@ -106,3 +107,25 @@ def test_a_ledger_from_before_failed_attempts_were_counted_gains_their_table(tmp
         ledger.record_attempt("batch-0001", "failed", "KeyError: 'x'")
         assert ledger.failures_in_a_row("batch-0001")[:2] == (1, "KeyError: 'x'")
         assert [b.status for b in ledger.batches()] == ["pending"]
+
+
+def test_a_counted_failure_is_recorded_and_announced_even_when_its_run_cannot_be_closed(
+        make_workspace, domains, prefect_server, monkeypatch, caplog) -> None:
+    """The tracking server gone by the time a failure is noted (nothing listens at its address): the attempt is
+    still counted, logged and sent as an event, with its own error, not the one from closing its run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ws = make_workspace(storage__tracking_uri=f"http://127.0.0.1:{free_port()}", operations__tracking_retries=0,
+                        operations__tracking_timeout_seconds=2)
+    land(ws, "movies.csv", sample(domains["movies"], 120, seed=3))
+    collect(ws)
+    batch_id, _ = next_batch(ws)
+    from prefect import flow
+
+    # In a flow, as the loop calls it: its event goes to the flow's Prefect server.
+    attempt = flow(note_failure, name="note-failure", validate_parameters=False)(ws, batch_id, KeyError("neutral"))
+    assert (attempt.counted, attempt.in_a_row, attempt.error) == (True, 1, "KeyError: 'neutral'")
+    with Ledger(ws.ledger_db) as ledger:
+        assert ledger.failures_in_a_row(batch_id)[:2] == (1, "KeyError: 'neutral'")
+    assert "the failed attempt's MLflow run could not be closed" in caplog.text
+    wait_until("the failure's event", lambda: failed_events(ws), 30)  # stored a moment after it is accepted
+    assert [e["error"] for e in failed_events(ws)] == ["KeyError: 'neutral'"]

@@ -6,6 +6,7 @@ what MLflow stores whole."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,7 +22,8 @@ from hypothesis import strategies as st
 from kaizen.tasks import registry
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG
-from tests.helpers import OPEN_GATE, land, sample
+from kaizen.tasks.workspace import Workspace
+from tests.helpers import OPEN_GATE, land, sample, write_params
 from tests.servers import KAIZEN, cli_env, free_port, wait_until
 
 
@@ -67,20 +69,22 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ws = make_workspace(**{k.replace(".", "__"): v for k, v in OPEN_GATE.items()})
-    env = {**cli_env(), "MLFLOW_TRACKING_URI": url, "PREFECT_HOME": str(ws.state_dir / "prefect-run")}
+    shipped = registry.tracking_retry_env(ws)  # in the environment as a kaizen process (or an earlier test) left it
+    env = {**cli_env(), **shipped, registry.SET_BY_KAIZEN: json.dumps(shipped), "MLFLOW_TRACKING_URI": url,
+           "PREFECT_HOME": str(ws.state_dir / "prefect-run")}
 
     def run_during_outage(batch: str, down_for: float | None) -> tuple[subprocess.CompletedProcess, float]:
         """`kaizen run` with the server stopped once the iteration is under way; back after `down_for` s
-        (None: once the run has ended)."""
+        (None: once the run has ended). Also how long the run went on once the server had gone."""
         nonlocal server
         log = ws.state_dir / f"run-{batch}.log"
-        started = time.monotonic()
         with open(log, "w") as out:
             run = subprocess.Popen([KAIZEN, "run", "-w", str(ws.root)], env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
             try:
                 wait_until("the iteration's run", lambda: attempt_started(url, batch) or run.poll() is not None, 300,
                            every=0.3)
+                stopped = time.monotonic()
                 stop_mlflow(server)
                 if down_for is not None:
                     time.sleep(down_for)
@@ -90,7 +94,7 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
                 if run.poll() is None:
                     os.killpg(run.pid, signal.SIGKILL)
                     run.wait()
-        return subprocess.CompletedProcess(run.args, run.returncode, log.read_text(), ""), time.monotonic() - started
+        return subprocess.CompletedProcess(run.args, run.returncode, log.read_text(), ""), time.monotonic() - stopped
 
     server = start_mlflow(store, port)
     try:
@@ -100,15 +104,15 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
         assert done.returncode == 0, done.stdout[-3000:]
 
         # 2. An outage longer than a short retry budget: the attempt fails within a bounded time, uncounted...
-        from tests.helpers import write_params
-
         write_params(ws.root, {"operations.tracking_retries": 2, "operations.tracking_timeout_seconds": 5})
         land(ws, "amazon.csv", sample(domains["amazon"], 80, seed=71))
         failed, took = run_during_outage("batch-0002", down_for=None)
         assert failed.returncode == 1 and "the iteration failed" in failed.stdout, failed.stdout[-3000:]
-        # Bounded: MLflow's default retries (7, backoff 2) alone wait about four minutes per request, and Prefect's
-        # retries would multiply that; 300 s leaves room for the run's own start-up on a loaded 2-core machine.
-        assert took < 300, took
+        # Bounded by these settings (3 tries of at most 5 s, a second apart), not the shipped ones: those wait 126 s
+        # between the tries of one request (and they are in the run's environment: params.yaml must win), and
+        # Prefect's retries would multiply that. The timed log lines say where the time went.
+        timed = "\n".join(line[:200] for line in failed.stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d", line))
+        assert took < 100, f"{took:.0f} s after the server stopped:\n{timed}"
         with Ledger(ws.ledger_db) as ledger:
             assert [(b.batch_id, b.status) for b in ledger.batches()] == [("batch-0001", "done"),
                                                                          ("batch-0002", "pending")]
@@ -142,6 +146,39 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
             os.environ.pop("MLFLOW_TRACKING_URI")
     finally:
         stop_mlflow(server)
+
+
+RETRY_KEYS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT", registry.SET_BY_KAIZEN)
+CHILD = ("import os, sys; from kaizen.tasks import registry; from kaizen.tasks.workspace import Workspace; "
+         "registry.apply_tracking_retries(Workspace.open(sys.argv[1])); print(os.environ['{}'])")
+
+
+def test_a_child_process_applies_its_own_tracking_retries_and_the_users_own_win(make_workspace, monkeypatch):
+    """A kaizen process (a served deployment, a test) starts others that inherit the MLflow retry settings it put
+    in its environment: each applies its own params.yaml over them (edited since), but never over the user's."""
+    for key in RETRY_KEYS:
+        monkeypatch.delenv(key, raising=False)  # and restored afterwards
+    ws = make_workspace()
+    registry.apply_tracking_retries(ws)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == str(ws.settings.operations.tracking_retries)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(ws.settings.operations.tracking_timeout_seconds)
+    write_params(ws.root, {"operations.tracking_retries": 2, "operations.tracking_timeout_seconds": 5})
+
+    def in_child(key: str, env: dict[str, str]) -> str:
+        done = subprocess.run([sys.executable, "-c", CHILD.format(key), str(ws.root)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert in_child("MLFLOW_HTTP_REQUEST_MAX_RETRIES", dict(os.environ)) == "2"
+    assert in_child("MLFLOW_HTTP_REQUEST_TIMEOUT", dict(os.environ)) == "5"
+    assert in_child("MLFLOW_HTTP_REQUEST_MAX_RETRIES", {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4"}) == "4"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "9")  # the user's, set in this process after kaizen's
+    registry.apply_tracking_retries(Workspace.open(ws.root))
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "9"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # kaizen's own, from the edited params.yaml
+    assert in_child("MLFLOW_HTTP_REQUEST_TIMEOUT", dict(os.environ)) == "9"
 
 
 LINE = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x85"),

@@ -233,7 +233,7 @@ def test_write_overrides_keeps_comments_and_refuses_bad_values(tmp_path) -> None
     from kaizen.tasks.settings import write_overrides
 
     path = tmp_path / "params.yaml"
-    path.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    path.write_text(PARAMS.read_text())
     settings = write_overrides(path, {"train.epochs": 3, "gate.max_regression": 0.05})
     assert settings.train.epochs == 3 and load_settings(path).gate.max_regression == 0.05
     assert "# epochs of each fine-tune of the champion" in path.read_text()
