@@ -109,7 +109,12 @@ def test_served_answers_are_kaizen_predict_answers(server, champion_ws, texts, t
     assert len(texts[long].split()) >= 3000 and served["reason"][long] is None  # labelled: truncated at 32 tokens
     empty = texts.index("")
     assert served["reason"][empty] == "empty text" and served["prediction"][empty] is None
-    assert served.iloc[texts.index(FULLWIDTH)].to_dict() == served.iloc[texts.index(PLAIN)].to_dict()
+    # The same tokens after NFKC: the same answer, its probabilities to float rounding (two rows of one batch can
+    # differ in the last bits: a run of the suite saw 0.002402575 against 0.002402649).
+    wide, plain = served.iloc[texts.index(FULLWIDTH)], served.iloc[texts.index(PLAIN)]
+    assert (wide["prediction"], wide["reason"]) == (plain["prediction"], plain["reason"])
+    for column in ("p_negative", "p_positive"):
+        assert abs(float(wide[column]) - float(plain[column])) < 1e-5, (column, wide[column], plain[column])
     assert set(local["model_version"]) == {1}
 
     single = CliRunner().invoke(app, ["predict", texts[0], "-w", str(champion_ws.root)])
