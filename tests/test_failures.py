@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from kaizen.flows.cli import app
 from kaizen.flows.loop import IterationTimeout, iteration
+from kaizen.tasks import registry
 from kaizen.tasks.collect import collect, next_batch
 from kaizen.tasks.failures import FAILED_EVENT, note_failure
 from kaizen.tasks.ledger import Ledger
@@ -116,6 +117,8 @@ def test_a_counted_failure_is_recorded_and_announced_even_when_its_run_cannot_be
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ws = make_workspace(storage__tracking_uri=f"http://127.0.0.1:{free_port()}", operations__tracking_retries=0,
                         operations__tracking_timeout_seconds=2)
+    for key in (*registry.tracking_retry_env(ws), registry.SET_BY_KAIZEN):  # set by connect: restored afterwards
+        monkeypatch.delenv(key, raising=False)
     land(ws, "movies.csv", sample(domains["movies"], 120, seed=3))
     collect(ws)
     batch_id, _ = next_batch(ws)
