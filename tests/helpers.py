@@ -44,3 +44,12 @@ def land(ws, name: str, frame: pd.DataFrame) -> Path:
     path = landing / name
     path.write_bytes(frame_bytes(frame, name))
     return path
+
+
+def clear_tracking_retries(monkeypatch, ws) -> None:
+    """The MLflow retry settings that connect puts in os.environ (tasks/registry.py), cleared for this test and
+    restored after it, so that they neither come from an earlier test nor leak into a later one."""
+    from kaizen.tasks import registry
+
+    for key in (*registry.tracking_retry_env(ws), registry.SET_BY_KAIZEN):
+        monkeypatch.delenv(key, raising=False)

@@ -15,7 +15,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.collect import collect, next_batch
 from kaizen.tasks.failures import FAILED_EVENT, note_failure
 from kaizen.tasks.ledger import Ledger
-from tests.helpers import land, sample, write_params
+from tests.helpers import clear_tracking_retries, land, sample, write_params
 from tests.servers import free_port, wait_until
 
 
@@ -78,8 +78,6 @@ def test_a_batch_failing_the_same_way_is_set_aside_and_the_next_is_learned(make_
 
 
 def test_an_iteration_past_its_timeout_is_stopped_and_counted(make_workspace, domains, prefect_server) -> None:
-    from kaizen.tasks import registry
-
     ws = make_workspace(operations__iteration_timeout_seconds=1, operations__max_failed_attempts=1)
     registry.connect(ws)  # the tracking store exists already, as in any workspace past its first iteration
     land(ws, "movies.csv", sample(domains["movies"], 40, seed=42))
@@ -117,8 +115,7 @@ def test_a_counted_failure_is_recorded_and_announced_even_when_its_run_cannot_be
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ws = make_workspace(storage__tracking_uri=f"http://127.0.0.1:{free_port()}", operations__tracking_retries=0,
                         operations__tracking_timeout_seconds=2)
-    for key in (*registry.tracking_retry_env(ws), registry.SET_BY_KAIZEN):  # set by connect: restored afterwards
-        monkeypatch.delenv(key, raising=False)
+    clear_tracking_retries(monkeypatch, ws)
     land(ws, "movies.csv", sample(domains["movies"], 120, seed=3))
     collect(ws)
     batch_id, _ = next_batch(ws)

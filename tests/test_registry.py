@@ -23,7 +23,7 @@ from kaizen.tasks import registry
 from kaizen.tasks.ledger import Ledger
 from kaizen.tasks.record import TAG
 from kaizen.tasks.workspace import Workspace
-from tests.helpers import OPEN_GATE, land, sample, write_params
+from tests.helpers import OPEN_GATE, clear_tracking_retries, land, sample, write_params
 from tests.servers import KAIZEN, cli_env, free_port, wait_until
 
 
@@ -148,8 +148,6 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
         stop_mlflow(server)
 
 
-RETRY_KEYS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT", registry.SET_BY_KAIZEN)
 CHILD = ("import os, sys; from kaizen.tasks import registry; from kaizen.tasks.workspace import Workspace; "
          "registry.apply_tracking_retries(Workspace.open(sys.argv[1])); print(os.environ['{}'])")
 
@@ -157,9 +155,8 @@ CHILD = ("import os, sys; from kaizen.tasks import registry; from kaizen.tasks.w
 def test_a_child_process_applies_its_own_tracking_retries_and_the_users_own_win(make_workspace, monkeypatch):
     """A kaizen process (a served deployment, a test) starts others that inherit the MLflow retry settings it put
     in its environment: each applies its own params.yaml over them (edited since), but never over the user's."""
-    for key in RETRY_KEYS:
-        monkeypatch.delenv(key, raising=False)  # and restored afterwards
     ws = make_workspace()
+    clear_tracking_retries(monkeypatch, ws)
     registry.apply_tracking_retries(ws)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == str(ws.settings.operations.tracking_retries)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(ws.settings.operations.tracking_timeout_seconds)
