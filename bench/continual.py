@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaizen.tasks import stream
-from kaizen.tasks.files import frame_bytes
-from kaizen.tasks.settings import write_overrides
+from kaizen.tasks.data import stream
+from kaizen.tasks.workspace.files import frame_bytes
+from kaizen.tasks.workspace.settings import write_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ("negative", "positive")
@@ -53,7 +53,7 @@ def accuracies(model_dir: Path, ws, batches: list[str]) -> dict[str, float]:
 
 def correct(model_dir: Path, ws, frames: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
     """Per frame, which rows `model_dir` labels right (one `predict` over all of them: one model load)."""
-    from kaizen.tasks.predict import predict
+    from kaizen.tasks.model.predict import predict
 
     texts = [text for frame in frames.values() for text in frame["text"]]
     predicted, _ = predict(model_dir, texts, max_length=ws.settings.model.max_length,
@@ -81,7 +81,7 @@ class HeldOut:
 def held_out_rows(domain: pd.DataFrame, streamed: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """Up to n rows of a domain the stream never carries (no streamed text, no group of a streamed row: an Amazon
     review's sentences stay on one side), labels outside the label set dropped."""
-    from kaizen.tasks.text import text_key
+    from kaizen.tasks.formats.text import text_key
 
     keys = set(streamed["text"].map(text_key))
     rest = domain[~domain["group"].isin(set(streamed["group"])) & ~domain["text"].map(text_key).isin(keys)
@@ -93,10 +93,10 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     """The real loop, one batch per iteration. A step that leaves no champion (the first batch refused) scores
     NaN on every domain: the table shows it rather than the script stopping."""
     from kaizen.flows.loop import iteration
-    from kaizen.tasks import registry
-    from kaizen.tasks.record import TAG
-    from kaizen.tasks.text import normalize_text
-    from kaizen.tasks.workspace import Workspace, init_workspace
+    from kaizen.tasks.formats.text import normalize_text
+    from kaizen.tasks.registry import tracking
+    from kaizen.tasks.registry.record import TAG
+    from kaizen.tasks.workspace.layout import Workspace, init_workspace
 
     init_workspace(root)
     write_overrides(root / "params.yaml", {"preprocess.seed": seed, "train.seed": seed, **overrides})
@@ -113,9 +113,9 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
         # normalised as the DVC stage normalises what the model trains and is tested on
         held_out.sets[summary["batch"]] = rows.assign(text=rows["text"].map(
             lambda t: normalize_text(t, ws.settings.preprocess.lowercase)))
-        client = registry.connect(ws)
-        champion = registry.model_by_alias(client, ws.settings.model.registered_name, registry.CHAMPION)
-        model = registry.local_model(ws, champion.version) if champion else None
+        client = tracking.connect(ws)
+        champion = tracking.model_by_alias(client, ws.settings.model.registered_name, tracking.CHAMPION)
+        model = tracking.local_model(ws, champion.version) if champion else None
         per_step.append(accuracies(model, ws, batches) if model else dict.fromkeys(batches, float("nan")))
         held_steps.append(held_out.step(model, batches) if model else {})
         decisions.append(summary["decision"])
@@ -127,7 +127,7 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
             samples += int(run.data.metrics["train.rows"]) * epochs
         print(f"    kaizen: {summary['batch']} {summary['decision']}, champion "
               f"{'v' + str(champion.version) if champion else 'none'}", flush=True)
-    bootstrap = registry.local_model(ws, "1")
+    bootstrap = tracking.local_model(ws, "1")
     return {"steps": per_step, "held_out": held_steps, "samples": samples, "decisions": decisions, "notes": notes,
             "ws": ws, "bootstrap": bootstrap, "batches": batches, "held_out_eval": held_out}
 
@@ -136,7 +136,7 @@ def train_on(ws, start: Path, frame: pd.DataFrame, val: pd.DataFrame, epochs: in
              from_scratch: bool = False) -> Path:
     """A plain fine-tune (no merge, no distillation); from the pretrained encoder it weighs the labels as the
     loop's bootstrap does."""
-    from kaizen.tasks.train import balanced_weights, fine_tune
+    from kaizen.tasks.training.train import balanced_weights, fine_tune
 
     weights = balanced_weights(frame["label"], LABELS) if from_scratch and (
         ws.settings.train.balance_classes != "never") else None
@@ -149,7 +149,7 @@ def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_r
                    held_out: HeldOut) -> dict:
     """naive (no replay, always promoted) or fixed-gate (replay and the old point-estimate gate, on the test
     splits as the loop's gate was)."""
-    from kaizen.tasks.preprocess import batch_seed, draw_replay
+    from kaizen.tasks.data.preprocess import batch_seed, draw_replay
 
     gate, epochs = FIXED_GATE, ws.settings.train.epochs
     champion, samples, decisions = bootstrap, 0, ["promoted"]
@@ -175,7 +175,7 @@ def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_r
 
 
 def joint_arm(ws, batches: list[str], work: Path, held_out: HeldOut) -> dict:
-    from kaizen.tasks.train import resolve_backbone
+    from kaizen.tasks.training.train import resolve_backbone
 
     trains = [pd.read_parquet(ws.split_file(b, "train")) for b in batches]
     val = pd.concat([pd.read_parquet(ws.split_file(b, "val")) for b in batches], ignore_index=True)
@@ -305,7 +305,7 @@ def main() -> None:
     import yaml
 
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
 
     args.work.mkdir(parents=True, exist_ok=True)
     configure_environment(Workspace.open(init_workspace(args.work / "prefect-home-ws").root))  # before Prefect

@@ -54,11 +54,11 @@ def main() -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from kaizen.tasks import stream
-    from kaizen.tasks.predict import pick_device, predict
-    from kaizen.tasks.settings import load_settings
-    from kaizen.tasks.train import fine_tune, resolve_backbone
-    from kaizen.tasks.workspace import template
+    from kaizen.tasks.data import stream
+    from kaizen.tasks.model.predict import pick_device, predict
+    from kaizen.tasks.training.train import fine_tune, resolve_backbone
+    from kaizen.tasks.workspace.layout import template
+    from kaizen.tasks.workspace.settings import load_settings
 
     settings = load_settings(template("params.yaml"))
     sources = ROOT / ".kaizen" / "sources"

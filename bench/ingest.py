@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CHILD = """
 import json, resource, sys, time
-from kaizen.tasks.collect import collect
-from kaizen.tasks.workspace import Workspace
+from kaizen.tasks.ingest.collect import collect
+from kaizen.tasks.workspace.layout import Workspace
 ws = Workspace.open(sys.argv[1])
 idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 result = collect(ws)
 seconds = time.perf_counter() - start
-import kaizen.tasks.collect as code
+import kaizen.tasks.ingest.collect as code
 print(json.dumps({"seconds": seconds, "idle_kib": idle, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "accepted": result.rows_accepted, "quarantined": result.rows_quarantined,
                   "batches": result.new_batches, "code": code.__file__}))
@@ -77,7 +77,7 @@ def landed_csv(rows: int) -> Path:
 
 def template_workspace() -> Path:
     """A workspace made once (git, DVC): each measurement collects into a fresh copy of it."""
-    from kaizen.tasks.workspace import init_workspace
+    from kaizen.tasks.workspace.layout import init_workspace
 
     root = RESULTS / "ingest-template"
     if not (root / "params.yaml").exists():

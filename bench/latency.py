@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from kaizen.tasks.settings import write_overrides
+from kaizen.tasks.workspace.settings import write_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 KAIZEN = str(Path(sys.executable).parent / "kaizen")
@@ -54,10 +54,11 @@ def measure(ws, client, mlflow_client, deployment_id, path: Path) -> dict:
 
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from kaizen.tasks import arrivals, registry
+    from kaizen.tasks.notify import arrivals
+    from kaizen.tasks.registry import tracking
 
     name = ws.settings.model.registered_name
-    before = registry.model_by_alias(mlflow_client, name, registry.CHAMPION)
+    before = tracking.model_by_alias(mlflow_client, name, tracking.CHAMPION)
     landed = datetime.now(UTC)
     arrivals.submit(ws, [path])
 
@@ -68,7 +69,7 @@ def measure(ws, client, mlflow_client, deployment_id, path: Path) -> dict:
     run = wait("flow run", this_run, 120)
     moved = None
     while True:  # poll the alias and the run until the run is over
-        champion = registry.model_by_alias(mlflow_client, name, registry.CHAMPION)
+        champion = tracking.model_by_alias(mlflow_client, name, tracking.CHAMPION)
         if moved is None and champion and (before is None or champion.version != before.version):
             moved = datetime.now(UTC)
         run = client.read_flow_run(run.id)
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override")
     args = parser.parse_args()
 
-    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
 
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "ws"
@@ -99,7 +100,7 @@ def main() -> None:
     os.environ["PREFECT_HOME"] = str(ws.prefect_home)
     import pandas as pd
 
-    from kaizen.tasks import demo
+    from kaizen.tasks.operate import demo
 
     if (ROOT / ".kaizen" / "sources").is_dir():  # the packages `make demo` fetched: no second download
         shutil.copytree(ROOT / ".kaizen" / "sources", ws.sources_dir)
@@ -119,7 +120,7 @@ def main() -> None:
         from prefect.exceptions import ObjectNotFound
 
         from kaizen.flows.deployment import FLOW_NAME, deployment_name
-        from kaizen.tasks import registry
+        from kaizen.tasks.registry import tracking
 
         with get_client(sync_client=True) as client:
             def deployed():
@@ -130,7 +131,7 @@ def main() -> None:
 
             deployment = wait("deployment", deployed, 300, every=1)
             time.sleep(3)  # the trigger's automation is created right after the deployment
-            mlflow_client = registry.connect(ws)
+            mlflow_client = tracking.connect(ws)
             for path in stream:
                 results.append(measure(ws, client, mlflow_client, deployment.id, path))
                 print(results[-1], flush=True)

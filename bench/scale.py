@@ -49,7 +49,7 @@ def tiny_backbone(out: Path) -> Path:
 
 def stream_rows(n_batches: int, rows: int) -> list[pd.DataFrame]:
     """`n_batches` label-balanced batches of real text, cycling through the four domains, no text twice."""
-    from kaizen.tasks import stream
+    from kaizen.tasks.data import stream
 
     sources = ROOT / ".kaizen" / "sources"
     stream.fetch_sources(sources)
@@ -79,9 +79,9 @@ def step_times(flow_run_id) -> dict[str, float]:
 
 
 def iterations(work: Path, n_batches: int, rows: int, real: bool = False, overrides: dict | None = None) -> list[dict]:
-    from kaizen.tasks.files import frame_bytes
-    from kaizen.tasks.settings import write_overrides
-    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.files import frame_bytes
+    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.settings import write_overrides
 
     root = init_workspace(work / "ws").root
     write_overrides(root / "params.yaml", {"data.settle_seconds": 0} if real else {
@@ -95,7 +95,7 @@ def iterations(work: Path, n_batches: int, rows: int, real: bool = False, overri
     ws = Workspace.open(root)
     configure_environment(ws)
     from kaizen.flows.loop import iteration
-    from kaizen.tasks.servers import temporary_prefect_server
+    from kaizen.tasks.runtime.servers import temporary_prefect_server
 
     results = []
     with temporary_prefect_server():
@@ -125,8 +125,8 @@ def idle_run(work: Path) -> float:
 
 
 def drift_times(work: Path) -> list[tuple[int, float]]:
-    from kaizen.tasks import stream
-    from kaizen.tasks.check import drift_check
+    from kaizen.tasks.data import stream
+    from kaizen.tasks.evaluation.reports import drift_check
 
     sources = ROOT / ".kaizen" / "sources"
     movies, amazon = stream.load_domain("movies", sources), stream.load_domain("amazon", sources)

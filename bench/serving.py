@@ -1,7 +1,7 @@
 """Latency of the served model on this machine (a script that prints a table, not a test).
 
 A fresh workspace whose champion is the real MiniLM with a classification head, registered as the loop registers
-it (registry.register_model, then the alias move; the head is untrained, which costs the same time as a trained
+it (tracking.register_model, then the alias move; the head is untrained, which costs the same time as a trained
 one), or with --workspace the champion of an existing workspace; served by `kaizen serve-model` (`mlflow models
 serve`, local env manager, one worker) on a loopback port. Then, over one kept-alive HTTP connection, one
 request after another, with real movie snippets:
@@ -42,9 +42,9 @@ def pings(port: int) -> bool:
 
 def fresh_workspace(work: Path):
     """A new workspace whose champion is MiniLM with a new head, logged and registered as the loop does it."""
-    from kaizen.tasks import registry
-    from kaizen.tasks.train import load_for_training, resolve_backbone
-    from kaizen.tasks.workspace import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.registry import tracking
+    from kaizen.tasks.training.train import load_for_training, resolve_backbone
+    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
 
     shutil.rmtree(work, ignore_errors=True)
     ws = init_workspace(work / "ws")
@@ -52,10 +52,10 @@ def fresh_workspace(work: Path):
     net, tokenizer = load_for_training(resolve_backbone("minilm"), ws.settings.data.labels)
     net.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")
-    client = registry.connect(ws)
-    run = client.create_run(registry.experiment_id(client, ws), run_name="bench-serving")
-    version = registry.register_model(client, ws, run.info.run_id, work / "model", {}).version
-    registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
+    client = tracking.connect(ws)
+    run = client.create_run(tracking.experiment_id(client, ws), run_name="bench-serving")
+    version = tracking.register_model(client, ws, run.info.run_id, work / "model", {}).version
+    tracking.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return Workspace.open(ws.root)
 
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "serving")
     args = parser.parse_args()
 
-    from kaizen.tasks.stream import fetch_sources, load_domain
-    from kaizen.tasks.workspace import Workspace, configure_environment
+    from kaizen.tasks.data.stream import fetch_sources, load_domain
+    from kaizen.tasks.workspace.layout import Workspace, configure_environment
 
     if args.workspace:
         ws = Workspace.open(args.workspace)
@@ -132,7 +132,7 @@ def main() -> None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
 
-    from kaizen.tasks.serving import load_champion
+    from kaizen.tasks.serving.champion import load_champion
 
     classifier = load_champion(ws)
     local = measure(classifier.predict, snippets, long, args.requests, args.batches)

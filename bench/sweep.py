@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaizen.tasks import stream
-from kaizen.tasks.merge import choose_merge
-from kaizen.tasks.predict import predict
-from kaizen.tasks.preprocess import draw_replay, prepare
-from kaizen.tasks.settings import load_settings
-from kaizen.tasks.train import balanced_weights, fine_tune, resolve_backbone
-from kaizen.tasks.workspace import template
+from kaizen.tasks.data import stream
+from kaizen.tasks.data.preprocess import draw_replay, prepare
+from kaizen.tasks.model.predict import predict
+from kaizen.tasks.training.merge import choose_merge
+from kaizen.tasks.training.train import balanced_weights, fine_tune, resolve_backbone
+from kaizen.tasks.workspace.layout import template
+from kaizen.tasks.workspace.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ("negative", "positive")
@@ -80,7 +80,7 @@ def run_variant(name: str, prepared, bootstrap: Path, work: Path, seed: int, set
         train = pd.concat([prepared[batch]["train"], replay[["text", "label"]]], ignore_index=True).sample(
             frac=1.0, random_state=seed)
         teacher = None
-        if distill:  # as tasks/train.py does it: the champion's log-probabilities on every training row
+        if distill:  # as tasks/training/train.py does it: the champion's log-probabilities on every training row
             _, probs = predict(champion, train["text"].tolist(), max_length=max_length)
             teacher = np.log(np.clip(probs, 1e-7, 1.0))
         tuned = fine_tune(str(champion), train, prepared[batch]["val"], LABELS, model=settings.model,

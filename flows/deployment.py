@@ -11,15 +11,16 @@ registered on a work pool by `kaizen deploy --pool` (a `prefect worker start` pr
 Kubernetes job starts them; see infra/).
 
 Beside it, each workspace gets a second deployment, `kaizen-score/<workspace>` (flows/scoring.py: batch scoring
-with the champion, on demand), and the alert automations of tasks/alerts.py (when `alerts.webhook_url` is set).
+with the champion, on demand), and the alert automations of tasks/notify/alerts.py (when `alerts.webhook_url` is set).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from kaizen.tasks import alerts, arrivals, zombies
-from kaizen.tasks.workspace import Workspace, hold, run_environment
+from kaizen.tasks.notify import alerts, arrivals
+from kaizen.tasks.runtime import zombies
+from kaizen.tasks.workspace.layout import Workspace, hold, run_environment
 
 FLOW_NAME = "kaizen-iteration"
 SCORING_FLOW_NAME = "kaizen-score"
@@ -67,7 +68,7 @@ def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -
     """Register both deployments and the alert automations (their names go to `on_alerts`), and run the
     deployments from this process until interrupted (Ctrl-C pauses them). A second `kaizen serve` of the
     workspace is refused: stopping either would pause the deployments under the other. Before serving, runs a
-    killed earlier `kaizen serve` left Running are marked Crashed (tasks/zombies.py)."""
+    killed earlier `kaizen serve` left Running are marked Crashed (tasks/runtime/zombies.py)."""
     from prefect import serve as prefect_serve
 
     with hold(ws, "serve", wait=False):

@@ -1,7 +1,7 @@
 """One iteration of the kaizen loop, as a Prefect flow. Read it top to bottom: that is what one turn does.
 
 The steps are plain functions in `tasks/`; here each is only wrapped as a Prefect task of the same name (so it
-shows in the UI) and chained. An attempt that fails is counted against its batch (tasks/failures.py).
+shows in the UI) and chained. An attempt that fails is counted against its batch (tasks/operate/failures.py).
 """
 
 from __future__ import annotations
@@ -15,31 +15,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.utilities.timeout import timeout
 
-from kaizen.tasks import (
-    alerts,
-    approval,
-    arrivals,
-    data_version,
-    evaluate,
-    failures,
-    history,
-    promote,
-    record,
-    recovery,
-    registry,
-    screening,
-    train,
-    zombies,
-)
-from kaizen.tasks import collect as ingest
-from kaizen.tasks.record import IterationSummary
-from kaizen.tasks.workspace import Workspace, hold
+from kaizen.tasks.data import data_version
+from kaizen.tasks.evaluation import approval, evaluate, promote, screening
+from kaizen.tasks.ingest import collect as ingest
+from kaizen.tasks.notify import alerts, arrivals
+from kaizen.tasks.operate import failures, history, recovery
+from kaizen.tasks.registry import record, tracking
+from kaizen.tasks.registry.record import IterationSummary
+from kaizen.tasks.runtime import zombies
+from kaizen.tasks.training import train
+from kaizen.tasks.workspace.layout import Workspace, hold
 
 
 def step(fn):
     """`fn` as a Prefect task named after it. No Prefect retries: a step is not safe to repeat half done (a second
     run, a second version), and MLflow already retries each request to the tracking server with a bounded total
-    wait (`operations.tracking_*`, set by registry.connect), the loop's one retry layer. Nothing is cached: every
+    wait (`operations.tracking_*`, set by tracking.connect), the loop's one retry layer. Nothing is cached: every
     step reads or changes the workspace."""
     return task(fn, name=fn.__name__, cache_policy=NO_CACHE)
 
@@ -49,7 +40,7 @@ next_batch = step(ingest.next_batch)
 recover_interrupted = step(recovery.recover_interrupted)
 build_data_version = step(data_version.build_data_version)
 start_iteration = step(record.start_iteration)
-local_model = step(registry.local_model)
+local_model = step(tracking.local_model)
 screen = step(screening.screen)
 check_drift = step(evaluate.check_drift)
 announce_drift = step(alerts.announce_drift)
@@ -59,7 +50,7 @@ record_without_training = step(screening.record_without_training)
 train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
 judge = step(promote.judge)
-# A subflow, not a task: it pauses for a person's answer (tasks/approval.py says why not the whole run).
+# A subflow, not a task: it pauses for a person's answer (tasks/evaluation/approval.py says why not the whole run).
 ask_approval = flow(approval.ask_approval, name="kaizen-approval", validate_parameters=False, log_prints=True)
 decide = step(promote.decide)
 close_iteration = step(record.close_iteration)

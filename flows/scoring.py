@@ -1,6 +1,6 @@
 """Batch scoring as a Prefect flow: the second deployment of a workspace (flows/deployment.py), run from the
 Prefect UI or API with a `source` and an `out` (`prefect deployment run 'kaizen-score/<workspace>' -p
-source=... -p out=...`). The work is tasks/scoring.py's, as under `kaizen score`; the run shows a progress
+source=... -p out=...`). The work is tasks/serving/scoring.py's, as under `kaizen score`; the run shows a progress
 artifact while it goes and a markdown artifact with the outcome.
 """
 
@@ -12,9 +12,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from kaizen.tasks import scoring
-from kaizen.tasks.progress import RunProgress
-from kaizen.tasks.workspace import Workspace
+from kaizen.tasks.runtime.progress import RunProgress
+from kaizen.tasks.serving import scoring
+from kaizen.tasks.workspace.layout import Workspace
 
 
 @task(name="score", cache_policy=NO_CACHE)

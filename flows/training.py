@@ -1,6 +1,6 @@
 """The training job as a Prefect flow, for `train.deployment`: a deployment of it on a work pool with GPUs
 (infra/kubernetes/prefect.yaml: a Job on a GPU node) trains while the loop itself runs in a pod without one.
-Both mount the workspace's volume, where the job's folder is the whole interface (tasks/jobs.py).
+Both mount the workspace's volume, where the job's folder is the whole interface (tasks/training/jobs.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from kaizen.tasks import jobs
+from kaizen.tasks.training import jobs
 
 
 @flow(name="kaizen-train", log_prints=True)

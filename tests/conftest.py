@@ -32,8 +32,8 @@ hypothesis_settings.register_profile("ci", derandomize=True, database=None, prin
 hypothesis_settings.register_profile("dev", parent=hypothesis_settings.get_profile("default"))
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-from kaizen.tasks.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
-from kaizen.tasks.workspace import Workspace, init_workspace  # noqa: E402
+from kaizen.tasks.data.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
+from kaizen.tasks.workspace.layout import Workspace, init_workspace  # noqa: E402
 from tests.helpers import FAST, REPO, write_params  # noqa: E402
 
 
@@ -131,14 +131,14 @@ def object_store() -> Iterator[dict]:
 @pytest.fixture(scope="session")
 def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, domains) -> Workspace:
     """A workspace whose champion (v1) is the tiny BERT with a classification head, registered as the loop
-    registers it (registry.register_model, then the alias move) without a Prefect run: for the tests that serve,
+    registers it (tracking.register_model, then the alias move) without a Prefect run: for the tests that serve,
     predict and score. Untrained (training costs a minute here), so no accuracy is promised: its head is set along
     the direction in which real movie snippets differ most, centred on them, so that different texts get clearly
     different probabilities and both labels, which the comparisons need."""
     import torch
 
-    from kaizen.tasks import registry
-    from kaizen.tasks.train import load_for_training
+    from kaizen.tasks.registry import tracking
+    from kaizen.tasks.training.train import load_for_training
     from tests.helpers import sample
 
     root = tmp_path_factory.mktemp("champion") / "ws"
@@ -158,10 +158,10 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     model_dir = tmp_path_factory.mktemp("champion-model")
     net.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    client = registry.connect(ws)
-    run = client.create_run(registry.experiment_id(client, ws), run_name="champion-fixture")
-    version = registry.register_model(client, ws, run.info.run_id, model_dir, {}).version
-    registry.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
+    client = tracking.connect(ws)
+    run = client.create_run(tracking.experiment_id(client, ws), run_name="champion-fixture")
+    version = tracking.register_model(client, ws, run.info.run_id, model_dir, {}).version
+    tracking.move_champion(client, ws.settings.model.registered_name, version, started_from=None)
     client.set_terminated(run.info.run_id, "FINISHED")
     return ws
 

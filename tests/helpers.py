@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kaizen.tasks.files import frame_bytes
-from kaizen.tasks.settings import write_overrides
+from kaizen.tasks.workspace.files import frame_bytes
+from kaizen.tasks.workspace.settings import write_overrides
 
 REPO = Path(__file__).resolve().parent.parent  # the kaizen checkout the tests run from
 
@@ -47,9 +47,9 @@ def land(ws, name: str, frame: pd.DataFrame) -> Path:
 
 
 def clear_tracking_retries(monkeypatch, ws) -> None:
-    """The MLflow retry settings that connect puts in os.environ (tasks/registry.py), cleared for this test and
+    """The MLflow retry settings that connect puts in os.environ (tasks/registry/tracking.py), cleared for this test and
     restored after it, so that they neither come from an earlier test nor leak into a later one."""
-    from kaizen.tasks import registry
+    from kaizen.tasks.registry import tracking
 
-    for key in (*registry.tracking_retry_env(ws), registry.SET_BY_KAIZEN):
+    for key in (*tracking.tracking_retry_env(ws), tracking.SET_BY_KAIZEN):
         monkeypatch.delenv(key, raising=False)

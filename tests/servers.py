@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kaizen.tasks.workspace import Workspace, init_workspace
+from kaizen.tasks.workspace.layout import Workspace, init_workspace
 from tests.helpers import FAST, OPEN_GATE, write_params
 
 KAIZEN = str(Path(sys.executable).parent / "kaizen")

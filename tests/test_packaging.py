@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kaizen.tasks import registry
-from kaizen.tasks.record import TAG
-from kaizen.tasks.workspace import Workspace
+from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.workspace.layout import Workspace
 from tests.helpers import FAST, OPEN_GATE, REPO, land, sample, write_params
 
 
@@ -59,7 +59,7 @@ def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_installed_kaizen_is_the_wheel(fresh_venv: Path, tmp_path: Path) -> None:
-    code = "import kaizen, kaizen.tasks.collect as c; print(kaizen.__file__); print(c.__file__)"
+    code = "import kaizen, kaizen.tasks.ingest.collect as c; print(kaizen.__file__); print(c.__file__)"
     out = subprocess.run([str(fresh_venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout.split()
     assert all(Path(p).is_relative_to(fresh_venv) for p in out), out
@@ -90,8 +90,8 @@ def test_init_and_one_iteration_from_the_wheel(fresh_venv: Path, tmp_path: Path,
     lock = (root / "dvc.lock").read_text()
     assert str(fresh_venv) in lock and "preprocess.py" in lock  # the stage's code is among its dependencies
 
-    client = registry.connect(ws)
-    version = registry.model_version(client, ws.settings.model.registered_name, "1")
+    client = tracking.connect(ws)
+    version = tracking.model_version(client, ws.settings.model.registered_name, "1")
     assert version.tags[TAG["code_version"]].startswith("0.1.0+src.")
     assert version.tags[TAG["code_commit"]] == version.tags[TAG["code_version"]]  # no checkout behind a wheel
     summary = json.loads(Path(client.download_artifacts(version.run_id, "summary.json")).read_text())

@@ -1,0 +1,158 @@
+"""decode: a landed file's bytes as the bytes or the text it holds, read in pieces: decompressed as they are read
+(`.gz`, `.bz2`, `.xz`, a `.zip` of one file) and decoded as the byte-order mark says, else as UTF-8.
+
+Memory stays that of one piece, whatever the file's size. A file that is not what it claims to be raises
+BadFile naming where (the byte, the line), however late in the file the fault lies: what one whole-file
+decode would have said.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from kaizen.tasks.workspace.files import compression
+
+PIECE = 1 << 20  # bytes decompressed or decoded at a time
+# UTF-32 first: its little-endian mark starts with UTF-16's. Each mark's codec reads what follows the mark.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32"),
+        (codecs.BOM_UTF8, "utf-8", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16"),
+        (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16"))
+MAGIC = ((b"PAR1", "a Parquet file: name it .parquet"), (b"\x1f\x8b", "gzip-compressed: name it .csv.gz"),
+         (b"PK\x03\x04", "a zip archive (an Excel workbook?): export it as CSV"))
+
+
+class BadFile(ValueError):
+    """The file as a whole cannot be parsed; the message says why and where."""
+
+
+def _corrupt() -> tuple[type[BaseException], ...]:
+    import lzma
+    import zipfile
+    import zlib
+
+    return OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError, zlib.error
+
+
+class _Guarded(io.RawIOBase):
+    """A decompressor's output whose failures, wherever in the file they are met, are BadFile."""
+
+    def __init__(self, inner: BinaryIO, ending: str) -> None:
+        self._inner, self._ending = inner, ending
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        try:  # filled whole unless at the end, so that a peek sees a whole byte-order mark
+            filled = 0
+            while filled < len(buffer) and (piece := self._inner.read(len(buffer) - filled)):
+                buffer[filled: filled + len(piece)] = piece
+                filled += len(piece)
+            return filled
+        except _corrupt() as exc:
+            raise corrupt(self._ending, exc) from exc
+
+
+def corrupt(ending: str, exc: BaseException) -> BadFile:
+    return BadFile(f"unreadable {ending[1:]} file (corrupt or truncated): {type(exc).__name__}: {str(exc)[:200]}")
+
+
+@contextmanager
+def opened(path: Path, name: str) -> Iterator[tuple[io.BufferedReader, tuple[str, ...]]]:
+    """The bytes `path` holds, decompressed as its name's ending says, and the remark that says so."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    ending = compression(name)
+    with ExitStack() as stack:
+        raw = stack.enter_context(open(path, "rb", buffering=PIECE))
+        if ending is None or path.stat().st_size == 0:  # nothing at all is empty, compressed or not
+            yield raw, ()
+            return
+        try:
+            if ending == ".zip":
+                archive = stack.enter_context(zipfile.ZipFile(raw))
+                members = [m for m in archive.infolist() if not m.is_dir()]
+                if len(members) != 1:
+                    raise BadFile(f"unreadable zip file: it holds {len(members)} files, not one")
+                inner = stack.enter_context(archive.open(members[0]))
+            else:
+                inner = (gzip.GzipFile(fileobj=raw) if ending == ".gz" else
+                         {".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}[ending](raw))
+        except _corrupt() as exc:
+            if isinstance(exc, BadFile):
+                raise
+            raise corrupt(ending, exc) from exc
+        yield io.BufferedReader(_Guarded(inner, ending), PIECE), (f"decompressed ({ending[1:]})",)
+
+
+def drain(pieces: Iterator[object]) -> None:
+    """Read what is left to its end: an error further on (bytes that are not UTF-8, a compressed stream cut
+    short) outranks the one that stopped the reader, as it would had the file been decoded whole first."""
+    for _ in pieces:
+        pass
+
+
+def text_lines(binary: io.BufferedReader, kind: str, universal: bool) -> tuple[Iterator[str], tuple[str, ...]]:
+    """The text's lines, as it is decoded, and a remark when a byte-order mark chose the encoding.
+    `universal`: lines end at \\n, \\r\\n or \\r and keep their ending (what csv needs: io's newline="");
+    otherwise they end at \\n alone and lose it (a JSON string may hold \\r or U+2028)."""
+    head = binary.peek(4)[:4]
+    bom, codec, label = next(((b, c, n) for b, c, n in BOMS if head.startswith(b)), (b"", "utf-8", None))
+    binary.read(len(bom))
+    remarks = (f"decoded as {label} (byte-order mark)",) if label not in (None, "UTF-8") else ()
+    return _lines(_decoded(binary, kind, codec, bom, label), universal), remarks
+
+
+def _decoded(binary: io.BufferedReader, kind: str, codec: str, bom: bytes, label: str | None) -> Iterator[str]:
+    """Text in pieces; a byte that does not decode is named by its place, counted as in the whole file."""
+    decoder = codecs.getincrementaldecoder(codec)("strict")
+    done = newlines = 0  # bytes after the mark decoded so far, and the line breaks among them
+    first = b""
+    while True:
+        piece = binary.read(PIECE)
+        first = first or piece[:4]
+        held = len(decoder.getstate()[0])  # bytes of a character begun in the last piece
+        try:
+            text = decoder.decode(piece, final=not piece)
+        except UnicodeDecodeError as exc:
+            at = done - held + exc.start  # from the first byte after the mark
+            drain(iter(lambda: binary.read(PIECE), b""))
+            if label is not None:
+                where = at if label == "UTF-8" else at + len(bom)  # as utf-8-sig / utf-16 / utf-32 count
+                raise BadFile(f"unreadable {kind} file: it starts with a {label} byte-order mark but is not "
+                              f"valid {label} ({exc.reason} at byte {where})") from exc
+            line = newlines + piece[: max(0, at - done)].count(b"\n") + 1
+            hint = next((h for magic, h in MAGIC if first.startswith(magic)), "save it as UTF-8")
+            raise BadFile(f"unreadable {kind} file: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                          f"{line}); {hint}") from exc
+        if not piece:
+            return
+        done += len(piece)
+        newlines += piece.count(b"\n")
+        yield text
+
+
+def _lines(texts: Iterator[str], universal: bool) -> Iterator[str]:
+    """Lines across pieces: the unfinished end of one piece waits for the next (a \\r, too: \\n may follow)."""
+    rest = ""
+    for text in texts:
+        if universal:
+            lines = io.StringIO(rest + text, newline="").readlines()
+            rest = lines.pop() if lines else ""
+            if rest.endswith("\n"):  # a whole line after all
+                lines.append(rest)
+                rest = ""
+        else:
+            lines = (rest + text).split("\n")
+            rest = lines.pop()
+        yield from lines
+    if rest or not universal:  # str.split's last piece: "" after a final \n, a line without one otherwise
+        yield rest

@@ -1,0 +1,209 @@
+"""collect: ingest labeled files from the landing zone exactly once, quarantining bad rows with a reason.
+
+Per file, in this order, so that a kill at any point loses nothing and ingests nothing twice: archive the
+raw bytes, write accepted rows to staging and rejected rows to quarantine (each atomically), commit the file
+to the ledger (keyed by content hash), and only then remove it from the landing zone. A file whose commit
+never happened is simply ingested again (every write is deterministic); one whose commit happened is found
+"already ingested" and removed. Staged rows become a batch once at least `min_batch_rows` have arrived; until
+then they wait, whatever their number. `recover` clears what a killed run left half written.
+
+A file of any size is read in chunks (tasks/ingest/ingest_file.py): it is copied from the landing zone and hashed in
+pieces, then read, judged and written `chunk_rows` rows at a time into temporaries that are committed, in the
+order above, only once the whole file has been read. Memory follows the chunk, not the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import fsspec
+
+from kaizen.tasks.ingest import landing
+from kaizen.tasks.ingest.ingest_file import (
+    CHUNK_ROWS,
+    FileOutcome,
+    archive_path,
+    incoming_path,
+    ingest_copy,
+    ingest_file,
+    keys_path,
+    staged_path,
+)
+from kaizen.tasks.ingest.landing import Skipped
+from kaizen.tasks.ingest.ledger import FileRecord, Ledger
+from kaizen.tasks.workspace.faults import kill_point
+from kaizen.tasks.workspace.files import commit_file, temporary
+from kaizen.tasks.workspace.layout import Workspace, hold
+from kaizen.tasks.workspace.repo import write_stage_vars
+
+__all__ = ["KILL_POINTS", "CollectResult", "FileOutcome", "archive_path", "collect", "form_batches", "ingest_file",
+           "landed_files", "next_batch", "nothing_new", "recover"]
+logger = logging.getLogger(__name__)
+
+# Where a kill is injected in tests (tasks/workspace/faults.py), in the order a collect reaches them.
+KILL_POINTS = ("atomic:written", "collect:archived", "collect:staged", "collect:quarantined",
+               "ledger:file-uncommitted", "collect:recorded", "collect:removed", "collect:batch-written",
+               "ledger:batch-uncommitted", "collect:batch-recorded")
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    files: list[FileOutcome]
+    new_batches: list[str]
+    skipped: list[Skipped] = field(default_factory=list)  # landed entries not read this run, and why
+    held_rows: int = 0  # accepted rows waiting in staging for `min_batch_rows`
+
+    @property
+    def rows_accepted(self) -> int:
+        return sum(f.rows_accepted for f in self.files)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(f.rows_quarantined for f in self.files)
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Every quarantine reason of this run with its number of rows, most frequent first."""
+        total: dict[str, int] = {}
+        for f in self.files:
+            for reason, n in f.reasons.items():
+                total[reason] = total.get(reason, 0) + n
+        return dict(sorted(total.items(), key=lambda item: -item[1]))
+
+    def describe(self) -> list[str]:
+        """One line per file and per skipped entry, then the staging state: the run's summary in words."""
+        lines = []
+        for f in self.files:
+            why = "; ".join(f"{n} x {reason}" for reason, n in f.reasons.items())
+            line = f"{f.name}: {f.note}" if f.note != "ingested" else (
+                f"{f.name}: {f.rows_accepted} of {f.rows_in} rows accepted" + (f", quarantined: {why}" if why else ""))
+            lines.append(line + "".join(f" ({remark})" for remark in f.remarks))
+        lines += [f"{s.name}: not collected: {s.reason}" for s in self.skipped]
+        if self.held_rows:
+            lines.append(f"{self.held_rows} accepted rows wait in staging for enough to form a batch")
+        return lines
+
+
+def landed_files(ws: Workspace) -> list[str]:
+    """Files waiting in the landing zone, oldest name first; hidden and partial files are not ready yet."""
+    return [f.path for f in landing.survey(ws.landing, settle_seconds=0)[0]]
+
+
+def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
+    """Turn staged rows into batches of at least `min_batch_rows`; fewer wait for more to arrive."""
+    formed: list[str] = []
+    group: list[FileRecord] = []
+    for record in ledger.unbatched_files():
+        group.append(record)
+        if sum(r.rows_accepted for r in group) < ws.settings.data.min_batch_rows:
+            continue
+        batch_id = ledger.next_batch_id()
+        rows = _concatenated([staged_path(ws, r.sha256) for r in group], ws.batch_file(batch_id))
+        kill_point("collect:batch-written")
+        ledger.record_batch(batch_id, rows, [r.sha256 for r in group])
+        kill_point("collect:batch-recorded")
+        for r in group:
+            (staged_path(ws, r.sha256)).unlink(missing_ok=True)
+        formed.append(batch_id)
+        group = []
+    return formed
+
+
+def _concatenated(parts: list[Path], path: Path) -> int:
+    """The staged files one after the other in one Parquet file, written atomically a row group at a time
+    (a batch of millions of rows never sits in memory); its number of rows."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, rows = temporary(path), 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in parts:
+            source = pq.ParquetFile(part)
+            writer = writer or pq.ParquetWriter(tmp, source.schema_arrow)
+            # By row group (staged ones hold a chunk each): iter_batches keeps what it read until the file is closed
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
+                # Staged by an older kaizen: the same columns, maybe other types; cast to the batch's own
+                writer.write_table(table if table.schema.equals(writer.schema) else table.cast(writer.schema))
+                rows += table.num_rows
+                del table
+    finally:
+        if writer is not None:
+            writer.close()
+    commit_file(tmp, path)
+    return rows
+
+
+def recover(ws: Workspace, ledger: Ledger) -> None:
+    """Clear what a killed collect left half done; the ledger is the truth, the archive is never touched.
+
+    Temporary files of interrupted writes go; staged rows of files already batched go (killed before their
+    removal); staged rows, quarantine records and batch files the ledger does not know go (killed before
+    the commit: the landing file is still there and is ingested again, rewriting them).
+    """
+    for folder in (ws.archive_dir, ws.staged_dir, ws.quarantine_dir, ws.accepted_dir):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink()
+    keys_path(ws).unlink(missing_ok=True)
+    files = {f.sha256[:16]: f.batch_id for f in ledger.files()}
+    waiting = {stem for stem, batch_id in files.items() if batch_id is None}
+    for staged in ws.staged_dir.glob("*.parquet"):
+        if staged.stem not in waiting:
+            staged.unlink()
+    for record in ws.quarantine_dir.glob("*.jsonl"):
+        if record.stem not in files:
+            record.unlink()
+    batches = {b.batch_id for b in ledger.batches()}
+    for batch in ws.accepted_dir.glob("batch-*.parquet"):
+        if batch.stem not in batches:
+            batch.unlink()
+
+
+def collect(ws: Workspace, chunk_rows: int = CHUNK_ROWS) -> CollectResult:
+    """Ingest every file ready in the landing zone, then form the batches that have enough rows. Files are read
+    `chunk_rows` rows at a time: memory follows the chunk, not the file."""
+    fs, _ = fsspec.core.url_to_fs(ws.landing)
+    with hold(ws, "collect", wait=False), Ledger(ws.ledger_db) as ledger:
+        recover(ws, ledger)
+        ready, skipped = landing.survey(ws.landing, ws.settings.data.settle_seconds)
+        outcomes = []
+        for file in ready:
+            incoming = incoming_path(ws)  # copied first: the bytes read are the bytes archived, hashed and parsed
+            try:
+                sha, size = landing.fetch(fs, file, incoming)
+            except landing.NotReady as exc:  # left in place and reported; the next run tries again
+                incoming.unlink(missing_ok=True)
+                skipped.append(Skipped(file.name, str(exc)))
+                continue
+            outcome = ingest_copy(ws, ledger, file.name, incoming, sha, size, chunk_rows)
+            kill_point("collect:recorded")
+            problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
+            kill_point("collect:removed")
+            outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
+        batches = form_batches(ws, ledger)
+        write_stage_vars(ws.root)  # the DVC stages list every accepted batch, for the loop and a `dvc repro` alike
+        held = sum(f.rows_accepted for f in ledger.unbatched_files())
+        return CollectResult(outcomes, batches, skipped, held)
+
+
+def nothing_new(ws: Workspace) -> bool:
+    """Nothing for an iteration to do: no file waits in the landing zone and no batch waits to be learned. A run
+    can say so without starting Prefect, MLflow or DVC (an idle `kaizen run` costs under a second)."""
+    if landed_files(ws):
+        return False
+    with Ledger(ws.ledger_db) as ledger:
+        return not ledger.batches(status="pending")
+
+
+def next_batch(ws: Workspace) -> tuple[str, list[str]] | None:
+    """The oldest batch not yet learned from, with every batch up to it; None when all are done. Batches set
+    aside as failed (tasks/operate/failures.py) are neither learned from nor among the batches before it."""
+    with Ledger(ws.ledger_db) as ledger:
+        batches = [b.batch_id for b in ledger.batches() if b.status != "failed"]
+        pending = [b.batch_id for b in ledger.batches(status="pending")]
+    if not pending:
+        return None
+    return pending[0], batches[: batches.index(pending[0]) + 1]

@@ -1,0 +1,193 @@
+"""ingest: one landed file -> its staged rows, its quarantine records and its ledger record, a chunk at a time.
+
+Memory follows the chunk, not the file: rows are read, judged and written `chunk_rows` at a time, accepted rows
+appended to the staged Parquet file and quarantined ones to the quarantine file, both temporary until the
+whole file has been read. A fault found late (a malformed quote on the last line) still refuses the whole
+file with nothing of it kept: the temporaries are dropped and the file becomes one quarantine record. Only
+then are the files committed, in the order collect's exactly-once promise needs (see tasks/ingest/collect.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kaizen.tasks.formats.parse import BadFile, ColumnsGrew, read_chunks
+from kaizen.tasks.ingest import landing
+from kaizen.tasks.ingest.dedup import FileKeys
+from kaizen.tasks.ingest.ledger import FileRecord, Ledger
+from kaizen.tasks.ingest.validate import judge, mapping_remarks
+from kaizen.tasks.workspace.faults import kill_point
+from kaizen.tasks.workspace.files import commit_file, json_line, temporary
+from kaizen.tasks.workspace.layout import Workspace
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 100_000  # rows judged and written at a time: ~100 MB of Python objects for short texts
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    name: str
+    sha256: str
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    note: str  # "ingested" or why nothing was ingested ("already ingested as ...")
+    reasons: dict[str, int] = field(default_factory=dict)  # quarantine reason -> rows
+    remarks: tuple[str, ...] = ()  # what else happened: a delimiter guessed, a file that could not be removed
+
+
+@dataclass
+class Tally:
+    """What reading a file wrote to its temporaries."""
+    accepted: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    mappings: dict[tuple[str, str], int] = field(default_factory=dict)
+    remarks: tuple[str, ...] = ()
+
+
+def archive_path(ws: Workspace, sha: str, name: str) -> Path:
+    """Where a file's bytes are kept: its hash and a cleaned name, never a path a name could steer."""
+    return ws.archive_dir / f"{sha[:16]}-{landing.safe_component(landing.printable(name))}"
+
+
+def staged_path(ws: Workspace, sha: str) -> Path:
+    """A file's accepted rows until they join a batch."""
+    return ws.staged_dir / f"{sha[:16]}.parquet"
+
+
+def quarantine_path(ws: Workspace, sha: str) -> Path:
+    """A file's quarantined rows, each with its reason."""
+    return ws.quarantine_dir / f"{sha[:16]}.jsonl"
+
+
+def incoming_path(ws: Workspace) -> Path:
+    """Where a landed file is copied before its hash, and so its archive name, is known."""
+    ws.archive_dir.mkdir(parents=True, exist_ok=True)
+    return ws.archive_dir / ".incoming.tmp"
+
+
+def keys_path(ws: Workspace) -> Path:
+    """The file's dedup keys while it is read: loop state, outside the data folders (one collect at a time)."""
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    return ws.state_dir / ".collect-keys.tmp"
+
+
+def ingest_file(ws: Workspace, ledger: Ledger, name: str, data: bytes, chunk_rows: int = CHUNK_ROWS) -> FileOutcome:
+    """Ingest one file's bytes (for callers holding them; collect streams a landed file with `ingest_copy`)."""
+    incoming = incoming_path(ws)
+    incoming.write_bytes(data)
+    return ingest_copy(ws, ledger, name, incoming, hashlib.sha256(data).hexdigest(), len(data), chunk_rows)
+
+
+def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: str, size: int,
+                chunk_rows: int = CHUNK_ROWS) -> FileOutcome:
+    """Ingest a landed file copied to `incoming` (the caller removes it from the landing zone afterwards);
+    `incoming` becomes its archive copy."""
+    name = landing.printable(name)
+    known = ledger.file(sha)
+    if known is not None:
+        incoming.unlink()
+        note = f"already ingested as {known.name}: nothing to do"
+        ledger.record_delivery(sha, name, note)
+        return FileOutcome(name, sha, 0, 0, 0, note)
+
+    staged, quarantine = staged_path(ws, sha), quarantine_path(ws, sha)
+    for folder in (ws.staged_dir, ws.quarantine_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    with FileKeys(keys_path(ws), size, pending=4 * chunk_rows) as seen:
+        tally = read_rows(ws, ledger, name, sha, incoming, seen, chunk_rows)
+        commit_file(incoming, archive_path(ws, sha, name))
+        kill_point("collect:archived")
+        if tally.accepted:
+            commit_file(temporary(staged), staged)
+            kill_point("collect:staged")
+        if tally.quarantined:
+            commit_file(temporary(quarantine), quarantine)
+            kill_point("collect:quarantined")
+        else:
+            temporary(quarantine).unlink()
+        rows_in = tally.accepted + tally.quarantined
+        record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None)
+        ledger.record_file(record, size=size, row_keys=seen.keys(), attach=seen.source())
+    remarks = tally.remarks + mapping_remarks(tally.mappings)
+    return FileOutcome(name, sha, rows_in, tally.accepted, tally.quarantined, "ingested", tally.reasons, remarks)
+
+
+def read_rows(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys,
+              chunk_rows: int) -> Tally:
+    """Each row of a file accepted (to the staged temporary) or quarantined (to the quarantine temporary). A
+    file that cannot be read is one quarantined unit whose reason is the error: whatever one file holds, it
+    never stops the files after it nor the loop (its bytes stay in the archive, and the traceback in the log)."""
+    columns: list[str] | None = None
+    while True:
+        try:
+            return _read(ws, ledger, name, sha, path, seen, chunk_rows, columns)
+        except ColumnsGrew as grew:  # a JSON Lines column first seen late: read again, knowing every column
+            columns = grew.columns
+            continue
+        except BadFile as exc:
+            reason = str(exc)
+        except (sqlite3.Error, OSError):
+            # The ledger's or our own disk's trouble, not the file's (its faults are BadFile): the run stops
+            # and the file stays in the landing zone.
+            raise
+        except Exception as exc:  # a reader's bug or limit met by this file's bytes
+            logger.exception("%s could not be read; quarantined whole", name)
+            reason = f"unreadable file: {type(exc).__name__}: {str(exc)[:300]}"
+        return _refused(ws, name, sha, seen, reason)
+
+
+def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys, chunk_rows: int,
+          columns: list[str] | None) -> Tally:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = ws.settings.data
+    staged = temporary(staged_path(ws, sha))
+    seen.clear()
+    tally = Tally()
+    writer: pq.ParquetWriter | None = None
+    try:
+        with open(temporary(quarantine_path(ws, sha)), "w", encoding="utf-8", newline="\n") as out:
+            for chunk in read_chunks(path, name, (settings.text_column, settings.label_column), chunk_rows, columns):
+                verdict = judge(chunk, name, settings, ledger, seen)
+                if len(verdict.accepted) + len(verdict.quarantined) != len(chunk.rows):  # every row gets a verdict
+                    raise RuntimeError(f"{len(chunk.rows)} rows read, but {len(verdict.accepted)} accepted and "
+                                       f"{len(verdict.quarantined)} quarantined")
+                if len(verdict.accepted):
+                    table = pa.Table.from_pandas(verdict.accepted, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(staged, table.schema)
+                    writer.write_table(table)
+                _quarantine(out, name, sha, verdict.quarantined, tally)
+                tally.accepted += len(verdict.accepted)
+                for pair, n in verdict.mappings.items():
+                    tally.mappings[pair] = tally.mappings.get(pair, 0) + n
+                tally.remarks = chunk.remarks
+    finally:
+        if writer is not None:
+            writer.close()
+    return tally
+
+
+def _quarantine(out: IO[str], name: str, sha: str, records: list[dict[str, Any]], tally: Tally) -> None:
+    for q in records:
+        out.write(json_line({"file": name, "sha256": sha, **q}) + "\n")
+        tally.reasons[q["reason"]] = tally.reasons.get(q["reason"], 0) + 1
+    tally.quarantined += len(records)
+
+
+def _refused(ws: Workspace, name: str, sha: str, seen: FileKeys, reason: str) -> Tally:
+    """The whole file as one quarantined unit: no row of it is kept, whatever was read before the fault."""
+    temporary(staged_path(ws, sha)).unlink(missing_ok=True)
+    seen.clear()
+    tally = Tally()
+    with open(temporary(quarantine_path(ws, sha)), "w", encoding="utf-8", newline="\n") as out:
+        _quarantine(out, name, sha, [{"row": 0, "reason": reason, "record": None}], tally)
+    return tally

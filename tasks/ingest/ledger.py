@@ -1,0 +1,243 @@
+"""The ingestion ledger: which files were ingested (by content hash), which rows exist, which batches they formed.
+
+A transactional database, because every state change of collect must be one atomic commit: a file is either
+fully recorded (its rows' keys, its counts, its batch) or not at all, whatever kills the process. SQLite in
+the workspace by default; PostgreSQL (storage.ledger) when machines share the workspace. The SQL below is the
+same for both; tasks/workspace/databases.py adapts what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kaizen.tasks.workspace import databases
+from kaizen.tasks.workspace.faults import kill_point
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, ingested_at TEXT NOT NULL,
+    rows_in INTEGER NOT NULL, rows_accepted INTEGER NOT NULL, rows_quarantined INTEGER NOT NULL,
+    batch_id TEXT
+);
+CREATE TABLE IF NOT EXISTS row_keys (key TEXT PRIMARY KEY, sha256 TEXT NOT NULL, row INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL, name TEXT NOT NULL, seen_at TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, rows INTEGER NOT NULL, files TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', run_id TEXT, model_version TEXT, decision TEXT
+);
+CREATE TABLE IF NOT EXISTS batch_attempts (
+    batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, at TEXT NOT NULL, outcome TEXT NOT NULL, error TEXT,
+    PRIMARY KEY (batch_id, attempt)
+);
+"""
+# Columns added after the first release: a ledger written before them gets them on open.
+ADDED_COLUMNS = {
+    "batches": {"trust": "TEXT NOT NULL DEFAULT 'trusted'", "trust_reason": "TEXT", "trust_by": "TEXT"},
+}
+TRUSTED, SUSPECT = "trusted", "suspect"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    sha256: str
+    name: str
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    batch_id: str | None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: str
+    created_at: str
+    rows: int
+    files: tuple[str, ...]
+    status: str
+    run_id: str | None
+    model_version: str | None
+    decision: str | None
+    trust: str = TRUSTED  # suspect: its labels disagree with what the loop knows; never trained on or replayed
+    trust_reason: str | None = None
+    trust_by: str | None = None  # "loop", or the operator who overruled it
+
+
+class Ledger:
+    def __init__(self, location: Path | str) -> None:
+        """`location`: a SQLite file, or a postgresql:// URL (Workspace.ledger_db gives the workspace's)."""
+        self._db = databases.connect(location)
+        self._db.create(SCHEMA, rowid_tables=("files",))  # files are listed in the order they were ingested
+        for table, columns in ADDED_COLUMNS.items():
+            for name, declaration in columns.items():
+                self._db.add_column(table, name, declaration)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[databases.SQLite | databases.Postgres]:
+        """One atomic commit; writers are serialised (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock)."""
+        with self._db.transaction() as db:
+            yield db
+
+    # --- files and rows ---------------------------------------------------------------------------
+    def file(self, sha256: str) -> FileRecord | None:
+        row = self._db.execute(
+            "SELECT sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id FROM files WHERE sha256=?",
+            (sha256,),
+        ).fetchone()
+        return FileRecord(*row) if row else None
+
+    def known_keys(self, keys: list[str]) -> dict[str, str]:
+        """The keys among `keys` already ingested, with the file (sha256) that brought each."""
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, sha in self._db.execute(f"SELECT key, sha256 FROM row_keys WHERE key IN ({marks})", chunk):
+                found[key] = sha
+        return found
+
+    def record_file(self, record: FileRecord, size: int, row_keys: Iterable[tuple[str, int]],
+                    attach: tuple[Path, str] | None = None) -> None:
+        """The file, its keys (streamed: a large file's do not fit in memory) and its delivery, in one commit.
+        `attach`: a SQLite file and a query over it (as schema `incoming`) yielding the same keys and rows; a
+        SQLite ledger copies them SQLite to SQLite, ten million keys never crossing into Python one by one."""
+        copied = attach is not None and isinstance(self._db, databases.SQLite)
+        with ExitStack() as stack:
+            if copied:
+                stack.enter_context(self._db.attached(attach[0], "incoming"))
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (record.sha256, record.name, size, now(), record.rows_in, record.rows_accepted,
+                     record.rows_quarantined),
+                )
+                if copied:
+                    db.execute(f"INSERT INTO row_keys (key, sha256, row) SELECT k, ?, r FROM ({attach[1]})",
+                               (record.sha256,))
+                else:
+                    db.executemany("INSERT INTO row_keys VALUES (?,?,?)",
+                                   ((key, record.sha256, row) for key, row in row_keys))
+                db.execute(
+                    "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
+                    (record.sha256, record.name, now(), "ingested"),
+                )
+                kill_point("ledger:file-uncommitted")  # tests: a kill here must leave no trace of the file
+
+    def record_delivery(self, sha256: str, name: str, outcome: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
+                (sha256, name, now(), outcome),
+            )
+
+    def unbatched_files(self) -> list[FileRecord]:
+        """Ingested files whose accepted rows wait in staging, oldest first."""
+        rows = self._db.execute(
+            "SELECT sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id FROM files "
+            "WHERE batch_id IS NULL AND rows_accepted > 0 ORDER BY ingested_at, rowid"
+        ).fetchall()
+        return [FileRecord(*row) for row in rows]
+
+    def files(self) -> list[FileRecord]:
+        rows = self._db.execute(
+            "SELECT sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id FROM files ORDER BY rowid"
+        ).fetchall()
+        return [FileRecord(*row) for row in rows]
+
+    # --- batches ----------------------------------------------------------------------------------
+    def next_batch_id(self) -> str:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM batches").fetchone()
+        return f"batch-{count + 1:04d}"
+
+    def record_batch(self, batch_id: str, rows: int, shas: list[str]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO batches (batch_id, created_at, rows, files) VALUES (?,?,?,?)",
+                (batch_id, now(), rows, json.dumps(shas)),
+            )
+            db.executemany("UPDATE files SET batch_id=? WHERE sha256=?", [(batch_id, sha) for sha in shas])
+            kill_point("ledger:batch-uncommitted")  # tests: a kill here must leave no trace of the batch
+
+    def finish_batch(self, batch_id: str, *, run_id: str | None, model_version: str | None, decision: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE batches SET status='done', run_id=?, model_version=?, decision=? WHERE batch_id=?",
+                (run_id, model_version, decision, batch_id),
+            )
+
+    def set_trust(self, batch_id: str, trust: str, reason: str, by: str, requeue: bool = False) -> None:
+        """Record whether a batch's labels are trusted, why and by whom; `requeue` makes it pending again, so
+        the loop learns from a batch an operator has cleared."""
+        if trust not in (TRUSTED, SUSPECT):
+            raise ValueError(f"trust must be {TRUSTED!r} or {SUSPECT!r}, got {trust!r}")
+        with self.transaction() as db:
+            changed = db.execute("UPDATE batches SET trust=?, trust_reason=?, trust_by=? WHERE batch_id=?",
+                                 (trust, reason, by, batch_id)).rowcount
+            if not changed:
+                raise KeyError(f"no batch {batch_id!r} in the ledger")
+            if requeue:
+                db.execute("UPDATE batches SET status='pending', run_id=NULL, model_version=NULL, decision=NULL "
+                           "WHERE batch_id=?", (batch_id,))
+
+    def suspect_batches(self) -> list[str]:
+        return [b.batch_id for b in self.batches() if b.trust == SUSPECT]
+    # --- failed attempts (tasks/operate/failures.py) --------------------------------------------------------
+    def record_attempt(self, batch_id: str, outcome: str, error: str | None = None) -> None:
+        """An attempt at a batch that failed ("failed": counted, "unreachable": a server was down, not counted)
+        or an operator's "retry" (counting starts over)."""
+        with self.transaction() as db:
+            (last,) = db.execute("SELECT COALESCE(MAX(attempt), 0) FROM batch_attempts WHERE batch_id=?",
+                                 (batch_id,)).fetchone()
+            db.execute("INSERT INTO batch_attempts VALUES (?,?,?,?,?)", (batch_id, last + 1, now(), outcome, error))
+
+    def failures_in_a_row(self, batch_id: str) -> tuple[int, str | None, str | None]:
+        """(how many counted failures in a row ended with the same error as the last one, that error, when it
+        happened), since the last retry; servers that were down interrupt nothing."""
+        rows = self._db.execute("SELECT outcome, error, at FROM batch_attempts WHERE batch_id=? ORDER BY attempt DESC",
+                                (batch_id,)).fetchall()
+        same, error, at = 0, None, None
+        for outcome, err, when in rows:
+            if outcome == "retry":
+                break
+            if outcome != "failed":
+                continue
+            if error is None:
+                error, at = err, when
+            if err != error:
+                break
+            same += 1
+        return same, error, at
+
+    def set_status(self, batch_id: str, status: str, decision: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE batches SET status=?, decision=? WHERE batch_id=?", (status, decision, batch_id))
+
+    def batches(self, status: str | None = None) -> list[BatchRecord]:
+        query = ("SELECT batch_id, created_at, rows, files, status, run_id, model_version, decision, trust, "
+                 "trust_reason, trust_by FROM batches")
+        args: tuple[str, ...] = ()
+        if status:
+            query, args = query + " WHERE status=?", (status,)
+        rows = self._db.execute(query + " ORDER BY batch_id", args).fetchall()
+        return [BatchRecord(r[0], r[1], r[2], tuple(json.loads(r[3])), *r[4:]) for r in rows]

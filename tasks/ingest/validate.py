@@ -1,0 +1,118 @@
+"""validate: a file's raw rows -> the rows a model can learn from, once each, and every other row with its reason.
+
+A row is judged on its own (its text and label) and against every row seen before it, in this file and in
+every file already ingested (the ledger's row keys): a text that differs only in case or spacing is the
+same example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from kaizen.tasks.formats.parse import Chunk, RawRow, encodable, plain, short
+from kaizen.tasks.formats.text import text_key
+from kaizen.tasks.ingest.dedup import FileKeys
+from kaizen.tasks.ingest.ledger import Ledger
+from kaizen.tasks.workspace.settings import DataSettings
+
+NA_MARKERS = {"nan", "null", "none", "na", "n/a", "#n/a", "<na>"}  # what spreadsheets and pandas write for "no value"
+
+
+ACCEPTED_COLUMNS = ["text", "label", "source", "source_row", "label_given"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: pd.DataFrame  # ACCEPTED_COLUMNS: label_given is the label as the file wrote it, before label_map
+    quarantined: list[dict]  # row, reason, record
+    mappings: dict[tuple[str, str], int] = field(default_factory=dict)  # (label given, label) -> rows, where they differ
+
+
+def mapped(label: object, label_map: dict[str, str]) -> object:
+    """The label `data.label_map` gives a label as written (a number is matched as text: 1 and "1" alike)."""
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        return label
+    return label_map.get(str(label), label)
+
+
+def row_problem(text: object, label: object, settings: DataSettings) -> str | None:
+    """Why a row's text and label cannot be learned from; None when they can."""
+    if not isinstance(text, str):
+        return "missing text" if plain(text) is None else f"text is not a string ({type(text).__name__})"
+    if not text.strip():
+        return "empty text"
+    if text.strip().casefold() in NA_MARKERS:
+        return f"missing text ({text.strip()!r} marks a missing value)"
+    if len(text) > settings.max_text_chars:
+        return f"text longer than {settings.max_text_chars} characters ({len(text)})"
+    if not encodable(text):
+        return "text is not valid Unicode (it holds a lone surrogate)"
+    if plain(label) is None or (isinstance(label, str) and not label.strip()):
+        return "missing label"
+    if not isinstance(label, str) or label not in settings.labels:
+        return f"unknown label {short(label)} (expected one of {sorted(settings.labels)})"
+    return None
+
+
+def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen: FileKeys) -> Verdict:
+    """Accept the rows of a chunk a model can learn from, once each; quarantine every other row with its reason.
+    `seen` holds the rows this file accepted in earlier chunks, and gets this chunk's."""
+    columns = (settings.text_column, settings.label_column)
+    missing = [c for c in columns if c not in chunk.columns]
+    if missing:
+        reason = f"missing column(s) {missing}; the file has {short(chunk.columns, 300)}"
+        if any(d in c for c in chunk.columns for d in ",;\t|"):
+            reason += " (wrong delimiter? a column name holds a delimiter)"
+        return Verdict(pd.DataFrame(), [{"row": i, "reason": reason, "record": _raw(r)}
+                                        for i, r in enumerate(chunk.rows, chunk.start)])
+
+    candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
+    quarantined: list[dict] = []
+    for i, row in enumerate(chunk.rows, chunk.start):
+        text, label = row.record[settings.text_column], mapped(row.record[settings.label_column], settings.label_map)
+        reason = row.problem or row_problem(text, label, settings)
+        if reason:
+            quarantined.append({"row": i, "reason": reason, "record": _raw(row)})
+        else:
+            candidates.append((i, text, label, text_key(text)))
+
+    keys = [key for *_, key in candidates]
+    already = ledger.known_keys(keys)
+    earlier = seen.lookup(keys)  # accepted in an earlier chunk of this file
+    fresh: dict[str, tuple[int, str]] = {}  # accepted in this chunk
+    accepted: dict[str, list] = {c: [] for c in ACCEPTED_COLUMNS}  # by column: a frame of lists is built fast
+    counts: dict[tuple[str, str], int] = {}
+    for row, text, label, key in candidates:
+        first = fresh.get(key) or earlier.get(key)
+        if first:
+            reason = f"duplicate of row {first[0]} of this file"
+            reason += f", with another label ({short(first[1])} there)" if label != first[1] else ""
+        elif key in already:
+            origin = ledger.file(already[key])
+            reason = f"duplicate of a row already ingested from {origin.name if origin else already[key]}"
+        else:
+            fresh[key] = (row, label)
+            given = str(plain(chunk.rows[row - chunk.start].record[settings.label_column]))
+            for column, value in zip(ACCEPTED_COLUMNS, (text, label, name, row, given), strict=True):
+                accepted[column].append(value)
+            if given != label:
+                counts[(given, label)] = counts.get((given, label), 0) + 1
+            continue
+        quarantined.append({"row": row, "reason": reason, "record": _raw(chunk.rows[row - chunk.start])})
+    seen.add([(key, row, label) for key, (row, label) in fresh.items()])
+    quarantined.sort(key=lambda q: q["row"])
+    return Verdict(pd.DataFrame(accepted, columns=ACCEPTED_COLUMNS), quarantined, counts)
+
+
+def _raw(row: RawRow) -> dict:
+    return {k: plain(v) for k, v in row.record.items()}
+
+
+def mapping_remarks(counts: dict[tuple[str, str], int]) -> tuple[str, ...]:
+    """One remark naming every label mapping applied to the accepted rows, with its number of rows."""
+    if not counts:
+        return ()
+    shown = ", ".join(f"{given!r} -> {label!r} ({n} rows)" for (given, label), n in sorted(counts.items()))
+    return (f"labels mapped by data.label_map: {shown}",)

@@ -1,0 +1,137 @@
+"""Failed iterations: one bad batch must not stop all learning.
+
+An iteration that raises is one failed attempt at its batch, recorded in the ledger with its error. When the
+last `operations.max_failed_attempts` attempts failed with the same error (a test split too small, a label
+removed from params.yaml, a corrupt cached model), the batch is set aside: marked `failed` with that error, its
+accepted rows moved out of the DVC stage's input (`data/failed/`), and the loop goes on with the batches behind
+it. An attempt that failed because a server could not be reached is recorded but not counted: the batch is not
+at fault. Every failed attempt sends a `kaizen.iteration.failed` event; `kaizen batch retry B` puts a set-aside
+batch back once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+from kaizen.tasks.ingest.ledger import Ledger
+from kaizen.tasks.notify import events
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.redact import redact
+
+FAILED_EVENT = "kaizen.iteration.failed"
+logger = logging.getLogger(__name__)
+# Run ids, hashes and addresses differ between attempts that fail for one reason: they do not make errors differ.
+_VOLATILE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b|\b[0-9a-f]{12,}\b|0x[0-9a-f]+")
+
+
+class BatchError(RuntimeError):
+    """A batch cannot be retried as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    batch_id: str
+    error: str
+    counted: bool  # False: a server could not be reached; the batch is not at fault
+    in_a_row: int  # counted failures in a row with this error
+    set_aside: bool  # this attempt made the batch `failed`
+
+
+def error_text(exc: BaseException) -> str:
+    """What an attempt failed with, one line, credentials masked, ids that differ between attempts elided:
+    `KeyError: 'neutral'`. Two attempts failed the same way when their error texts are equal."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return _VOLATILE.sub("…", redact(f"{type(exc).__name__}: {message}"))[:500]
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether the error (or one it came from) is a server that could not be reached."""
+    import httpx
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (requests.ConnectionError, requests.Timeout, httpx.TransportError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAttempt:
+    """Record a failed attempt at `batch_id`; set the batch aside when it failed the same way too often."""
+    error, counted = error_text(exc), not unreachable(exc)
+    limit = ws.settings.operations.max_failed_attempts
+    with Ledger(ws.ledger_db) as ledger:
+        ledger.record_attempt(batch_id, "failed" if counted else "unreachable", error)
+        in_a_row, _, _ = ledger.failures_in_a_row(batch_id)
+        set_aside = counted and in_a_row >= limit
+        if set_aside:
+            ledger.set_status(batch_id, "failed", "failed")
+    if set_aside:
+        _move(ws.batch_file(batch_id), ws.failed_dir / ws.batch_file(batch_id).name)
+    if counted:  # the tracking server answers: close the attempt's run, marked with its error
+        try:
+            _close_runs(ws, batch_id, error)
+        except Exception as exc:  # noqa: BLE001  the attempt's own error is the one to report, and it is
+            # recorded already; a run left open is labelled orphaned by the next attempt's recovery.
+            logger.warning("%s: the failed attempt's MLflow run could not be closed (the next attempt labels it "
+                           "orphaned): %s", batch_id, error_text(exc))
+    attempt = FailedAttempt(batch_id, error, counted, in_a_row, set_aside)
+    what = (f"set aside as failed after {in_a_row} attempts with this error; fix the cause, then "
+            f"`kaizen batch retry {batch_id}`") if set_aside else (
+        f"attempt {in_a_row} of {limit} with this error" if counted else "a server could not be reached: not counted")
+    logger.error("%s: iteration failed: %s (%s)", batch_id, error, what)
+    events.emit(ws, FAILED_EVENT, {"batch": batch_id, "error": error, "counted": counted, "in_a_row": in_a_row,
+                                   "max_failed_attempts": limit, "batch_status": "failed" if set_aside else "pending"})
+    return attempt
+
+
+def _close_runs(ws: Workspace, batch_id: str, error: str) -> None:
+    """The open, undecided runs of this workspace's attempts at `batch_id` end FAILED with the error (the next
+    attempt's recovery labels them orphaned)."""
+    from kaizen.tasks.registry import tracking
+    from kaizen.tasks.registry.record import TAG, in_workspace
+
+    client = tracking.connect(ws)
+    runs = client.search_runs([tracking.experiment_id(client, ws)], max_results=100,
+                              filter_string=f"tags.`{TAG['batch']}` = '{batch_id}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        if in_workspace(run, ws) and not run.data.tags.get(TAG["decision"]):
+            tracking.set_tags(client, run.info.run_id, {"kaizen.error": error})
+            client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _move(source, dest) -> None:
+    """Rename a batch file between the DVC stage's input and the set-aside folder (gone already: moved before)."""
+    if source.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
+
+
+def retry(ws: Workspace, batch_id: str) -> None:
+    """Put a failed batch back: pending again, its rows back in the DVC stage's input, its count started over."""
+    with Ledger(ws.ledger_db) as ledger:
+        status = {b.batch_id: b.status for b in ledger.batches()}
+        if batch_id not in status:
+            raise BatchError(f"no batch {batch_id!r} in {ws.root} (batches: {', '.join(status) or 'none yet'})")
+        if status[batch_id] != "failed":
+            raise BatchError(f"{batch_id} is {status[batch_id]}, not failed: nothing to retry")
+        _move(ws.failed_dir / ws.batch_file(batch_id).name, ws.batch_file(batch_id))
+        ledger.record_attempt(batch_id, "retry")
+        ledger.set_status(batch_id, "pending", None)
+
+
+def failed_batches(ws: Workspace) -> list[dict]:
+    """Each batch set aside: its id, rows, the error it failed with, how many times in a row, and when last."""
+    with Ledger(ws.ledger_db) as ledger:
+        out = []
+        for batch in ledger.batches(status="failed"):
+            in_a_row, error, at = ledger.failures_in_a_row(batch.batch_id)
+            out.append({"batch": batch.batch_id, "rows": batch.rows, "error": error, "attempts": in_a_row,
+                        "failed_at": at})
+    return out

@@ -1,0 +1,62 @@
+"""Finishing what a killed iteration left: the ledger says its batch is still pending, MLflow may hold its run.
+
+Moving the `champion` alias is the single commit point of an iteration. So, for a pending batch:
+- if a run of an earlier attempt registered a version that is now the champion, the promotion was committed:
+  its record is completed and the batch is done, nothing is trained again (likewise a recorded refusal);
+- otherwise every earlier attempt is an orphan: its run is marked KILLED and its version, if it got one, is
+  tagged `orphaned` (never promoted); the iteration then runs again, its training resuming from the last
+  checkpoint of the killed attempt.
+"""
+
+from __future__ import annotations
+
+from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.record import ORPHANED, TAG, IterationSummary, close_iteration, in_workspace
+
+
+def _attempts(client, ws, batch_id: str) -> list:
+    """Runs of earlier attempts at `batch_id` (the ledger says it is pending) in this workspace, orphans already
+    labelled aside: another workspace's batch of the same name on the same tracking server is never touched."""
+    runs = client.search_runs([tracking.experiment_id(client, ws)],
+                              filter_string=f"tags.`{TAG['batch']}` = '{batch_id}'", max_results=100)
+    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED and in_workspace(run, ws)]
+
+
+def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
+    """Complete a decided attempt at `batch_id` (returning its summary), or label its orphans (None)."""
+    client = tracking.connect(ws)
+    name = ws.settings.model.registered_name
+    attempts = _attempts(client, ws, batch_id)
+    if not attempts:
+        return None
+    champion = tracking.model_by_alias(client, name, tracking.CHAMPION)
+    for run in attempts:
+        if champion is not None and champion.run_id == run.info.run_id:
+            return _complete(client, ws, batch_id, run, "promoted", champion.version)
+    for run in attempts:  # the gate refused and said so; only the ledger was not told
+        if run.data.tags.get(TAG["decision"]) == "rejected":
+            return _complete(client, ws, batch_id, run, "rejected", champion.version if champion else None)
+    for run in attempts:
+        for mv in client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'"):
+            tracking.tag_version(client, name, str(mv.version), {
+                TAG["decision"]: ORPHANED,
+                TAG["reasons"]: "its iteration was killed before the gate decided; never promoted"})
+        tracking.set_tags(client, run.info.run_id, {TAG["decision"]: ORPHANED})
+        client.set_terminated(run.info.run_id, "KILLED")
+    return None
+
+
+def _complete(client, ws, batch_id: str, run, decision: str, champion_version: str | None) -> IterationSummary:
+    """The gate had decided (and a promotion's alias had moved) before the kill: write the record where the
+    killed attempt did not get to, and close the batch."""
+    reasons = run.data.tags.get(TAG["gate_reasons"], f"{decision} before the iteration was killed")
+    challenger = run.data.tags[TAG["challenger_version"]]
+    tags = {TAG["decision"]: decision, TAG["reasons"]: reasons}
+    tracking.tag_version(client, ws.settings.model.registered_name, challenger, tags)
+    tracking.set_tags(client, run.info.run_id, {**tags, TAG["champion_version"]: champion_version or "",
+                                                TAG["recovered"]: f"{decision}: completed after a kill"})
+    parent = run.data.tags.get(TAG["parent_version"])
+    name = ws.settings.model.registered_name
+    if decision == "promoted" and parent and tracking.model_by_alias(client, name, tracking.PREVIOUS) is None:
+        client.set_registered_model_alias(name, tracking.PREVIOUS, parent)  # killed between the alias moves
+    return close_iteration(ws, batch_id, run.info.run_id, decision, challenger)

@@ -1,0 +1,158 @@
+"""scoring: label every text of a file, a folder or an fsspec URL with the champion, into one Parquet file.
+
+The input is streamed in chunks of `serving.chunk_rows` (tasks/formats/reading.py), each chunk labelled by the champion
+as MLflow serves it (tasks/serving/champion.py) and appended to the output, so memory stays flat however large the input.
+Every input row gets an output row: `source` (its file), `row` (its line, or its row in a Parquet file), the
+input's columns as text, `prediction`, `p_<label>` for every class, `reason` and `model_version`. A row that
+cannot be labelled (no text, not a string, empty, a broken line) has a reason instead of a label; so has a file,
+or the rest of one, that cannot be read (one row, `row` empty). Nothing is dropped and nothing stops the run.
+The output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+
+import pandas as pd
+
+from kaizen.tasks.formats.reading import Chunk, input_files, read_chunks
+from kaizen.tasks.workspace.layout import Workspace
+
+Progress = Callable[[float, int], None]  # (share of the input done, rows written so far)
+
+
+class ScoringError(RuntimeError):
+    """Nothing could be scored as asked (no input, no champion); the message says why."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    out: str
+    model_version: str
+    files: int
+    rows: int  # output rows: labelled + with a reason
+    labelled: int
+    with_reason: int
+    seconds: float
+    problems: list[str] = field(default_factory=list)  # file-level problems, in words
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_text(value) -> str | None:
+    """An input value carried into the output: text as it was, other values as JSON, missing values as null."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+
+
+OUTPUT = ("source", "row", "prediction", "reason", "model_version")  # besides the text and p_<label> columns
+
+
+class _Output:
+    """The Parquet file being written. Its columns are fixed by the first rows read: the input's other columns
+    are carried along as text (a later file's extra columns are not; its missing ones are null)."""
+
+    def __init__(self, fs, path: str, text_column: str, labels: list[str]) -> None:
+        self.fs, self.path, self.tmp = fs, path, f"{path}.part"
+        self.text_column, self.labels = text_column, labels
+        self.carried: dict[str, str] | None = None  # input column -> output column
+        self.pending: list[pd.DataFrame] = []  # problems met before the first rows fixed the columns
+        self.writer = self.handle = None
+
+    def carry(self, columns) -> None:
+        if self.carried is None:
+            taken = {*OUTPUT, self.text_column, *(f"p_{label}" for label in self.labels)}
+            self.carried = {c: f"input_{c}" if c in taken else c for c in map(str, columns) if c != self.text_column}
+
+    def schema(self):
+        import pyarrow as pa
+
+        fields = [("source", pa.string()), ("row", pa.int64()), (self.text_column, pa.string())]
+        fields += [(c, pa.string()) for c in (self.carried or {}).values()]
+        fields += [("prediction", pa.string()), *[(f"p_{label}", pa.float64()) for label in self.labels],
+                   ("reason", pa.string()), ("model_version", pa.string())]
+        return pa.schema(fields)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.carried is None:
+            self.pending.append(frame)
+            return
+        if self.writer is None:
+            self.fs.makedirs(str(PurePosixPath(self.path).parent), exist_ok=True)
+            self.handle = self.fs.open(self.tmp, "wb")
+            self.writer = pq.ParquetWriter(self.handle, self.schema())
+        for part in [*self.pending, frame]:
+            table = part.reindex(columns=self.schema().names)
+            self.writer.write_table(pa.Table.from_pandas(table, schema=self.schema(), preserve_index=False))
+        self.pending = []
+
+    def close(self) -> None:
+        """Finish the file and give it its name (every row was written under the temporary one)."""
+        self.carry([])
+        self.write(pd.DataFrame(columns=["source"]))
+        self.writer.close()
+        self.handle.close()
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path)
+        self.fs.mv(self.tmp, self.path)
+
+
+def _scored(chunk: Chunk, source: str, classifier, output: _Output) -> pd.DataFrame:
+    """One chunk's output rows, in file order: its rows with their predictions, and its problems."""
+    text = output.text_column
+    rows = pd.DataFrame({"source": source, "row": pd.Series(chunk.numbers, dtype="Int64")})
+    if len(chunk.rows):
+        output.carry(chunk.rows.columns)
+        rows[text] = [_as_text(v) for v in chunk.rows[text]]
+        for column, name in output.carried.items():
+            rows[name] = [_as_text(v) for v in chunk.rows[column]] if column in chunk.rows.columns else None
+        predicted = classifier.predict(chunk.rows[text].tolist())
+        rows = pd.concat([rows, predicted.reset_index(drop=True)], axis=1)
+    problems = pd.DataFrame({"source": source, "row": pd.Series([p.row for p in chunk.problems], dtype="Int64"),
+                             "reason": [p.reason for p in chunk.problems]})
+    frame = pd.concat([rows, problems], ignore_index=True) if len(problems) else rows
+    return frame.sort_values("row", kind="stable", na_position="last").assign(model_version=classifier.version)
+
+
+def score(ws: Workspace, source: str, out: str, progress: Progress | None = None, classifier=None) -> ScoreResult:
+    """Score `source` (a CSV, JSON Lines, Parquet or text file, a folder of them, or an fsspec URL of either)
+    with the champion into the Parquet file `out` (a path or an fsspec URL)."""
+    import fsspec
+
+    from kaizen.tasks.serving.champion import load_champion
+
+    began = time.perf_counter()
+    try:
+        fs, root, files = input_files(source)
+    except FileNotFoundError as exc:
+        raise ScoringError(str(exc)) from exc
+    if not files:
+        raise ScoringError(f"{source}: an empty folder, nothing to score")
+    classifier = classifier or load_champion(ws)
+    out_fs, out_path = fsspec.core.url_to_fs(out)
+    output = _Output(out_fs, out_path, ws.settings.data.text_column, list(ws.settings.data.labels))
+    sizes = [max(fs.size(path) or 0, 1) for path in files]
+    rows = labelled = 0
+    problems: list[str] = []
+    for index, path in enumerate(files):
+        name = str(PurePosixPath(path).relative_to(PurePosixPath(root))) if path != root else PurePosixPath(path).name
+        for chunk in read_chunks(fs, path, ws.settings.data.text_column, ws.settings.serving.chunk_rows):
+            frame = _scored(chunk, name, classifier, output)
+            output.write(frame)
+            rows += len(frame)
+            labelled += int(frame["prediction"].notna().sum()) if "prediction" in frame else 0
+            problems += [f"{name}: {p.reason}" for p in chunk.problems if p.row is None]
+            if progress:
+                progress((sum(sizes[:index]) + chunk.done * sizes[index]) / sum(sizes), rows)
+    output.close()
+    return ScoreResult(out, classifier.version, len(files), rows, labelled, rows - labelled,
+                       round(time.perf_counter() - began, 3), problems)

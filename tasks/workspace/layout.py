@@ -1,0 +1,312 @@
+"""The workspace: the one place that knows where everything lives.
+
+A workspace is a git + DVC repository holding `params.yaml` and `dvc.yaml` (the kaizen repository itself,
+or a folder made by `kaizen init`). Data lives under `data/`, the loop's own state (ledger, MLflow store,
+DVC remote, Prefect home) under `.kaizen/`; both are ignored by git.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from kaizen.tasks.workspace import databases
+from kaizen.tasks.workspace.files import locked
+from kaizen.tasks.workspace.redact import redact
+from kaizen.tasks.workspace.repo import TRUST_FILE, ensure_dvc, run_command
+from kaizen.tasks.workspace.settings import Settings, load_settings
+
+GITIGNORE = """\
+# kaizen: data and loop state live outside git (DVC and MLflow version them)
+/data/
+/.kaizen/
+"""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    settings: Settings
+
+    @classmethod
+    def open(cls, root: Path | str) -> Workspace:
+        root = Path(root).resolve()
+        return cls(root=root, settings=load_settings(root / "params.yaml"))
+
+    # --- files of the repository -------------------------------------------------------------------
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"
+
+    # --- data -------------------------------------------------------------------------------------
+    @property
+    def landing(self) -> str:
+        """The landing zone as an fsspec URL or an absolute local path."""
+        landing = self.settings.storage.landing
+        return landing if "://" in landing else str(self.root / landing)
+
+    @property
+    def landing_shown(self) -> str:  # as it may be shown or logged: credentials in the URL masked
+        return redact(self.landing)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def staged_dir(self) -> Path:
+        """Accepted rows of each ingested file, waiting to form a batch."""
+        return self.data_dir / "staged"
+
+    @property
+    def accepted_dir(self) -> Path:
+        """One Parquet file per batch: the input of the DVC stage."""
+        return self.data_dir / "accepted"
+
+    @property
+    def prepared_dir(self) -> Path:
+        """The DVC stage's output: per-batch splits and replay samples."""
+        return self.data_dir / "prepared"
+
+    @property
+    def replay_dir(self) -> Path:
+        """The DVC replay stage's output: the replay sample of the batch being learned (`target.json` names it)."""
+        return self.data_dir / "replay"
+
+    @property
+    def trust_file(self) -> Path:
+        """The batches whose labels are suspect, written from the ledger before each `dvc repro` (a dependency of
+        the stage: replay never draws from them)."""
+        return self.root / TRUST_FILE
+
+    @property
+    def failed_dir(self) -> Path:  # batches set aside as failed: out of the DVC stage's input until retried
+        return self.data_dir / "failed"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Every landed file, byte for byte, once it has been ingested."""
+        return self.data_dir / "archive"
+
+    @property
+    def stream_dir(self) -> Path:
+        """The demo's real labeled stream, waiting to be dropped into the landing zone."""
+        return self.data_dir / "stream"
+
+    # --- loop state -------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".kaizen"
+
+    @property
+    def ledger_db(self) -> Path | str:
+        """The ingestion ledger: storage.ledger (a PostgreSQL URL) when the workspace is shared, else SQLite here."""
+        return self.settings.storage.ledger or self.state_dir / "ledger.db"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.state_dir / "mlflow.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI when the user set it, else the server `kaizen up` started here, else
+        storage.tracking_uri, else the SQLite file."""
+        return (os.environ.get("MLFLOW_TRACKING_URI") or self.recorded_url("mlflow")
+                or self.settings.storage.tracking_uri or f"sqlite:///{self.mlflow_db}")
+
+    @property
+    def backend_store_uri(self) -> str:
+        """The database behind `kaizen up`'s MLflow server: storage.tracking_uri when it names one, else SQLite here."""
+        uri = self.settings.storage.tracking_uri
+        return uri if uri and not is_server(uri) else f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def artifact_root(self) -> str:
+        """Where MLflow stores artifacts (the server's destination, or a new experiment's location without one)."""
+        return self.settings.storage.artifacts or str(self.artifacts_dir)
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        """Where a browser finds the MLflow UI: the tracking server (credentials masked), or `kaizen ui`'s."""
+        if is_server(self.tracking_uri):
+            return redact(self.tracking_uri).rstrip("/")
+        return f"http://{self.settings.servers.host}:{self.settings.servers.mlflow_port}"
+
+    @property
+    def prefect_api_url(self) -> str | None:
+        """PREFECT_API_URL when set, else the server `kaizen up` started here; None: Prefect's embedded server."""
+        recorded = self.recorded_url("prefect")
+        return os.environ.get("PREFECT_API_URL") or (f"{recorded}/api" if recorded else None)
+
+    @property
+    def servers_dir(self) -> Path:
+        """PIDs, logs and databases of the servers `kaizen up` started for this workspace."""
+        return self.state_dir / "servers"
+
+    def recorded_url(self, server: str) -> str | None:
+        """The address of a server `kaizen up` started here and `kaizen down` has not stopped."""
+        record = self.servers_dir / f"{server}.json"
+        return json.loads(record.read_text(encoding="utf-8"))["url"] if record.exists() else None
+
+    @property
+    def workspace_id(self) -> str:
+        """Names this workspace's deployment and its arrival events. KAIZEN_WORKSPACE_ID gives one name to a
+        workspace mounted at different paths (a container and the host that feeds it)."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+        return os.environ.get("KAIZEN_WORKSPACE_ID") or f"{self.root.name.lower()}-{digest}"
+
+    @property
+    def watch_state_file(self) -> Path:
+        """The files `kaizen watch` has announced that still wait in the landing zone."""
+        return self.state_dir / "watch.json"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def dvc_remote_dir(self) -> Path:
+        return self.state_dir / "dvc-remote"
+
+    @property
+    def dvc_remote(self) -> str:
+        """The DVC remote that data versions are pushed to and restored from: storage.dvc_remote, else local."""
+        return self.settings.storage.dvc_remote or str(self.dvc_remote_dir)
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Scratch space of training runs: checkpoints, downloaded models, reports."""
+        return self.state_dir / "runs"
+
+    @property
+    def sources_dir(self) -> Path:
+        """Packages downloaded from the registry that carry the demo's real data."""
+        return self.state_dir / "sources"
+
+    def batch_file(self, batch_id: str) -> Path:
+        return self.accepted_dir / f"{batch_id}.parquet"
+
+    def split_file(self, batch_id: str, split: str) -> Path:
+        return self.prepared_dir / batch_id / f"{split}.parquet"
+
+
+def is_server(uri: str) -> bool:
+    """A tracking URI that names an MLflow server (which stores artifacts itself), not a database."""
+    return uri.startswith(("http://", "https://"))
+
+
+# Every process of the loop, wherever it runs: offline, and no telemetry.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "DVC_NO_ANALYTICS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+HEARTBEAT = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"  # how often a deployed run tells the server it lives (tasks/runtime/zombies.py)
+
+
+def configure_environment(ws: Workspace) -> None:
+    """Keep every library offline and inside the workspace; call before importing prefect or mlflow."""
+    defaults = {
+        **OFFLINE_ENV,
+        "PREFECT_HOME": str(ws.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    if ws.prefect_api_url:  # a real server: the one `kaizen up` started, unless PREFECT_API_URL names another
+        os.environ.setdefault("PREFECT_API_URL", ws.prefect_api_url)
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(ws.settings.schedule.poll_seconds))
+    os.environ.setdefault(HEARTBEAT, str(ws.settings.operations.heartbeat_seconds))  # served runs inherit it
+
+
+def run_environment(ws: Workspace) -> dict[str, str]:
+    """The variables a flow run started by a worker needs (it does not inherit the shell of `kaizen deploy`)."""
+    env = {**OFFLINE_ENV, HEARTBEAT: str(ws.settings.operations.heartbeat_seconds),
+           "KAIZEN_WORKSPACE_ID": ws.workspace_id}
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # else the run finds the store from the workspace, as here
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    return env
+
+
+@contextmanager
+def hold(ws: Workspace, purpose: str, wait: bool) -> Iterator[bool]:
+    """Hold the workspace for one `purpose` ("loop": DVC runs one loop per repository; "collect": one ingest at a
+    time; "serve": one server of its deployment, whose shutdown would pause it under another). Waits for the
+    holder, or raises files.Busy when `wait` is False. Yields whether it waited. A workspace shared by several
+    machines (its ledger on PostgreSQL) is held in that database, where every machine sees the lock."""
+    busy = f"another {purpose} is running in {ws.root} (it holds %s); try again later"
+    if databases.is_postgres(ws.ledger_db):
+        with databases.advisory_lock(str(ws.ledger_db), purpose, wait, busy % f"the ledger's {purpose!r} lock") as waited:
+            yield waited
+        return
+    path = ws.state_dir / f"{purpose}.lock"
+    with locked(path, wait, busy % path) as waited:
+        yield waited
+
+
+def template(name: str) -> Path:
+    """A file a new workspace starts from (`params.yaml`, `dvc.yaml`), shipped inside the kaizen package."""
+    from importlib.resources import files
+
+    return Path(str(files("kaizen") / "templates" / name))
+
+
+def make_buckets(ws: Workspace) -> None:
+    """The object-store locations of `storage` exist afterwards (a missing bucket is made, with the credentials
+    of the environment), so the first push, upload or landed file has somewhere to go."""
+    import fsspec
+
+    storage = ws.settings.storage
+    for url in sorted({storage.landing, storage.dvc_remote, storage.artifacts}):
+        if url.startswith(("s3://", "gs://", "gcs://")):
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.makedirs(path, exist_ok=True)
+
+
+def init_workspace(root: Path, settings: dict[str, str] | None = None) -> Workspace:
+    """Create a workspace in `root`: params.yaml and dvc.yaml from the templates with `settings` set (dotted keys:
+    `{"storage.tracking_uri": "http://mlflow:5000", "storage.dvc_remote": "s3://bucket/dvc"}`), git, DVC, a
+    first commit."""
+    from kaizen.tasks.workspace.settings import write_overrides
+
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml"):
+        if not (root / name).exists():
+            shutil.copyfile(template(name), root / name)
+    if settings:
+        write_overrides(root / "params.yaml", settings)
+    gitignore = root / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text(GITIGNORE, encoding="utf-8")
+    ws = Workspace.open(root)
+    make_buckets(ws)
+    ensure_dvc(root, ws.dvc_remote)
+    if "://" not in ws.landing:  # exists from the start: `cp file DIR/data/landing/` works
+        Path(ws.landing).mkdir(parents=True, exist_ok=True)
+    run_command(["git", "add", "params.yaml", "dvc.yaml", ".gitignore", ".dvc/config", ".dvcignore"], root)
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode
+    if staged:
+        run_command(["git", "commit", "-q", "-m", "kaizen workspace"], root)
+    return ws

@@ -1,0 +1,124 @@
+"""The workspace as a repository: git + DVC, the machine-specific values its stage reads, and its DVC remote
+(params.yaml's storage.dvc_remote, or the local folder under `.kaizen/`), and how kaizen runs their tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kaizen.tasks.workspace.files import write_atomically
+
+
+def run_command(args: list[str], cwd: Path) -> str:
+    """Run a tool; on failure raise with its own words, so nothing is swallowed."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`{' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n{result.stderr or result.stdout}"
+        )
+    return result.stdout
+
+
+def dvc_command(*args: str) -> list[str]:
+    """`dvc` of this interpreter's environment, whatever is first on PATH."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+# What DVC must not read as part of the pipeline: kaizen's own dvc.yaml template (the repository's copy when a
+# checkout is the workspace, as for `make demo`, or an installed package's inside the workspace). Its `vars`
+# name a file relative to the template's folder, so a `dvc push` that collects every dvc.yaml would fail there.
+DVC_IGNORED = ("**/kaizen/templates/",)
+
+
+def ignore_in_dvc(root: Path) -> None:
+    """Add the patterns of DVC_IGNORED that `root`'s .dvcignore lacks (idempotent)."""
+    path = root / ".dvcignore"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    missing = [p for p in DVC_IGNORED if p not in text.splitlines()]
+    if missing:
+        lines = [text.rstrip("\n")] if text.strip() else []
+        write_atomically(path, ("\n".join([*lines, "# kaizen's templates are not this workspace's pipeline",
+                                            *missing]) + "\n").encode("utf-8"))
+
+
+TRUST_FILE = Path("data") / "trust.json"  # the suspect batches, relative to the workspace (Workspace.trust_file)
+
+
+def write_trust_file(path: Path, suspect: list[str]) -> None:
+    """The suspect batches as the DVC stage reads them; rewritten only when the list changes, so an unchanged
+    ledger leaves the data version as it was."""
+    text = json.dumps({"suspect": sorted(suspect)}, indent=1) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        write_atomically(path, text.encode("utf-8"))
+
+
+def write_stage_vars(root: Path, learning: str | None = None, batches: list[str] | None = None) -> Path:
+    """The values `dvc.yaml` reads (its `vars`): the interpreter that runs the stages, so a `dvc repro` by hand
+    uses this environment's kaizen whatever `python` is first on PATH; the folder of the stages' code, which they
+    list among their dependencies; the accepted batches, one `split` stage each; and the batch being learned,
+    whose replay sample the `replay` stage draws (`learning`; by default the newest, as for a `dvc repro` by
+    hand). `batches` default to the files in data/accepted. Rewritten only when they change."""
+    stage_vars = root / ".kaizen" / "stage.yaml"
+    if batches is None:
+        batches = sorted(p.stem for p in (root / "data" / "accepted").glob("batch-*.parquet"))
+    if learning is None:
+        learning = batches[-1] if batches else "none"
+    text = (f"# written by kaizen for dvc.yaml (machine-specific, never committed)\n"
+            f"python: {json.dumps(sys.executable)}\ncode: {json.dumps(str(Path(__file__).resolve().parents[1]))}\n"
+            f"batches: {json.dumps(batches)}\nlearning: {json.dumps(learning)}\n")
+    if not stage_vars.exists() or stage_vars.read_text(encoding="utf-8") != text:
+        stage_vars.parent.mkdir(parents=True, exist_ok=True)
+        stage_vars.write_text(text, encoding="utf-8")
+    return stage_vars
+
+
+REMOTE = "kaizen"  # the name of the DVC remote kaizen pushes to and pulls from
+
+
+def configured_remote(root: Path) -> str | None:
+    """The URL of the `kaizen` DVC remote in `.dvc/config` if it is the default, a local one as an absolute path."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(root / ".dvc" / "config", encoding="utf-8")
+    if config.get("core", "remote", fallback=None) != REMOTE:
+        return None
+    url = config.get(f"'remote \"{REMOTE}\"'", "url", fallback=None)  # DVC quotes the section name
+    # DVC stores a relative path relative to .dvc/.
+    return url if url is None or "://" in url else str((root / ".dvc" / url).resolve())
+
+
+def configure_remote(root: Path, url: str) -> None:
+    """Make `url` the default DVC remote of `root`, unless it already is (a no-op costs no DVC start-up)."""
+    root = root.resolve()
+    if "://" not in url:
+        url = str(Path(url).resolve())
+    if configured_remote(root) == url:
+        return
+    # A folder inside the workspace is given relative to it, so the committed config works in every clone.
+    inside = "://" not in url and Path(url).is_relative_to(root)
+    run_command(dvc_command("remote", "add", "-f", "-d", REMOTE, os.path.relpath(url, root) if inside else url), root)
+
+
+def ensure_dvc(root: Path, remote: str | None = None) -> None:
+    """Make `root` a git + DVC repository whose default DVC remote is `remote` (default: the local one under
+    `.kaizen/`); idempotent. Credentials for a remote come from the environment, as DVC reads them."""
+    root = root.resolve()
+    write_stage_vars(root)
+    if not (root / TRUST_FILE).exists():  # a `dvc repro` before the loop ever ran: no batch is suspect yet
+        write_trust_file(root / TRUST_FILE, [])
+    if not (root / ".git").exists():
+        run_command(["git", "init", "-q", "-b", "main"], root)
+    for key, value in (("user.name", "kaizen"), ("user.email", "kaizen@localhost")):
+        if subprocess.run(["git", "config", key], cwd=root, capture_output=True).returncode != 0:
+            run_command(["git", "config", key, value], root)
+    if not (root / ".dvc").exists():
+        run_command(dvc_command("init", "-q"), root)
+    ignore_in_dvc(root)
+    run_command(dvc_command("config", "core.analytics", "false"), root)
+    run_command(dvc_command("config", "--local", "core.site_cache_dir", str(root / ".kaizen" / "dvc-site")), root)
+    configure_remote(root, remote or str(root / ".kaizen" / "dvc-remote"))

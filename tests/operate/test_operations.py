@@ -1,0 +1,219 @@
+"""Against a real `mlflow server` on a loopback port: lineage tags that are true, rollback, reproduce, predict,
+history, the REST API, and the registered model's page in headless Chromium showing the champion alias."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kaizen.flows.cli import app
+from kaizen.flows.loop import iteration
+from kaizen.tasks.data.data_version import read_data_version
+from kaizen.tasks.operate.operations import OperationError, reproduce, rollback
+from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.record import TAG, params_hash
+from tests.helpers import FAST, OPEN_GATE, REPO, sample, write_params
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
+    """A real MLflow server, and a workspace that ran bootstrap plus two iterations against it."""
+    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+
+    store = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (store / "server.log").open("wb")  # noqa: SIM115  (open until the server stops, at teardown)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        wait_for(f"{url}/health", 180)
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        root = tmp_path_factory.mktemp("served") / "ws"
+        init_workspace(root)
+        write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
+        ws = Workspace.open(root)
+        prepared, locks = [], []
+        for name, domain in (("movies", "movies"), ("amazon", "amazon"), ("food", "finefood")):
+            landing = Path(ws.landing)
+            landing.mkdir(parents=True, exist_ok=True)
+            sample(domains[domain], 120, seed=4).to_csv(landing / f"{name}.csv", index=False)
+            iteration(str(root))
+            prepared.append(snapshot(ws.prepared_dir))
+            locks.append(ws.dvc_lock.read_text())
+        yield ws, url, prepared, locks
+    finally:
+        if previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_lineage_tags_are_true(served) -> None:
+    ws, url, _, locks = served
+    assert ws.tracking_uri == url
+    client = tracking.connect(ws)
+    name = ws.settings.model.registered_name
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for version, lock in zip(("1", "2", "3"), locks, strict=True):
+        tags = tracking.model_version(client, name, version).tags
+        assert tags[TAG["parent_version"]] == ("" if version == "1" else str(int(version) - 1))
+        assert tags[TAG["data_version"]] == read_data_version(lock).prepared_md5
+        assert tags[TAG["code_commit"]].startswith(head)
+        assert tags[TAG["params_hash"]] == params_hash(ws)
+    run = client.get_run(tracking.model_version(client, name, "2").run_id)
+    inputs = {d.dataset.name: {t.key: t.value for t in d.tags} for d in run.inputs.dataset_inputs}
+    assert inputs["batch-0002/train+replay"]["mlflow.data.context"] == "training"
+    assert inputs["batch-0002/test"]["mlflow.data.context"] == "evaluation"
+    assert inputs["1 earlier batch(es)/test"]["mlflow.data.context"] == "evaluation"  # pooled: one entry
+    earlier = next(d.dataset for d in run.inputs.dataset_inputs if d.dataset.name == "1 earlier batch(es)/test")
+    assert json.loads(earlier.profile)["num_rows"] == run.data.metrics["evaluation.earlier_rows"] > 0
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
+        "evaluation/matrix.json", "evaluation/matrix-accuracy.png"}
+    loop = client.get_run(run.data.tags["mlflow.parentRunId"])
+    history = client.get_metric_history(loop.info.run_id, "champion.batch-0001.accuracy")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert {"bwt", "forgetting.max", "forgetting.batch-0001"} <= set(loop.data.metrics)
+    assert run.data.metrics["replay.batch-0001.rows"] > 0
+
+
+def test_rest_api_lists_the_model_with_its_aliases(served) -> None:
+    ws, url, _, _ = served
+    name = ws.settings.model.registered_name
+    found = get_json(f"{url}/api/2.0/mlflow/registered-models/search")["registered_models"]
+    model = next(m for m in found if m["name"] == name)
+    aliases = {a["alias"]: a["version"] for a in model["aliases"]}
+    assert aliases["champion"] == "3" and aliases["previous-champion"] == "2"
+
+
+def test_reproduce_restores_byte_identical_data(served, tmp_path: Path) -> None:
+    ws, _, prepared, _ = served
+    folder, md5 = reproduce(ws, "1", tmp_path / "v1")
+    assert snapshot(folder / "prepared") == prepared[0] != prepared[2]
+    assert md5 == tracking.model_version(tracking.connect(ws), ws.settings.model.registered_name, "1").tags[
+        TAG["data_version"]]
+
+
+def test_reproduce_reads_any_dvc_remote(served, tmp_path: Path) -> None:
+    """`--remote` names another DVC remote (a mirror, another bucket): the data comes from it alone."""
+    ws, _, prepared, _ = served
+    mirror = tmp_path / "mirror"
+    shutil.copytree(ws.dvc_remote_dir, mirror)
+    away = ws.dvc_remote_dir.with_name("dvc-remote.away")
+    ws.dvc_remote_dir.rename(away)  # the workspace's own remote is out of reach meanwhile
+    try:
+        result = CliRunner().invoke(app, ["reproduce", "2", "--remote", str(mirror), "--out", str(tmp_path / "v2"),
+                                          "-w", str(ws.root)])
+    finally:
+        away.rename(ws.dvc_remote_dir)
+    assert result.exit_code == 0, result.output
+    assert snapshot(tmp_path / "v2" / "data" / "prepared") == prepared[1]
+
+
+def test_predict_history_then_rollback(served, tmp_path: Path) -> None:
+    ws, _, _, _ = served
+    runner = CliRunner()
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["A wonderful, moving film.", "Broke after two days.", "Fine."]}).to_csv(texts, index=False)
+    result = runner.invoke(app, ["predict", str(texts), "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(tmp_path / "texts.predictions.csv")
+    assert list(out["model_version"]) == [3, 3, 3]
+    assert set(out["prediction"]) <= {"negative", "positive"}
+    assert ((out["p_negative"] + out["p_positive"]) - 1).abs().max() < 1e-5
+    result = runner.invoke(app, ["predict", "what a great product", "-w", str(ws.root)])
+    assert result.exit_code == 0 and "champion v3" in result.output
+
+    result = runner.invoke(app, ["history", "--json", "-w", str(ws.root)])
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["batch"], r["decision"], r["champion_version"]) for r in rows] == [
+        ("batch-0001", "promoted", "1"), ("batch-0002", "promoted", "2"), ("batch-0003", "promoted", "3")]
+
+    with pytest.raises(OperationError, match="reason"):
+        rollback(ws, "  ")
+    done = rollback(ws, "bad outputs reported by support")
+    assert (done.from_version, done.to_version) == ("3", "2")
+    client = tracking.connect(ws)
+    name = ws.settings.model.registered_name
+    assert tracking.model_by_alias(client, name, tracking.CHAMPION).version == "2"
+    assert tracking.model_by_alias(client, name, tracking.PREVIOUS).version == "3"
+    tags = tracking.model_version(client, name, "2").tags
+    assert tags["kaizen.rollback.reason"] == "bad outputs reported by support"
+    assert tags["kaizen.rollback.by"] and tags["kaizen.rollback.at"] and tags["kaizen.rollback.from"] == "3"
+    assert client.get_run(done.run_id).data.tags["kaizen.decision"] == "rollback"
+
+    result = runner.invoke(app, ["rollback", "--to", "1", "--reason", "back to the first", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    assert tracking.model_by_alias(client, name, tracking.CHAMPION).version == "1"
+    result = runner.invoke(app, ["rollback", "--to", "1", "--reason", "again", "-w", str(ws.root)])
+    assert result.exit_code == 1 and "already the champion" in result.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_the_model_page_shows_the_champion_alias(served, tmp_path: Path) -> None:
+    ws, url, _, _ = served
+    page = f"{url}/#/models/{ws.settings.model.registered_name}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1400,900"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    keep = os.environ.get("KAIZEN_SCREENSHOT_DIR")
+    if keep:
+        (Path(keep) / "mlflow-model-page.html").write_text(dom.stdout)
+    assert "@&nbsp;champion" in dom.stdout, dom.stdout[-2000:]  # the alias tag in the versions table
+    shot = tmp_path / "model-page.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
+    if keep:
+        shutil.copy(shot, Path(keep) / "mlflow-model-page.png")

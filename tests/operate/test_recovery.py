@@ -1,0 +1,141 @@
+"""SIGKILL at every step of an iteration, then run again: the work is finished, nothing twice, nothing lost.
+
+Each kill happens in a child `kaizen run` (KAIZEN_KILL_AT=<point>); the next child run first finishes the
+killed batch, then takes the next one. The last run has no kill. Asserted at the end: the ledger, the MLflow
+runs and versions (orphans labelled, never promoted), training resumed from its checkpoint, DVC consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kaizen.tasks.ingest.ledger import Ledger
+from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.workspace.faults import ENV
+from tests.helpers import FAST, OPEN_GATE, sample
+
+POINTS = ["preprocess:reproduced", "train:checkpoint", "register:logged", "check:done", "promote:moved",
+          "finish:before-ledger"]
+KAIZEN = str(Path(sys.executable).parent / "kaizen")
+
+
+def kaizen_run(ws, kill_at: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(ws.root / ".kaizen" / "prefect-child")
+    if kill_at:
+        env[ENV] = kill_at
+    log = ws.root / ".kaizen" / f"child-{kill_at or 'clean'}.log".replace(":", "_")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        done = subprocess.run([KAIZEN, "run", "-w", str(ws.root)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                              text=True, timeout=420)
+    return subprocess.CompletedProcess(done.args, done.returncode, "", log.read_text())
+
+
+def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains) -> None:
+    ws = make_workspace(**{k.replace(".", "__"): v for k, v in OPEN_GATE.items()})
+    landing = Path(ws.landing)
+    landing.mkdir(parents=True, exist_ok=True)
+    sample(domains["movies"], 80, seed=30).to_csv(landing / "b0.csv", index=False)
+    first = kaizen_run(ws, None)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    for i, point in enumerate(POINTS, start=1):
+        domain = ("amazon", "finefood", "movies")[i % 3]
+        sample(domains[domain], 80, seed=30 + i).to_csv(landing / f"b{i}.csv", index=False)
+        killed = kaizen_run(ws, point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
+        ledger = Ledger(ws.ledger_db)
+        pending = [b.batch_id for b in ledger.batches(status="pending")]
+        ledger.close()
+        # The oldest pending batch is taken first: a kill may leave several waiting, never one lost.
+        assert pending and pending[-1] == f"batch-{i + 1:04d}", (point, pending)
+    last = kaizen_run(ws, None)
+    assert last.returncode == 0, last.stderr[-3000:]
+
+    ledger = Ledger(ws.ledger_db)
+    batches = ledger.batches()
+    assert [(b.status, b.decision) for b in batches] == [("done", "promoted")] * (len(POINTS) + 1)
+    assert [f.rows_in for f in ledger.files()] == [80] * (len(POINTS) + 1)  # as landed, counted by the test
+    assert len(ledger.files()) == len(POINTS) + 1
+    ledger.close()
+
+    client = tracking.connect(ws)
+    name = ws.settings.model.registered_name
+    exp = tracking.experiment_id(client, ws)
+    finished = {}
+    for run in client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100):
+        batch, decision = run.data.tags[TAG["batch"]], run.data.tags.get(TAG["decision"])
+        if decision == "orphaned":
+            assert run.info.status == "KILLED", (batch, run.info.status)
+        else:
+            assert decision == "promoted" and run.info.status == "FINISHED", (batch, decision, run.info.status)
+            assert batch not in finished, f"{batch} decided twice"
+            finished[batch] = run
+    assert sorted(finished) == [b.batch_id for b in batches]
+
+    champion = tracking.model_by_alias(client, name, tracking.CHAMPION)
+    orphans = [mv for mv in client.search_model_versions(f"name='{name}'")
+               if mv.tags.get(TAG["decision"]) == "orphaned"]
+    assert orphans and champion.version not in {str(mv.version) for mv in orphans}
+    assert tracking.model_version(client, name, champion.version).tags[TAG["batch"]] == batches[-1].batch_id
+    # Killed after the alias moved, or before the batch was closed: completed from the record, not trained
+    # again (one run each, no orphan).
+    completed = [b for b, run in finished.items() if "kaizen.recovered" in run.data.tags]
+    assert len(completed) == 2
+    for batch in completed:  # earlier attempts at the same batch may be orphans; none came after the completion
+        runs = client.search_runs([exp], filter_string=f"tags.`kaizen.batch` = '{batch}'")
+        later = [r for r in runs if r.info.start_time > finished[batch].info.start_time]
+        assert later == [], (batch, [r.data.tags.get(TAG["decision"]) for r in later])
+    # Killed at the first checkpoint: the next attempt (which may itself be killed later) trained only the
+    # epochs after it.
+    every_run = client.search_runs([exp], filter_string="tags.`kaizen.batch` != ''", max_results=100)
+    steps = [[m.step for m in client.get_metric_history(run.info.run_id, "train.accuracy")] for run in every_run]
+    assert list(range(2, FAST["train.epochs"] + 1)) in steps, steps
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=ws.root, env=env, capture_output=True,
+                            text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+
+
+def test_two_workspaces_on_one_tracking_store_never_touch_each_others_runs(make_workspace, monkeypatch,
+                                                                            tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import pytest
+
+    from kaizen.tasks.operate.recovery import recover_interrupted
+    from kaizen.tasks.registry.record import ForeignModel, start_iteration
+    from kaizen.tasks.workspace.layout import Workspace
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'shared-mlflow.db'}")
+    a, b = make_workspace("a"), make_workspace("b", model__registered_name="kaizen-b")
+    data = SimpleNamespace(prepared_md5="md5", accepted_md5="md5", lock="stages: {}\n")
+    for ws in (a, b):  # each has a pending batch-0001 of its own
+        with Ledger(ws.ledger_db) as ledger:
+            ledger.record_batch("batch-0001", 10, [])
+    # A's attempt at batch-0001 was killed mid-training: its run is open, undecided.
+    a_run = start_iteration(a, "batch-0001", ["batch-0001"], data)
+
+    assert recover_interrupted(b, "batch-0001") is None  # B finds no attempt of its own...
+    client = tracking.connect(a)
+    run = client.get_run(a_run.run_id)
+    assert run.info.status == "RUNNING" and TAG["decision"] not in run.data.tags  # ...and leaves A's alone
+    b_run = start_iteration(b, "batch-0001", ["batch-0001"], data)
+    assert b_run.loop_run_id != a_run.loop_run_id
+    assert client.get_run(b_run.run_id).data.tags[TAG["workspace"]] == b.workspace_id
+
+    recover_interrupted(a, "batch-0001")  # A's own recovery does label its killed attempt
+    assert client.get_run(a_run.run_id).data.tags[TAG["decision"]] == "orphaned"
+    assert client.get_run(b_run.run_id).info.status == "RUNNING"
+
+    # B naming A's registered model is refused, clearly.
+    b_as_a = Workspace(b.root, b.settings.with_overrides({"model.registered_name": a.settings.model.registered_name}))
+    with pytest.raises(ForeignModel, match=rf"'kaizen-sentiment' .* belongs to workspace '{a.workspace_id}'"):
+        start_iteration(b_as_a, "batch-0001", ["batch-0001"], data)

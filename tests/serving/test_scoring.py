@@ -1,0 +1,114 @@
+"""Batch scoring with the champion (`kaizen score`): a folder of CSV, JSON Lines, Parquet and text files, read in
+chunks, every row back with its label and every class's probability, or with a reason; files that cannot be read
+are named; fsspec URLs in and out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kaizen.flows.cli import app
+from kaizen.tasks.serving import champion, scoring
+from tests.helpers import sample
+
+BAD_BYTES = b"\xff\xfe not UTF-8"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, domains) -> tuple[Path, list[str]]:
+    """Input files with good rows and every kind of bad one; returns the folder and its good texts in order."""
+    root = tmp_path_factory.mktemp("score-input")
+    texts = sample(domains["amazon"], 24, seed=8)["text"].tolist()
+    reviews = pd.DataFrame({"id": range(1, 11), "text": texts[:10], "source": "web"})
+    reviews.loc[3, "text"] = "   "  # empty once normalised
+    csv = reviews.to_csv(index=False).splitlines()
+    csv.insert(6, "99,too,many,fields")  # line 7 of the file
+    (root / "clients.csv").write_text("\n".join(csv) + "\n", encoding="utf-8")
+    (root / "nested").mkdir()
+    lines = [json.dumps({"text": texts[10], "id": 11}), json.dumps({"text": 5}), "{not json", "",
+             json.dumps({"text": None}), json.dumps(["a list"])]
+    (root / "nested" / "more.jsonl").write_bytes(("\n".join(lines) + "\n").encode() + BAD_BYTES + b"\n"
+                                                 + json.dumps({"text": texts[11]}).encode() + b"\n")
+    pd.DataFrame({"text": [*texts[12:20], None]}).to_parquet(root / "table.parquet")
+    (root / "plain.txt").write_text(f"{texts[20]}\n\n{texts[21]}\n", encoding="utf-8")
+    (root / "notes.bin").write_bytes(b"\x00\x01")
+    (root / "empty.csv").write_text("", encoding="utf-8")
+    (root / ".hidden.csv").write_text("text\nnever read\n", encoding="utf-8")
+    good = [*texts[:3], *texts[4:10], texts[10], texts[11], texts[20], texts[21], *texts[12:20]]  # files by name
+    return root, good
+
+
+def test_a_folder_is_scored_row_by_row_with_reasons(champion_ws, folder, tmp_path: Path) -> None:
+    root, good = folder
+    out = tmp_path / "scored" / "all.parquet"
+    result = CliRunner().invoke(app, ["score", str(root), "--out", str(out), "-w", str(champion_ws.root)])
+    assert result.exit_code == 0, result.output
+    assert "labelled" in result.output and "notes.bin" in result.output
+    scored = pd.read_parquet(out)
+    assert list(scored.columns) == ["source", "row", "text", "id", "input_source", "prediction", "p_negative",
+                                    "p_positive", "reason", "model_version"]
+    assert set(scored["model_version"]) == {"1"}
+    by_source = scored.groupby("source")["row"].apply(lambda r: [None if pd.isna(x) else int(x) for x in r])
+    assert by_source.to_dict() == {
+        "empty.csv": [None], "nested/more.jsonl": [1, 2, 3, 5, 6, 7, 8], "notes.bin": [None],
+        "plain.txt": [1, 3], "clients.csv": [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        "table.parquet": list(range(1, 10))}
+    reasons = dict(zip(zip(scored["source"], scored["row"].astype("float"), strict=True), scored["reason"], strict=True))
+    assert reasons[("clients.csv", 5.0)] == "empty text"
+    assert reasons[("clients.csv", 7.0)] == "line 7: 4 fields where the header has 3"
+    assert reasons[("nested/more.jsonl", 2.0)] == "the text is a int, not a string"
+    assert reasons[("nested/more.jsonl", 3.0)].startswith("line 3: Expecting property name")
+    assert reasons[("nested/more.jsonl", 5.0)] == "no text (missing value)"
+    assert reasons[("nested/more.jsonl", 6.0)] == "line 6: the line is a JSON list, not an object"
+    assert reasons[("nested/more.jsonl", 7.0)].startswith("line 7: 'utf-8' codec can't decode")
+    assert reasons[("table.parquet", 9.0)] == "no text (missing value)"
+    assert "not a CSV, JSON Lines, Parquet or text file" in scored.loc[scored["source"] == "notes.bin", "reason"].item()
+    assert "no header" in scored.loc[scored["source"] == "empty.csv", "reason"].item()
+
+    labelled = scored[scored["reason"].isna()]
+    assert list(labelled["text"]) == good  # every good row, in file order, none twice
+    expected = champion.load_champion(champion_ws).predict(good)
+    assert list(labelled["prediction"]) == list(expected["prediction"])
+    assert (labelled["p_positive"].to_numpy() - expected["p_positive"].astype(float).to_numpy()).max() < 1e-4
+    assert ((labelled["p_negative"] + labelled["p_positive"]) - 1).abs().max() < 1e-5
+    assert scored[scored["reason"].notna()]["prediction"].isna().all()
+    assert list(labelled.loc[labelled["source"] == "clients.csv", "id"]) == ["1", "2", "3", "5", "6", "7", "8",
+                                                                              "9", "10"]
+    assert set(labelled.loc[labelled["source"] == "clients.csv", "input_source"]) == {"web"}  # renamed, not lost
+
+
+def test_fsspec_urls_in_and_out_and_progress(champion_ws, domains) -> None:
+    import fsspec
+
+    texts = sample(domains["finefood"], 20, seed=4)["text"].tolist()
+    with fsspec.open("memory://inbox/reviews.jsonl", "w") as handle:
+        handle.write("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    seen: list[tuple[float, int]] = []
+    result = scoring.score(champion_ws, "memory://inbox", "memory://outbox/scored.parquet",
+                           progress=lambda done, rows: seen.append((done, rows)))
+    assert (result.files, result.rows, result.labelled, result.with_reason) == (1, 20, 20, 0)
+    assert [rows for _, rows in seen] == [7, 14, 20]  # chunks of champion.chunk_rows (7)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[-1][0] == 1.0
+    with fsspec.open("memory://outbox/scored.parquet", "rb") as handle:
+        assert list(pd.read_parquet(handle)["text"]) == texts
+    assert not fsspec.filesystem("memory").exists("/outbox/scored.parquet.part")
+
+
+def test_what_cannot_be_scored_says_why(champion_ws, make_workspace, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["score", str(tmp_path / "missing"), "--out", str(tmp_path / "o.parquet"), "-w",
+                                 str(champion_ws.root)])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["score", str(tmp_path / "empty"), "--out", str(tmp_path / "o.parquet"), "-w",
+                                 str(champion_ws.root)])
+    assert result.exit_code == 2 and "nothing to score" in result.output
+    (tmp_path / "t.txt").write_text("fine\n")
+    result = runner.invoke(app, ["score", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o.parquet"), "-w",
+                                 str(make_workspace("no-champion").root)])
+    assert result.exit_code == 2 and "no champion yet" in result.output
+    assert not (tmp_path / "o.parquet").exists()

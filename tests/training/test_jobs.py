@@ -1,0 +1,70 @@
+"""tasks.jobs: the training job run and followed on this machine, or elsewhere as a run of a real Prefect
+deployment of flows/training.py (served here, standing for a worker on a GPU node)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kaizen.tasks.training.jobs import JobFailed
+from kaizen.tasks.training.train import fine_tune
+from tests.helpers import sample
+from tests.servers import runs_of, stop, wait_until
+from tests.training.test_train import LABELS, MODEL, TRAIN
+
+
+@pytest.fixture(scope="module")
+def rows(domains):
+    frame = sample(domains["movies"], 120, seed=6)
+    return frame.iloc[:100], frame.iloc[100:]
+
+
+def test_a_failing_job_says_why_with_its_log(tmp_path: Path, rows) -> None:
+    train, val = rows
+    with pytest.raises(JobFailed, match=r"the training job failed \(exit 1\); .*train\.log ends:(.|\n)*no-such-model"):
+        fine_tune(str(tmp_path / "no-such-model"), train, val, LABELS, model=MODEL, train_settings=TRAIN, epochs=1,
+                  out_dir=tmp_path / "out")
+
+
+def test_training_runs_as_a_run_of_its_deployment(tiny_backbone: Path, rows, tmp_path: Path, prefect_server) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.servers import prefect
+
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = (tmp_path / "serve.log").open("wb")
+    served = subprocess.Popen([sys.executable, "-c", f"from kaizen.flows.training import train_job; "
+                               f"train_job.serve(name={name!r})"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        with prefect(PREFECT_API_URL.value()) as client:
+            wait_until("the served deployment", lambda: _exists(client, f"kaizen-train/{name}"), 120, every=1)
+        train, val = rows
+        logged: list[int] = []
+        settings = TRAIN.model_copy(update={"deployment": f"kaizen-train/{name}"})
+        result = fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=settings, epochs=2,
+                           out_dir=tmp_path / "out", log_epoch=lambda e, m: logged.append(e))
+        with prefect(PREFECT_API_URL.value()) as client:  # it ran over there, as a run of the deployment
+            (run,) = runs_of(client, client.read_deployment_by_name(f"kaizen-train/{name}").id)
+    finally:
+        stop(served)
+        log.close()
+    assert run.state.is_completed() and run.parameters == {"job": str(tmp_path / "out" / "job"), "processes": 1}
+    assert logged == [1, 2] and (result.model_dir / "model.safetensors").exists()
+    assert "rank 0 of 1 processes on cpu" in (tmp_path / "out" / "job" / "train.log").read_text()
+
+
+def _exists(client, name: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        client.read_deployment_by_name(name)
+        return True
+    except ObjectNotFound:
+        return False
