@@ -95,7 +95,7 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     from kaizen.flows.loop import iteration
     from kaizen.tasks.formats.text import normalize_text
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.registry.record import TAG
+    from kaizen.tasks.registry.tags import TAG
     from kaizen.tasks.workspace.layout import Workspace, init_workspace
 
     init_workspace(root)
@@ -305,10 +305,11 @@ def main() -> None:
     import yaml
 
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.environment import apply_environment
+    from kaizen.tasks.workspace.layout import Workspace, init_workspace
 
     args.work.mkdir(parents=True, exist_ok=True)
-    configure_environment(Workspace.open(init_workspace(args.work / "prefect-home-ws").root))  # before Prefect
+    apply_environment(Workspace.open(init_workspace(args.work / "prefect-home-ws").root))  # before Prefect
     began, report = time.perf_counter(), []
     for order in (o.split(",") for o in args.orders.split(";")):
         runs = []

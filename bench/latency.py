@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override")
     args = parser.parse_args()
 
-    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.environment import apply_environment
+    from kaizen.tasks.workspace.layout import Workspace, init_workspace
 
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "ws"
@@ -110,7 +111,7 @@ def main() -> None:
     started = time.monotonic()
     subprocess.run([KAIZEN, "up", "-w", str(root)], check=True, capture_output=True)
     up_seconds = time.monotonic() - started
-    configure_environment(ws)  # PREFECT_API_URL of the servers just started; before prefect is imported
+    apply_environment(ws)  # PREFECT_API_URL of the servers just started; before prefect is imported
     with open(args.work / "serve.log", "wb") as log:
         serve = subprocess.Popen([KAIZEN, "serve", "-w", str(root)], stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)

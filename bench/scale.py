@@ -79,8 +79,9 @@ def step_times(flow_run_id) -> dict[str, float]:
 
 
 def iterations(work: Path, n_batches: int, rows: int, real: bool = False, overrides: dict | None = None) -> list[dict]:
+    from kaizen.tasks.workspace.environment import apply_environment
     from kaizen.tasks.workspace.files import frame_bytes
-    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace, init_workspace
     from kaizen.tasks.workspace.settings import write_overrides
 
     root = init_workspace(work / "ws").root
@@ -93,7 +94,7 @@ def iterations(work: Path, n_batches: int, rows: int, real: bool = False, overri
         "trust.max_confident_issues": 1.0})
     write_overrides(root / "params.yaml", overrides or {})
     ws = Workspace.open(root)
-    configure_environment(ws)
+    apply_environment(ws)
     from kaizen.flows.loop import iteration
     from kaizen.tasks.runtime.servers import temporary_prefect_server
 

@@ -44,11 +44,12 @@ def fresh_workspace(work: Path):
     """A new workspace whose champion is MiniLM with a new head, logged and registered as the loop does it."""
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.training.train import load_for_training, resolve_backbone
-    from kaizen.tasks.workspace.layout import Workspace, configure_environment, init_workspace
+    from kaizen.tasks.workspace.environment import apply_environment
+    from kaizen.tasks.workspace.layout import Workspace, init_workspace
 
     shutil.rmtree(work, ignore_errors=True)
     ws = init_workspace(work / "ws")
-    configure_environment(ws)  # offline, and Prefect's home inside the workspace
+    apply_environment(ws)  # offline, and Prefect's home inside the workspace
     net, tokenizer = load_for_training(resolve_backbone("minilm"), ws.settings.data.labels)
     net.save_pretrained(work / "model")
     tokenizer.save_pretrained(work / "model")
@@ -102,11 +103,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from kaizen.tasks.data.stream import fetch_sources, load_domain
-    from kaizen.tasks.workspace.layout import Workspace, configure_environment
+    from kaizen.tasks.workspace.environment import apply_environment
+    from kaizen.tasks.workspace.layout import Workspace
 
     if args.workspace:
         ws = Workspace.open(args.workspace)
-        configure_environment(ws)
+        apply_environment(ws)
     else:
         ws = fresh_workspace(args.work)
     sources = Path(os.environ.get("KAIZEN_SOURCES", ROOT / ".kaizen" / "sources"))

@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from kaizen.tasks.notify import alerts, arrivals
 from kaizen.tasks.runtime import zombies
-from kaizen.tasks.workspace.layout import Workspace, hold, run_environment
+from kaizen.tasks.workspace.environment import child_environment
+from kaizen.tasks.workspace.layout import Workspace, hold
 
 FLOW_NAME = "kaizen-iteration"
 SCORING_FLOW_NAME = "kaizen-score"
@@ -101,6 +102,9 @@ def ensure_process_pool(pool: str) -> str:
             return client.read_work_pool(pool).type
         except ObjectNotFound:
             template = asyncio.run(get_default_base_job_template_for_infrastructure_type("process"))
+            if template is None:
+                raise RuntimeError("this Prefect has no default job template for a process work pool: create "
+                                   f"the pool {pool!r} yourself (`prefect work-pool create --type process`)") from None
             client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
             return "process"
 
@@ -109,7 +113,8 @@ def deploy(ws: Workspace, pool: str) -> tuple[str, list[str]]:
     """Register both deployments on a work pool (created as a process pool if missing) and the alert
     automations. Returns the loop deployment's id and the automations' names."""
     kind = ensure_process_pool(pool)
-    job_variables = {"env": run_environment(ws)}
+    # a worker's run gets none of this shell's environment
+    job_variables: dict[str, dict[str, str] | str] = {"env": child_environment(ws, inherit=False)}
     if kind == "process":
         job_variables["working_dir"] = str(ws.root)
     names = alerts.ensure_automations(ws)

@@ -21,7 +21,8 @@ from kaizen.tasks.ingest import collect as ingest
 from kaizen.tasks.notify import alerts, arrivals
 from kaizen.tasks.operate import failures, history, recovery
 from kaizen.tasks.registry import record, tracking
-from kaizen.tasks.registry.record import IterationSummary
+from kaizen.tasks.registry.record import Iteration, IterationSummary
+from kaizen.tasks.registry.tags import Decision
 from kaizen.tasks.runtime import zombies
 from kaizen.tasks.training import train
 from kaizen.tasks.workspace.layout import Workspace, hold
@@ -51,7 +52,7 @@ train_challenger = step(train.train_challenger)
 check_quality = step(evaluate.check_quality)
 judge = step(promote.judge)
 # A subflow, not a task: it pauses for a person's answer (tasks/evaluation/approval.py says why not the whole run).
-ask_approval = flow(approval.ask_approval, name="kaizen-approval", validate_parameters=False, log_prints=True)
+ask_approval = flow(name="kaizen-approval", validate_parameters=False, log_prints=True)(approval.ask_approval)
 decide = step(promote.decide)
 close_iteration = step(record.close_iteration)
 announce_decision = step(alerts.announce_decision)
@@ -92,7 +93,7 @@ def one_turn(ws: Workspace, force_train: bool = False) -> IterationSummary:
         return IterationSummary(
             batch=None, files=len(collected.files), rows_accepted=collected.rows_accepted,
             rows_quarantined=collected.rows_quarantined, drift_share=None, champion_score=None,
-            challenger_score=None, decision="no new data", reasons=[], champion_version=None,
+            challenger_score=None, decision=Decision.NO_NEW_DATA, reasons=[], champion_version=None,
             collected=collected.describe())
     batch_id, batches = picked
     try:
@@ -131,15 +132,15 @@ def learn(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
     unusable = screen(ws, it)  # a batch no challenger could be judged on
     if unusable:
-        return finish_without_training(ws, it, "skipped", unusable)
+        return finish_without_training(ws, it, Decision.SKIPPED, unusable)
     drift = check_drift(ws, it)
     announce_drift(ws, it, drift)
     labels = judge_labels(ws, it, champion_dir)
     if not labels.trusted:  # never trained on, never replayed, no yardstick, until an operator trusts it
-        return finish_without_training(ws, it, "suspect", labels.reason)
+        return finish_without_training(ws, it, Decision.SUSPECT, labels.reason)
     need = worth_training(ws, it, champion_dir, drift, force_train)
     if not need.train:  # the batch still joins the data, the replay pool and every later evaluation
-        return finish_without_training(ws, it, "skipped", f"training skipped: {need.reason}", need.champion_score)
+        return finish_without_training(ws, it, Decision.SKIPPED, f"training skipped: {need.reason}", need.champion_score)
     challenger = train_challenger(ws, it)
     evaluation = check_quality(ws, it, challenger, champion_dir, drift)
     verdict = judge(ws, it, evaluation)
@@ -149,7 +150,7 @@ def learn(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -
     return close_iteration(ws, batch_id, it.run_id, decision.gate.verdict, decision.challenger_version)
 
 
-def finish_without_training(ws: Workspace, it, decision: str, reason: str,
+def finish_without_training(ws: Workspace, it: Iteration, decision: Decision, reason: str,
                             champion_score: float | None = None) -> IterationSummary:
     record_without_training(ws, it, decision, reason, champion_score)
     return close_iteration(ws, it.batch_id, it.run_id, decision, None)

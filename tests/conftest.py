@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 # Before anything imports prefect or mlflow: offline, and nothing written to the home directory.
@@ -20,7 +21,7 @@ os.environ.update({
 })
 (_STATE / "prefect").mkdir()
 # Every process the tests start inherits this mark: at the end of the session none of them may still run.
-SESSION_MARK = ("KAIZEN_TEST_SESSION", f"{os.getpid()}-{_STATE.name}")
+SESSION_MARK = ("KAIZEN_TEST_SESSION", f"{os.getpid()}-{psutil.Process().create_time():.2f}-{_STATE.name}")
 os.environ[SESSION_MARK[0]] = SESSION_MARK[1]
 
 import pandas as pd  # noqa: E402
@@ -34,7 +35,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.data.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
 from kaizen.tasks.workspace.layout import Workspace, init_workspace  # noqa: E402
-from tests.helpers import FAST, REPO, write_params  # noqa: E402
+from tests.support.workspaces import FAST, REPO, write_params  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -102,29 +103,33 @@ def copy_workspace(workspace_template: Path, tmp_path: Path) -> Callable[..., Wo
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """One real Prefect server for the session (its test harness, on a free loopback port)."""
+def prefect_server() -> Iterator[str]:
+    """One real Prefect server for the session (its test harness, on a free loopback port); its API URL, for the
+    `kaizen` commands a test starts (each would otherwise start a temporary server of its own, 10 to 17 s)."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[dict]:
-    """One real PostgreSQL server for the session (tests/services.py); its password only in PGPASSWORD."""
-    from tests import services
+    """One real PostgreSQL server for the session (tests/support/services.py); its password only in PGPASSWORD."""
+    from tests.support import services
+    from tests.support.processes import environment
 
-    with services.postgres() as server, services.environment(server["env"]):
+    with services.postgres() as server, environment(server["env"]):
         yield server
 
 
 @pytest.fixture(scope="session")
 def object_store() -> Iterator[dict]:
     """One real S3-compatible store for the session (SeaweedFS); its keys and endpoint only in AWS_* variables."""
-    from tests import services
+    from tests.support import services
+    from tests.support.processes import environment
 
-    with services.object_store() as store, services.environment(store["env"]):
+    with services.object_store() as store, environment(store["env"]):
         yield store
 
 
@@ -139,7 +144,7 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
 
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.training.train import load_for_training
-    from tests.helpers import sample
+    from tests.support.files import sample
 
     root = tmp_path_factory.mktemp("champion") / "ws"
     init_workspace(root)
@@ -166,6 +171,21 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     return ws
 
 
+# The test files that take minutes (chains of `kaizen run`, served deployments, the real MiniLM), longest first.
+# `make test` runs the files on two workers, a file at a time each: started first, these overlap with the many
+# short files instead of leaving one worker alone at the end. Only the order changes, never what runs.
+LONGEST_FIRST = ("operate/test_recovery.py", "flows/test_cli_servers.py", "evaluation/test_promote_real.py",
+                 "registry/test_registry.py", "flows/test_loop.py", "flows/test_shared.py", "notify/test_alerts.py",
+                 "operate/test_operations.py", "evaluation/test_screening.py", "ingest/test_collect_properties.py",
+                 "serving/test_serving.py", "operate/test_failures.py", "training/test_train_real.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    here = Path(__file__).parent
+    items.sort(key=lambda item: rank.get(Path(item.fspath).relative_to(here).as_posix(), len(rank)))
+
+
 def _marked_processes() -> list[tuple]:
     """(process, its session mark) of every process other than this one that carries a test session's mark."""
     import psutil
@@ -189,11 +209,14 @@ def leftover_processes() -> list:
 
 
 def _session_runs(mark: str) -> bool:
-    """Whether the pytest process that made `mark` still runs (a concurrent session's processes are its own)."""
+    """Whether the pytest process that made `mark` still runs (a concurrent session's processes are its own, and
+    so are those of a parallel run's other workers, whose command line does not say pytest). The mark holds the
+    process's start time, so a later process that reuses the pid is not taken for it."""
     import psutil
 
     try:
-        return "pytest" in " ".join(psutil.Process(int(mark.split("-", 1)[0])).cmdline())
+        pid, started, _ = mark.split("-", 2)
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
     except (ValueError, psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

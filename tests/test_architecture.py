@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO
+from tests.support.workspaces import REPO
 
 PACKAGES = {"tasks": "kaizen.tasks", "flows": "kaizen.flows"}
 # The wings of tasks/, lowest first: a module may import its own wing and the wings before it, never one after.

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from kaizen.tasks.workspace.layout import Workspace
 
 # Piped output (CI logs, `| tee`) gets a width that fits the summary table instead of 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 130)
@@ -18,8 +21,9 @@ WorkspaceOpt = Annotated[Path, typer.Option("--workspace", "-w", envvar="KAIZEN_
                                             help="The workspace folder (made by `kaizen init`).")]
 
 
-def open_workspace(path: Path):
-    from kaizen.tasks.workspace.layout import Workspace, configure_environment
+def open_workspace(path: Path) -> Workspace:
+    from kaizen.tasks.workspace.environment import apply_environment
+    from kaizen.tasks.workspace.layout import Workspace
     from kaizen.tasks.workspace.repo import ensure_dvc
     from kaizen.tasks.workspace.settings import SettingsError
 
@@ -30,7 +34,7 @@ def open_workspace(path: Path):
         raise typer.Exit(2) from exc
     if not (ws.root / ".dvc").exists() or not (ws.root / ".git").exists():
         ensure_dvc(ws.root, ws.dvc_remote)
-    configure_environment(ws)
+    apply_environment(ws)
     return ws
 
 
@@ -39,10 +43,13 @@ def summary_table(rows: list[dict], title: str) -> Table:
     for column in ("batch", "accepted", "quarantined", "drift share", "champion", "challenger", "decision",
                    "challenger version", "champion version"):
         table.add_column(column, justify="left" if column in ("batch", "decision") else "right")
+    from kaizen.tasks.registry.tags import Decision
+
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    styles = {Decision.PROMOTED: "green", Decision.REJECTED: "red", Decision.SUSPECT: "yellow",
+              Decision.FAILED: "bold red"}
     for r in rows:
-        style = {"promoted": "green", "rejected": "red", "suspect": "yellow", "failed": "bold red"}.get(
-            r["decision"], "dim")
+        style = styles.get(r["decision"], "dim")
         table.add_row(r["batch"] or "–", str(r["rows_accepted"]), str(r["rows_quarantined"]), fmt(r["drift_share"]),
                       fmt(r["champion_score"]), fmt(r["challenger_score"]), f"[{style}]{r['decision']}[/]",
                       r["challenger_version"] or "–", r["champion_version"] or "–")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -50,13 +49,14 @@ def status(workspace: WorkspaceOpt = Path("."),
 def ui(workspace: WorkspaceOpt = Path("."),
        port: Annotated[int | None, typer.Option(help="Default: servers.mlflow_port")] = None) -> None:
     """Serve the MLflow UI on the workspace's tracking store (127.0.0.1)."""
+    from kaizen.tasks.runtime.servers import ui_command
+
     ws = open_workspace(workspace)
     if ws.tracking_uri.startswith(("http://", "https://")):  # a tracking server already serves it
         console.print(f"MLflow UI: {ws.mlflow_ui_url}")
         return
-    port = port or ws.settings.servers.mlflow_port
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri,
-                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
+    command, env = ui_command(ws, port)  # as lean as `kaizen up`'s MLflow server
+    os.execve(command[0], command, env)
 
 
 @app.command("history")

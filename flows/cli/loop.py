@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kaizen.flows.cli.console import WorkspaceOpt, console, fail, open_workspace, summary_table
+
+if TYPE_CHECKING:
+    from kaizen.tasks.workspace.layout import Workspace
 
 app = typer.Typer()
 
@@ -39,16 +42,17 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
     console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing_shown}")
 
 
-def run_iterations(ws, until_idle: bool, force_train: bool = False) -> list[dict]:
+def run_iterations(ws: Workspace, until_idle: bool, force_train: bool = False) -> list[dict]:
     """Run the iteration flow; with `until_idle`, again while batches are waiting. With nothing new at all, say so
     at once: no Prefect server is started for an iteration that would do nothing."""
     from kaizen.tasks.ingest.collect import nothing_new
 
     if nothing_new(ws):
         from kaizen.tasks.registry.record import IterationSummary
+        from kaizen.tasks.registry.tags import Decision
 
         return [IterationSummary(batch=None, files=0, rows_accepted=0, rows_quarantined=0, drift_share=None,
-                                 champion_score=None, challenger_score=None, decision="no new data", reasons=[],
+                                 champion_score=None, challenger_score=None, decision=Decision.NO_NEW_DATA, reasons=[],
                                  champion_version=None).as_dict()]
     from kaizen.flows.loop import iteration
     from kaizen.tasks.runtime.servers import temporary_prefect_server

@@ -5,11 +5,14 @@ new data announcing itself (`watch`, `submit`). flows/cli/__init__.py merges the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kaizen.flows.cli.console import WorkspaceOpt, console, fail, open_workspace
+
+if TYPE_CHECKING:
+    from kaizen.tasks.workspace.layout import Workspace
 
 app = typer.Typer()
 
@@ -27,7 +30,7 @@ def server_lines(states: list[dict]) -> list[str]:
     return lines
 
 
-def checked_servers(ws, as_json: bool) -> list[dict]:
+def checked_servers(ws: Workspace, as_json: bool) -> list[dict]:
     """Each server's state; when the tracking server does not answer, say so and exit 1 rather than let MLflow
     retry for minutes."""
     import json
@@ -78,7 +81,7 @@ def down(workspace: WorkspaceOpt = Path(".")) -> None:
         console.print(f"{name}: {what}")
 
 
-def _require_server(ws) -> None:
+def _require_server(ws: Workspace) -> None:
     if not ws.prefect_api_url:
         console.print("[red]no Prefect server:[/] start one with `kaizen up` (or set PREFECT_API_URL)")
         raise typer.Exit(2)
@@ -98,10 +101,11 @@ def serve(workspace: WorkspaceOpt = Path(".")) -> None:
     _require_server(ws)
     from kaizen.flows.deployment import FLOW_NAME, SCORING_FLOW_NAME, deployment_name, serve
     from kaizen.tasks.notify.alerts import AlertsError
+    from kaizen.tasks.notify.events import ARRIVED
     from kaizen.tasks.workspace.files import Busy
 
     console.print(f"serving {FLOW_NAME}/{deployment_name(ws)} on {ws.prefect_api_url}: cron "
-                  f"'{ws.settings.schedule.cron}', and a run per kaizen.data.arrived event for this workspace; "
+                  f"'{ws.settings.schedule.cron}', and a run per {ARRIVED} event for this workspace; "
                   f"and {SCORING_FLOW_NAME}/{deployment_name(ws)} (batch scoring, on demand)")
     try:
         serve(ws, on_alerts=lambda names: console.print(alert_lines(names)))

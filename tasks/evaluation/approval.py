@@ -16,6 +16,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from kaizen.tasks.evaluation.promote import GateDecision
+from kaizen.tasks.registry.tags import Decision
+from kaizen.tasks.workspace.layout import Workspace
 
 
 def _approval_input():
@@ -35,11 +37,11 @@ def answered(gate: GateDecision, approve: bool, who: str, reason: str) -> GateDe
     """The verdict after a person's answer: theirs first among the reasons, the gate's after."""
     said = f"{'approved' if approve else 'refused'} by {who.strip() or 'someone'} in the Prefect UI" + (
         f": {reason.strip()}" if reason.strip() else "")
-    return GateDecision(approve, [said, *gate.reasons], f"{'promoted' if approve else 'rejected'}: {said}")
+    return GateDecision(approve, [said, *gate.reasons], f"{Decision.PROMOTED if approve else Decision.REJECTED}: {said}")
 
 
 def refused(gate: GateDecision, why: str) -> GateDecision:
-    return GateDecision(False, [why, *gate.reasons], f"rejected: {why}")
+    return GateDecision(False, [why, *gate.reasons], f"{Decision.REJECTED}: {why}")
 
 
 def _resume_here() -> None:
@@ -49,11 +51,13 @@ def _resume_here() -> None:
     from prefect.context import FlowRunContext
     from prefect.states import Running
 
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "ask_approval runs as a flow: its run is the context"
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(FlowRunContext.get().flow_run.id, Running(), force=True)
+        client.set_flow_run_state(context.flow_run.id, Running(), force=True)
 
 
-def ask_approval(ws, batch_id: str, challenger_version: str, gate: GateDecision) -> GateDecision:
+def ask_approval(ws: Workspace, batch_id: str, challenger_version: str, gate: GateDecision) -> GateDecision:
     """Pause this (sub)flow run until a person approves or refuses the challenger the gate passed; the verdict
     that results. Without a Prefect server no one could answer: refused at once, saying so."""
     from prefect.exceptions import FlowPauseTimeout

@@ -20,21 +20,23 @@ from kaizen.tasks.evaluation.promote import PairedPredictions
 from kaizen.tasks.evaluation.reports import DriftResult, drift_check, quality_check
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.model.predict import pick_device, predict, scores
-from kaizen.tasks.registry.record import DRIFT_SHARE, batches_seen, score_metric
+from kaizen.tasks.registry.record import DRIFT_SHARE, Iteration, batches_seen, score_metric
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.files import parquet_bytes, write_atomically
+from kaizen.tasks.workspace.layout import Workspace
 
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
 
 
-def predictions_on(ws, model_dir: Path, model, batch: str, split: str, logged: bool = True) -> pd.DataFrame:
+def predictions_on(ws: Workspace, model_dir: Path, model, batch: str, split: str,
+                   logged: bool = True) -> pd.DataFrame:
     """`row` (the row of the split), `label`, `predicted` and each class's probability (`p_<label>`) of a model on
     one split of a batch."""
     return predictions_on_each(ws, model_dir, model, [batch], split, logged)[batch]
 
 
-def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: str, logged: bool = True,
-                        rows: dict[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
+def predictions_on_each(ws: Workspace, model_dir: Path, model, batches: list[str], split: str,
+                        logged: bool = True, rows: dict[str, np.ndarray] | None = None) -> dict[str, pd.DataFrame]:
     """A model's predictions on one split of each of `batches` (see `predictions_on_splits`), on the `rows` given
     for a batch or on all of them."""
     found = predictions_on_splits(ws, model_dir, model, [(b, split) for b in batches], logged,
@@ -42,8 +44,8 @@ def predictions_on_each(ws, model_dir: Path, model, batches: list[str], split: s
     return {b: found[b, split] for b in batches}
 
 
-def predictions_on_splits(ws, model_dir: Path, model, splits: list[tuple[str, str]], logged: bool = True,
-                          rows: dict[tuple[str, str], np.ndarray] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+def predictions_on_splits(ws: Workspace, model_dir: Path, model, splits: list[tuple[str, str]],
+                          logged: bool = True, rows: dict[tuple[str, str], np.ndarray] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """A model's predictions on each (batch, split) of `splits` (see `predictions_on`), on the `rows` given for
     one (row numbers of the split, in order) or on all of them. A registered version's (`model`, a
     tracking.ModelRef) are kept per row, keyed by the split's md5, in one file per version under the workspace
@@ -101,14 +103,15 @@ def _look_up(kept: pd.DataFrame, wanted: dict[str, np.ndarray]) -> dict[str, pd.
     hits = want.merge(kept, on=["split", "row"], how="left", sort=False)  # a left merge keeps want's order
     complete = hits["label"].notna().groupby(hits["split"], sort=False).all()
     hits = hits[hits["split"].isin(complete.index[complete])]
-    return {name: frame.drop(columns="split").reset_index(drop=True) for name, frame in hits.groupby("split", sort=False)}
+    return {str(name): frame.drop(columns="split").reset_index(drop=True)
+            for name, frame in hits.groupby("split", sort=False)}
 
 
-def prediction_dir(ws, version: str) -> Path:
+def prediction_dir(ws: Workspace, version: str) -> Path:
     return ws.runs_dir / "predictions" / f"v{version}"
 
 
-def prediction_file(ws, version: str) -> Path:
+def prediction_file(ws: Workspace, version: str) -> Path:
     """A version's kept predictions: `split` (<batch>-<split>-<md5 of the split file>), `row` and the rest."""
     return prediction_dir(ws, version) / PREDICTIONS
 
@@ -116,13 +119,13 @@ def prediction_file(ws, version: str) -> Path:
 PREDICTIONS = "predictions.parquet"
 
 
-def kept_predictions(ws, version: str, batch: str, split: str) -> pd.DataFrame:
+def kept_predictions(ws: Workspace, version: str, batch: str, split: str) -> pd.DataFrame:
     """The rows of one split that a version's predictions are kept for, as `predictions_on` gives them."""
     kept = pd.read_parquet(prediction_file(ws, version))
     return kept[kept["split"].str.startswith(f"{batch}-{split}-")].drop(columns="split").reset_index(drop=True)
 
 
-def _kept(ws, model, logged: bool, names: list[str]) -> pd.DataFrame:
+def _kept(ws: Workspace, model, logged: bool, names: list[str]) -> pd.DataFrame:
     """What is kept of a version's predictions: its file, and any of `names` kept the way kaizen kept them
     before (a file per split, every row in order). What this machine lacks of `names` is looked for among the
     artifacts of the version's run (one listing), unless `logged` is False."""
@@ -148,7 +151,7 @@ def _with_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame if "row" in frame else frame.assign(row=np.arange(len(frame)))
 
 
-def earlier_rows(ws, batches: list[str], new_batch: str) -> dict[str, np.ndarray]:
+def earlier_rows(ws: Workspace, batches: list[str], new_batch: str) -> dict[str, np.ndarray]:
     """The rows of each earlier batch's test split that the challenger is judged on: all of them while the earlier
     splits hold `gate.max_earlier_rows` rows or fewer together, so that evaluation stops growing with the history
     beyond that; then an equal share of each. A share is the first rows of a permutation fixed per batch, so a
@@ -167,7 +170,7 @@ def earlier_rows(ws, batches: list[str], new_batch: str) -> dict[str, np.ndarray
         :share]) for b, n in sizes.items()}
 
 
-def _fetch_logged(ws, run_id: str, names: list[str], folder: Path) -> None:
+def _fetch_logged(ws: Workspace, run_id: str, names: list[str], folder: Path) -> None:
     """Copy those of a version's logged predictions that its run has into the local cache (one listing)."""
     from kaizen.tasks.registry import tracking
 
@@ -180,7 +183,7 @@ def _fetch_logged(ws, run_id: str, names: list[str], folder: Path) -> None:
             write_atomically(folder / name, Path(client.download_artifacts(run_id, f"predictions/{name}")).read_bytes())
 
 
-def trusted_batches(ws, batches: tuple[str, ...]) -> list[str]:
+def trusted_batches(ws: Workspace, batches: tuple[str, ...]) -> list[str]:
     """The batches among `batches` whose labels are trusted: the only yardsticks of a challenger."""
     with Ledger(ws.ledger_db) as ledger:
         suspect = set(ledger.suspect_batches())
@@ -201,7 +204,7 @@ class Evaluation:
                 for batch, rows in self.paired.items()}
 
 
-def champion_reference(ws, seen: list[str]) -> pd.DataFrame:
+def champion_reference(ws: Workspace, seen: list[str]) -> pd.DataFrame:
     """A seeded sample of the train splits the champion has seen: the reference for drift."""
     frames = [pd.read_parquet(ws.split_file(b, "train")) for b in seen if ws.split_file(b, "train").exists()]
     reference = pd.concat(frames, ignore_index=True)
@@ -209,16 +212,16 @@ def champion_reference(ws, seen: list[str]) -> pd.DataFrame:
     return reference.sample(n=limit, random_state=ws.settings.preprocess.seed) if len(reference) > limit else reference
 
 
-def new_batch_rows(ws, batch_id: str) -> pd.DataFrame:
+def new_batch_rows(ws: Workspace, batch_id: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(ws.split_file(batch_id, s)) for s in ("train", "val", "test")],
                      ignore_index=True)
 
 
-def report_dir(ws, it) -> Path:
+def report_dir(ws: Workspace, it: Iteration) -> Path:
     return ws.runs_dir / it.batch_id / "reports"
 
 
-def check_drift(ws, it) -> DriftResult | None:
+def check_drift(ws: Workspace, it: Iteration) -> DriftResult | None:
     """Drift of the new batch against a sample of the champion's training data (None at bootstrap)."""
     from kaizen.tasks.registry import tracking
 
@@ -235,7 +238,17 @@ def check_drift(ws, it) -> DriftResult | None:
     return drift
 
 
-def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftResult | None) -> Evaluation:
+def _champion_labels(rows: list[PairedPredictions]) -> list[str]:
+    """The champion's labels on each of `rows`, pooled (with a champion, check_quality scores it on every batch)."""
+    pooled: list[str] = []
+    for r in rows:
+        assert r.champion is not None, "with a champion, every judged batch has its labels"
+        pooled += r.champion
+    return pooled
+
+
+def check_quality(ws: Workspace, it: Iteration, challenger, champion_dir: Path | None,
+                  drift: DriftResult | None) -> Evaluation:
     """Champion vs challenger on the test split of the new batch and of every trusted earlier batch: paired
     predictions for the gate, metrics, the evaluation matrix, and two Evidently reports (the new batch, and every
     earlier batch pooled), so the cost grows with the rows scored, not with one report per batch. The champion's
@@ -246,7 +259,10 @@ def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftRes
     trusted = trusted_batches(ws, it.batches)
     judged = earlier_rows(ws, trusted, it.batch_id)
     news = predictions_on_each(ws, challenger.model_dir, challenger.model, trusted, "test", logged=False, rows=judged)
-    olds = predictions_on_each(ws, champion_dir, it.champion, trusted, "test", rows=judged) if it.champion else {}
+    olds: dict[str, pd.DataFrame] = {}
+    if it.champion:
+        assert champion_dir is not None, "the flow fetches the champion's files whenever there is one"
+        olds = predictions_on_each(ws, champion_dir, it.champion, trusted, "test", rows=judged)
     paired = {batch: PairedPredictions(tuple(new["label"]), tuple(new["predicted"]),
                                        tuple(olds[batch]["predicted"]) if batch in olds else None)
               for batch, new in news.items()}
@@ -255,7 +271,7 @@ def check_quality(ws, it, challenger, champion_dir: Path | None, drift: DriftRes
         if batches:
             rows = [paired[b] for b in batches]
             quality_check([y for r in rows for y in r.labels], [y for r in rows for y in r.challenger],
-                          None if it.champion is None else [y for r in rows for y in r.champion],
+                          None if it.champion is None else _champion_labels(rows),
                           labels=ws.settings.data.labels, html_path=reports / f"quality-{title}.html")
     evaluation = Evaluation(drift, paired, reports)
     client = tracking.connect(ws)

@@ -16,14 +16,20 @@ and the version gets a one-line description of the verdict.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kaizen.tasks.evaluation import stats
 from kaizen.tasks.model.predict import scores
+from kaizen.tasks.registry import tags
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.faults import kill_point
-from kaizen.tasks.workspace.layout import hold
+from kaizen.tasks.workspace.layout import Workspace, hold
 from kaizen.tasks.workspace.settings import GateSettings
+
+if TYPE_CHECKING:
+    from kaizen.tasks.registry.record import Iteration
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,8 @@ class GateDecision:
     summary: str  # one line: the verdict and its main reason
 
     @property
-    def verdict(self) -> str:
-        return "promoted" if self.promote else "rejected"
+    def verdict(self) -> tags.Decision:
+        return tags.Decision.PROMOTED if self.promote else tags.Decision.REJECTED
 
 
 def _new_batch_checks(batch: str, rows: PairedPredictions, gate: GateSettings) -> tuple[list[str], list[str]]:
@@ -85,14 +91,16 @@ def _loss_checks(judged: dict[str, PairedPredictions], new_batch: str,
     groups = {name: (rows.correct("champion"), rows.correct("challenger")) for name, rows in judged.items()}
     earlier = [name for name in groups if name != new_batch]
     if len(earlier) > 1:
-        groups["all earlier batches pooled"] = tuple(np.concatenate([groups[b][i] for b in earlier]) for i in (0, 1))
+        groups["all earlier batches pooled"] = (np.concatenate([groups[b][0] for b in earlier]),
+                                                np.concatenate([groups[b][1] for b in earlier]))
     diffs, p_values = {}, {}
     for name, (champion, challenger) in groups.items():
         diffs[name], draws = stats.paired_difference(champion, challenger, confidence=1 - gate.alpha,
                                                      resamples=gate.resamples)
         p_values[name] = stats.regression_p_value(draws, gate.max_regression)
     shown = stats.holm(p_values, gate.alpha)
-    failed, passed = [], []
+    failed: list[str] = []
+    passed: list[str] = []
     for name in groups:
         (failed if shown[name] else passed).append(
             f"accuracy on {'the new batch ' if name == new_batch else 'earlier ' if name in earlier else ''}{name}: "
@@ -118,9 +126,9 @@ def promotion_gate(new_batch: str, paired: dict[str, PairedPredictions], gate: G
 def _summary(promote: bool, new_batch: str, failed: list[str], passed: list[str]) -> str:
     """The version's description: the verdict and the check that decided it."""
     if not promote:
-        return f"rejected: {failed[0]}"
+        return f"{tags.Decision.REJECTED}: {failed[0]}"
     improvement = next((r for r in passed if r.startswith(f"accuracy on the new batch {new_batch}")), passed[-1])
-    return f"promoted: {improvement}"
+    return f"{tags.Decision.PROMOTED}: {improvement}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ class Decision:
     previous_version: str | None  # the champion before, when it was replaced
 
 
-def judge(ws, it, evaluation) -> GateDecision:
+def judge(ws: Workspace, it: Iteration, evaluation) -> GateDecision:
     """The gate's verdict on the iteration's evaluation (nothing recorded or moved yet)."""
     return promotion_gate(it.batch_id, evaluation.paired, ws.settings.gate)
 
@@ -145,11 +153,11 @@ def fit(reasons: str, limit: int) -> str:
     return tracking.fit_lines(reasons, limit, f"the run's {REASONS_FILE}")
 
 
-def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | None = None) -> Decision:
+def decide(ws: Workspace, it: Iteration, challenger_version: str, evaluation,
+           gate: GateDecision | None = None) -> Decision:
     """Move `champion` if the verdict (`gate`, else the gate's own) says so, and record the decision and its
     reasons either way. The verdict may come from `judge` and a person after it (tasks/evaluation/approval.py)."""
     from kaizen.tasks.registry import lineage, tracking
-    from kaizen.tasks.registry.record import TAG
 
     gate = gate or judge(ws, it, evaluation)
     client = tracking.connect(ws)
@@ -167,7 +175,7 @@ def decide(ws, it, challenger_version: str, evaluation, gate: GateDecision | Non
             with hold(ws, "champion", wait=True):  # a rollback and this move take turns
                 previous = tracking.move_champion(client, name, challenger_version, started_from)  # the commit point
         except tracking.ChampionMoved as exc:  # refused, and recorded why: the operator's move stands
-            gate = GateDecision(False, [str(exc), *gate.reasons], f"rejected: {exc}")
+            gate = GateDecision(False, [str(exc), *gate.reasons], f"{tags.Decision.REJECTED}: {exc}")
             reasons = "\n".join(gate.reasons)
             client.log_text(it.run_id, reasons + "\n", REASONS_FILE)
         kill_point("promote:moved")

@@ -22,12 +22,14 @@ from kaizen.tasks.evaluation import stats
 from kaizen.tasks.evaluation.evaluate import new_batch_rows, predictions_on, predictions_on_splits
 from kaizen.tasks.ingest.ledger import SUSPECT, TRUSTED, Ledger
 from kaizen.tasks.model.predict import scores
-from kaizen.tasks.registry.record import TAG, score_metric
+from kaizen.tasks.registry.record import Iteration, score_metric
+from kaizen.tasks.registry.tags import TAG, Decision
+from kaizen.tasks.workspace.layout import Workspace
 
 LEARNABILITY_ROWS = 5000  # rows of a batch that the learnability check reads at most
 
 
-def unusable_reason(ws, batch_id: str) -> str | None:
+def unusable_reason(ws: Workspace, batch_id: str) -> str | None:
     """Why no challenger can be judged on this batch; None when one can. A label with a single row is only
     remarked on: it trains, it cannot be tested."""
     labels = new_batch_rows(ws, batch_id)["label"]
@@ -42,7 +44,7 @@ def unusable_reason(ws, batch_id: str) -> str | None:
     return None
 
 
-def screen(ws, it) -> str | None:
+def screen(ws: Workspace, it: Iteration) -> str | None:
     """The step: why the batch cannot be trained on (None when it can); labels with a single row, which can
     train but never be tested, are remarked on the run."""
     from kaizen.tasks.registry import tracking
@@ -62,13 +64,13 @@ class LabelVerdict:
     agreement: stats.Agreement | None = None  # None when there was nothing to judge against
 
 
-def _champion_view(ws, it, champion_dir: Path) -> pd.DataFrame:
+def _champion_view(ws: Workspace, it: Iteration, champion_dir: Path) -> pd.DataFrame:
     """The champion's predictions on the new batch's validation and test rows (never trained on by anyone)."""
     both = predictions_on_splits(ws, champion_dir, it.champion, [(it.batch_id, "val"), (it.batch_id, "test")])
     return pd.concat(both.values(), ignore_index=True)  # one model load for the two
 
 
-def judge_labels(ws, it, champion_dir: Path | None) -> LabelVerdict:
+def judge_labels(ws: Workspace, it: Iteration, champion_dir: Path | None) -> LabelVerdict:
     """Trust the batch's labels unless they disagree with the champion beyond doubt (or an operator said so);
     the verdict goes to the ledger and, with its numbers, to the run."""
     from kaizen.tasks.registry import tracking
@@ -132,7 +134,7 @@ def label_verdict(agreement: stats.Agreement, learnable: stats.Learnability | No
     return LabelVerdict(True, f"labels trusted: {facts}", agreement)
 
 
-def _settle(ws, it, verdict: LabelVerdict) -> LabelVerdict:
+def _settle(ws: Workspace, it: Iteration, verdict: LabelVerdict) -> LabelVerdict:
     with Ledger(ws.ledger_db) as ledger:
         ledger.set_trust(it.batch_id, TRUSTED if verdict.trusted else SUSPECT, verdict.reason, "loop")
     return verdict
@@ -145,7 +147,7 @@ class TrainingNeed:
     champion_score: float | None  # the gate's metric of the champion on the new batch's test split
 
 
-def worth_training(ws, it, champion_dir: Path | None, drift, force: bool) -> TrainingNeed:
+def worth_training(ws: Workspace, it: Iteration, champion_dir: Path | None, drift, force: bool) -> TrainingNeed:
     """Training pays unless the champion already scores above the threshold on the new batch and nothing drifted."""
     if it.champion is None or champion_dir is None:
         return TrainingNeed(True, "no champion yet: bootstrap", None)
@@ -162,8 +164,9 @@ def worth_training(ws, it, champion_dir: Path | None, drift, force: bool) -> Tra
     return TrainingNeed(True, why, score)
 
 
-def record_without_training(ws, it, decision: str, reason: str, champion_score: float | None = None) -> None:
-    """Record on the run why the iteration trains nothing ("skipped" or "suspect"; the flow announces a suspect
+def record_without_training(ws: Workspace, it: Iteration, decision: Decision, reason: str,
+                            champion_score: float | None = None) -> None:
+    """Record on the run why the iteration trains nothing (skipped or suspect; the flow announces a suspect
     batch with the other decisions, tasks/notify/alerts.py)."""
     from kaizen.tasks.registry import tracking
 

@@ -1,21 +1,25 @@
-"""decode: a landed file's bytes as the bytes or the text it holds, read in pieces: decompressed as they are read
-(`.gz`, `.bz2`, `.xz`, a `.zip` of one file) and decoded as the byte-order mark says, else as UTF-8.
+"""decode: a file's bytes as the bytes or the text it holds, read in pieces: decompressed as they are read (`.gz`,
+`.bz2`, `.xz`, a `.zip` of one file) and decoded as the byte-order mark says, else as UTF-8.
 
-Memory stays that of one piece, whatever the file's size. A file that is not what it claims to be raises
-BadFile naming where (the byte, the line), however late in the file the fault lies: what one whole-file
-decode would have said.
+Memory stays that of one piece, whatever the file's size. Read strictly (collect), a file that is not what it
+claims to be raises BadFile naming where (the byte, the line), however late in the file the fault lies: what one
+whole-file decode would have said. Read leniently (scoring), UTF-8 text decodes whole and `undecoded` names the
+lines whose bytes were not UTF-8, so that each costs only itself.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kaizen.tasks.workspace.files import compression
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 PIECE = 1 << 20  # bytes decompressed or decoded at a time
 # UTF-32 first: its little-endian mark starts with UTF-16's. Each mark's codec reads what follows the mark.
@@ -24,6 +28,7 @@ BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"), (codecs.BOM_UTF32_BE, "utf
         (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16"))
 MAGIC = ((b"PAR1", "a Parquet file: name it .parquet"), (b"\x1f\x8b", "gzip-compressed: name it .csv.gz"),
          (b"PK\x03\x04", "a zip archive (an Excel workbook?): export it as CSV"))
+ESCAPED = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
 
 
 class BadFile(ValueError):
@@ -38,10 +43,11 @@ def _corrupt() -> tuple[type[BaseException], ...]:
     return OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError, zlib.error
 
 
-class _Guarded(io.RawIOBase):
-    """A decompressor's output whose failures, wherever in the file they are met, are BadFile."""
+class _Pieces(io.RawIOBase):
+    """A stream read in whole pieces; a decompressor's failures (`ending` names it), wherever in the file they are
+    met, are BadFile. Without an ending a failure is the disk's or the network's, not the file's: it stays itself."""
 
-    def __init__(self, inner: BinaryIO, ending: str) -> None:
+    def __init__(self, inner: SupportsRead[bytes], ending: str | None) -> None:
         self._inner, self._ending = inner, ending
 
     def readable(self) -> bool:
@@ -55,6 +61,8 @@ class _Guarded(io.RawIOBase):
                 filled += len(piece)
             return filled
         except _corrupt() as exc:
+            if self._ending is None:
+                raise
             raise corrupt(self._ending, exc) from exc
 
 
@@ -63,19 +71,20 @@ def corrupt(ending: str, exc: BaseException) -> BadFile:
 
 
 @contextmanager
-def opened(path: Path, name: str) -> Iterator[tuple[io.BufferedReader, tuple[str, ...]]]:
-    """The bytes `path` holds, decompressed as its name's ending says, and the remark that says so."""
+def opened(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[io.BufferedReader, tuple[str, ...]]]:
+    """The bytes of `raw` (an open file of `size` bytes, a local one or an fsspec one), decompressed as its name's
+    ending says, and the remark that says so."""
     import bz2
     import gzip
     import lzma
     import zipfile
 
     ending = compression(name)
+    if ending is None or size == 0:  # nothing at all is empty, compressed or not
+        yield raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Pieces(raw, None), PIECE), ()
+        return
     with ExitStack() as stack:
-        raw = stack.enter_context(open(path, "rb", buffering=PIECE))
-        if ending is None or path.stat().st_size == 0:  # nothing at all is empty, compressed or not
-            yield raw, ()
-            return
+        inner: SupportsRead[bytes]  # a member of the zip, or the decompressing file
         try:
             if ending == ".zip":
                 archive = stack.enter_context(zipfile.ZipFile(raw))
@@ -90,7 +99,7 @@ def opened(path: Path, name: str) -> Iterator[tuple[io.BufferedReader, tuple[str
             if isinstance(exc, BadFile):
                 raise
             raise corrupt(ending, exc) from exc
-        yield io.BufferedReader(_Guarded(inner, ending), PIECE), (f"decompressed ({ending[1:]})",)
+        yield io.BufferedReader(_Pieces(inner, ending), PIECE), (f"decompressed ({ending[1:]})",)
 
 
 def drain(pieces: Iterator[object]) -> None:
@@ -100,20 +109,47 @@ def drain(pieces: Iterator[object]) -> None:
         pass
 
 
-def text_lines(binary: io.BufferedReader, kind: str, universal: bool) -> tuple[Iterator[str], tuple[str, ...]]:
+def text_lines(binary: io.BufferedReader, kind: str, universal: bool,
+               strict: bool = True) -> tuple[Iterator[str], tuple[str, ...]]:
     """The text's lines, as it is decoded, and a remark when a byte-order mark chose the encoding.
     `universal`: lines end at \\n, \\r\\n or \\r and keep their ending (what csv needs: io's newline="");
-    otherwise they end at \\n alone and lose it (a JSON string may hold \\r or U+2028)."""
+    otherwise they end at \\n alone and lose it (a JSON string may hold \\r or U+2028).
+    Not `strict`: UTF-8 text decodes whatever it holds (see `undecoded`)."""
     head = binary.peek(4)[:4]
     bom, codec, label = next(((b, c, n) for b, c, n in BOMS if head.startswith(b)), (b"", "utf-8", None))
     binary.read(len(bom))
     remarks = (f"decoded as {label} (byte-order mark)",) if label not in (None, "UTF-8") else ()
-    return _lines(_decoded(binary, kind, codec, bom, label), universal), remarks
+    # Only UTF-8 is read leniently: surrogateescape stands in for bytes from 0x80 up, and those are all the bytes
+    # UTF-8 refuses (UTF-16 refuses lower ones too).
+    errors = "strict" if strict or codec != "utf-8" else "surrogateescape"
+    return _lines(_decoded(binary, kind, codec, bom, label, errors), universal), remarks
 
 
-def _decoded(binary: io.BufferedReader, kind: str, codec: str, bom: bytes, label: str | None) -> Iterator[str]:
+def undecoded(line: str) -> UnicodeDecodeError | None:
+    """Leniently decoded, the error a line's bytes give when decoded alone as UTF-8; None for a line of text."""
+    if ESCAPED.search(line) is None:  # UTF-8 that decodes never yields a lone surrogate
+        return None
+    try:
+        line.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc
+    return None
+
+
+def up_to_undecoded(lines: Iterator[str], kind: str) -> Iterator[str]:
+    """Leniently decoded lines up to the first that was not UTF-8, where BadFile stops the file (as a strict read
+    would have refused it): for a format whose rows may span lines, such as CSV."""
+    for number, line in enumerate(lines, 1):
+        if (exc := undecoded(line)) is not None:
+            raise BadFile(f"unreadable {kind} file: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                          f"{number}); save it as UTF-8")
+        yield line
+
+
+def _decoded(binary: io.BufferedReader, kind: str, codec: str, bom: bytes, label: str | None,
+             errors: str) -> Iterator[str]:
     """Text in pieces; a byte that does not decode is named by its place, counted as in the whole file."""
-    decoder = codecs.getincrementaldecoder(codec)("strict")
+    decoder = codecs.getincrementaldecoder(codec)(errors)
     done = newlines = 0  # bytes after the mark decoded so far, and the line breaks among them
     first = b""
     while True:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kaizen.tasks.formats.parse import BadFile, ColumnsGrew, read_chunks
+from kaizen.tasks.formats.reader import BadFile, ColumnsGrew, read_chunks
 from kaizen.tasks.ingest import landing
 from kaizen.tasks.ingest.dedup import FileKeys
 from kaizen.tasks.ingest.ledger import FileRecord, Ledger

@@ -121,10 +121,12 @@ class Ledger:
         """The file, its keys (streamed: a large file's do not fit in memory) and its delivery, in one commit.
         `attach`: a SQLite file and a query over it (as schema `incoming`) yielding the same keys and rows; a
         SQLite ledger copies them SQLite to SQLite, ten million keys never crossing into Python one by one."""
-        copied = attach is not None and isinstance(self._db, databases.SQLite)
+        # (the SQLite ledger, the file, the query) when copied SQLite to SQLite, else None
+        copied = (self._db, *attach) if attach is not None and isinstance(self._db, databases.SQLite) else None
         with ExitStack() as stack:
             if copied:
-                stack.enter_context(self._db.attached(attach[0], "incoming"))
+                ledger_db, attached_file, _ = copied
+                stack.enter_context(ledger_db.attached(attached_file, "incoming"))
             with self.transaction() as db:
                 db.execute(
                     "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
@@ -133,7 +135,7 @@ class Ledger:
                      record.rows_quarantined),
                 )
                 if copied:
-                    db.execute(f"INSERT INTO row_keys (key, sha256, row) SELECT k, ?, r FROM ({attach[1]})",
+                    db.execute(f"INSERT INTO row_keys (key, sha256, row) SELECT k, ?, r FROM ({copied[2]})",
                                (record.sha256,))
                 else:
                     db.executemany("INSERT INTO row_keys VALUES (?,?,?)",

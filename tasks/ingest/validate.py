@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from kaizen.tasks.formats.parse import Chunk, RawRow, encodable, plain, short
+from kaizen.tasks.formats.reader import Chunk, RawRow, encodable, plain, short
 from kaizen.tasks.formats.text import text_key
 from kaizen.tasks.ingest.dedup import FileKeys
 from kaizen.tasks.ingest.ledger import Ledger
@@ -70,12 +70,13 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
 
     candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
     quarantined: list[dict] = []
-    for i, row in enumerate(chunk.rows, chunk.start):
-        text, label = row.record[settings.text_column], mapped(row.record[settings.label_column], settings.label_map)
-        reason = row.problem or row_problem(text, label, settings)
-        if reason:
-            quarantined.append({"row": i, "reason": reason, "record": _raw(row)})
+    for i, raw in enumerate(chunk.rows, chunk.start):
+        text, label = raw.record[settings.text_column], mapped(raw.record[settings.label_column], settings.label_map)
+        problem = raw.problem or row_problem(text, label, settings)
+        if problem:
+            quarantined.append({"row": i, "reason": problem, "record": _raw(raw)})
         else:
+            assert isinstance(label, str), "row_problem passes only a label of data.labels"
             candidates.append((i, text, label, text_key(text)))
 
     keys = [key for *_, key in candidates]

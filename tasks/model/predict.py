@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -102,8 +103,8 @@ def classify(tokenizer, net, texts: Sequence[object], *, max_length: int, lowerc
     import pandas as pd
 
     reasons = [unusable(text, lowercase) for text in texts]
-    usable = [i for i, reason in enumerate(reasons) if reason is None]
-    probs = probabilities(tokenizer, net, [normalize_text(texts[i], lowercase) for i in usable],
+    usable = [i for i, reason in enumerate(reasons) if reason is None]  # strings: `unusable` said so
+    probs = probabilities(tokenizer, net, [normalize_text(cast(str, texts[i]), lowercase) for i in usable],
                           max_length=max_length, batch_size=batch_size, progress=progress)
     labels = [net.config.id2label[i] for i in range(net.config.num_labels)]
     # Object columns: a row without a label has None (JSON null, Parquet null), not NaN, as its probabilities.

@@ -28,7 +28,8 @@ class TextClassifier(PythonModel):
         from kaizen.tasks.model.predict import classify
 
         if isinstance(model_input, pd.DataFrame):
-            texts = model_input[self.config["text_column"]].tolist()
+            column: str = self.config["text_column"]
+            texts = model_input[column].tolist()
         elif isinstance(model_input, str):
             texts = [model_input]
         else:

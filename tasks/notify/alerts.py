@@ -11,19 +11,21 @@ pauses and edits them like any other.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from kaizen.tasks.notify import events
+from kaizen.tasks.notify.events import APPROVAL, DRIFT, FAILED, PROMOTED, REJECTED, SUSPECT
+from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.workspace.layout import Workspace
 
-PROMOTED = "kaizen.champion.promoted"
-REJECTED = "kaizen.challenger.rejected"
-DRIFT = "kaizen.drift.detected"
-SUSPECT = "kaizen.batch.suspect"
-FAILED = "kaizen.iteration.failed"  # emitted where an iteration fails (failed batches, issue 11)
-APPROVAL = "kaizen.approval.requested"  # tasks/evaluation/approval.py
+if TYPE_CHECKING:
+    from kaizen.tasks.registry.record import Iteration
+
+# The events people hear about (events.py names them; FAILED is emitted by tasks/operate/failures.py, APPROVAL by
+# tasks/evaluation/approval.py), each with what its automation is called.
 ALERTS = {PROMOTED: "champion promoted", REJECTED: "challenger rejected", DRIFT: "drift detected",
           SUSPECT: "suspect batch", FAILED: "iteration failed", APPROVAL: "approval requested"}
-BY_DECISION = {"promoted": PROMOTED, "rejected": REJECTED, "suspect": SUSPECT}
+BY_DECISION = {Decision.PROMOTED: PROMOTED, Decision.REJECTED: REJECTED, Decision.SUSPECT: SUSPECT}
 # What each automation sends: the event's own message, or (an event without one) its name and payload.
 BODY = ("{% if event.payload.message %}{{ event.payload.message }}{% else %}*kaizen · {{ event.resource.name }}*: "
         "{{ event.event }} {{ event.payload | tojson }}{% endif %}")
@@ -79,7 +81,6 @@ def decision_alert(ws: Workspace, summary) -> tuple[str, dict] | None:
     if event is None or summary.batch is None:
         return None
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.registry.record import TAG
 
     previous = None
     if event == PROMOTED and summary.challenger_version:  # the champion it replaced is the one it started from
@@ -94,7 +95,7 @@ def decision_alert(ws: Workspace, summary) -> tuple[str, dict] | None:
     return event, {**payload, "message": decision_message(event, payload)}
 
 
-def drift_alert(ws: Workspace, it, drift) -> tuple[str, dict] | None:
+def drift_alert(ws: Workspace, it: Iteration, drift) -> tuple[str, dict] | None:
     """The event that tells the new batch drifted from the champion's training data (tasks.check.DriftResult)."""
     if drift is None or not drift.drifted:
         return None
@@ -128,7 +129,7 @@ def announce_decision(ws: Workspace, summary) -> str | None:
     return announce(ws, decision_alert(ws, summary))
 
 
-def announce_drift(ws: Workspace, it, drift) -> str | None:
+def announce_drift(ws: Workspace, it: Iteration, drift) -> str | None:
     return announce(ws, drift_alert(ws, it, drift))
 
 

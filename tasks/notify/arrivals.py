@@ -15,12 +15,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from kaizen.tasks.notify import events
-from kaizen.tasks.notify.events import NoServerError, resource
+from kaizen.tasks.notify.events import ARRIVED, NoServerError, resource
 from kaizen.tasks.workspace.files import write_atomically
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.redact import redact
-
-ARRIVED = "kaizen.data.arrived"
 
 
 def trigger_spec(ws: Workspace) -> dict:

@@ -1,15 +1,33 @@
 """Events: what the loop tells the Prefect server, each about the workspace as a Prefect resource.
 
-`kaizen.data.arrived` (tasks/notify/arrivals.py) starts a deployed run; the loop's own events (`kaizen.champion.promoted`,
+This module is the catalogue of every event kaizen emits or listens to, by name (below): `kaizen.data.arrived`
+(tasks/notify/arrivals.py) starts a deployed run; the loop's own events (`kaizen.champion.promoted`,
 `kaizen.challenger.rejected`, `kaizen.batch.suspect`, `kaizen.iteration.failed`, ...) say what it did, for
-automations and people. Each is sent with a plain HTTP POST, so the server has it when `emit` returns (Prefect's
-websocket client sends in the background and can lose the last events of a process that exits).
+automations and people (tasks/notify/alerts.py). Each is sent with a plain HTTP POST, so the server has it when
+`emit` returns (Prefect's websocket client sends in the background and can lose the last events of a process
+that exits). The names are stored on the Prefect server (its events, triggers and automations): they never change.
 """
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
+from kaizen.tasks.runtime import zombies
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.redact import redact
+
+# kaizen's own events.
+ARRIVED = "kaizen.data.arrived"  # new files in the landing zone: starts the deployed loop (arrivals.py)
+PROMOTED = "kaizen.champion.promoted"  # the alerts (alerts.py), one per kind
+REJECTED = "kaizen.challenger.rejected"
+DRIFT = "kaizen.drift.detected"
+SUSPECT = "kaizen.batch.suspect"
+FAILED = "kaizen.iteration.failed"  # every failed attempt at a batch (tasks/operate/failures.py)
+APPROVAL = "kaizen.approval.requested"  # a challenger waits for a person (tasks/evaluation/approval.py)
+# Prefect's own, which the automation that marks silent runs Crashed listens to: named in tasks/runtime/zombies.py,
+# which sits below this wing and uses them, and listed here so that this catalogue is whole.
+FLOW_RUN_HEARTBEAT = zombies.HEARTBEAT
+FLOW_RUN_ENDED = zombies.ENDED
 
 
 class NoServerError(RuntimeError):
@@ -32,6 +50,10 @@ def _server_known(ws: Workspace) -> bool:
     return FlowRunContext.get() is not None
 
 
+@overload
+def emit(ws: Workspace, event: str, payload: dict, required: Literal[True]) -> str: ...
+@overload
+def emit(ws: Workspace, event: str, payload: dict, required: bool = False) -> str | None: ...
 def emit(ws: Workspace, event: str, payload: dict, required: bool = False) -> str | None:
     """Send `event` about the workspace with `payload`. Returns its id; None when there is no server to hear it
     and the event is not `required` (a required one raises NoServerError instead)."""

@@ -1,0 +1,1 @@
+"""What an operator does and reads: history and status, rollback and reproduce, failures, recovery, the demo."""

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.notify import events
+from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.redact import redact
 
-FAILED_EVENT = "kaizen.iteration.failed"
 logger = logging.getLogger(__name__)
 # Run ids, hashes and addresses differ between attempts that fail for one reason: they do not make errors differ.
 _VOLATILE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b|\b[0-9a-f]{12,}\b|0x[0-9a-f]+")
@@ -71,7 +71,7 @@ def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAtte
         in_a_row, _, _ = ledger.failures_in_a_row(batch_id)
         set_aside = counted and in_a_row >= limit
         if set_aside:
-            ledger.set_status(batch_id, "failed", "failed")
+            ledger.set_status(batch_id, "failed", Decision.FAILED)
     if set_aside:
         _move(ws.batch_file(batch_id), ws.failed_dir / ws.batch_file(batch_id).name)
     if counted:  # the tracking server answers: close the attempt's run, marked with its error
@@ -86,7 +86,7 @@ def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAtte
             f"`kaizen batch retry {batch_id}`") if set_aside else (
         f"attempt {in_a_row} of {limit} with this error" if counted else "a server could not be reached: not counted")
     logger.error("%s: iteration failed: %s (%s)", batch_id, error, what)
-    events.emit(ws, FAILED_EVENT, {"batch": batch_id, "error": error, "counted": counted, "in_a_row": in_a_row,
+    events.emit(ws, events.FAILED, {"batch": batch_id, "error": error, "counted": counted, "in_a_row": in_a_row,
                                    "max_failed_attempts": limit, "batch_status": "failed" if set_aside else "pending"})
     return attempt
 
@@ -95,14 +95,14 @@ def _close_runs(ws: Workspace, batch_id: str, error: str) -> None:
     """The open, undecided runs of this workspace's attempts at `batch_id` end FAILED with the error (the next
     attempt's recovery labels them orphaned)."""
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.registry.record import TAG, in_workspace
+    from kaizen.tasks.registry.record import in_workspace
 
     client = tracking.connect(ws)
     runs = client.search_runs([tracking.experiment_id(client, ws)], max_results=100,
                               filter_string=f"tags.`{TAG['batch']}` = '{batch_id}' and attributes.status = 'RUNNING'")
     for run in runs:
         if in_workspace(run, ws) and not run.data.tags.get(TAG["decision"]):
-            tracking.set_tags(client, run.info.run_id, {"kaizen.error": error})
+            tracking.set_tags(client, run.info.run_id, {TAG["error"]: error})
             client.set_terminated(run.info.run_id, "FAILED")
 
 

@@ -9,23 +9,25 @@ from pathlib import Path
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.operate.failures import failed_batches
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG, IterationSummary, batches_seen, decided_runs, summary_from_run
+from kaizen.tasks.registry.record import IterationSummary, batches_seen, decided_runs, summary_from_run
+from kaizen.tasks.registry.tags import TAG, Decision
+from kaizen.tasks.workspace.layout import Workspace
 
 
-def history(ws) -> list[IterationSummary]:
+def history(ws: Workspace) -> list[IterationSummary]:
     """Every decided iteration (and rollback), oldest first, read back from the MLflow runs; then every batch set
     aside as failed, with its error (tasks/operate/failures.py)."""
     decided = [summary_from_run(run, ws.settings.gate.metric) for run in decided_runs(ws)]
     return decided + [failed_summary(ws, f) for f in failed_batches(ws)]
 
 
-def failed_summary(ws, failed: dict) -> IterationSummary:
+def failed_summary(ws: Workspace, failed: dict) -> IterationSummary:
     with Ledger(ws.ledger_db) as ledger:
         files = [f for f in ledger.files() if f.batch_id == failed["batch"]]
     return IterationSummary(
         batch=failed["batch"], files=len(files), rows_accepted=sum(f.rows_accepted for f in files),
         rows_quarantined=sum(f.rows_quarantined for f in files), drift_share=None, champion_score=None,
-        challenger_score=None, decision="failed", champion_version=None,
+        challenger_score=None, decision=Decision.FAILED, champion_version=None,
         reasons=[f"{failed['error']} ({failed['attempts']} attempts in a row, the last at {failed['failed_at']}); "
                  f"set aside: fix the cause, then `kaizen batch retry {failed['batch']}`"])
 
@@ -34,7 +36,7 @@ def _score(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def as_markdown(summary: IterationSummary, ws, ui_url: str = "http://127.0.0.1:5000") -> str:
+def as_markdown(summary: IterationSummary, ws: Workspace, ui_url: str = "http://127.0.0.1:5000") -> str:
     """The iteration's summary for a Prefect artifact, with a link to its run in the MLflow UI."""
     link = tracking.run_url(ws, summary.run_id, ui_url)
     reasons = "\n".join(f"- {r}" for r in summary.reasons)
@@ -49,7 +51,7 @@ def as_markdown(summary: IterationSummary, ws, ui_url: str = "http://127.0.0.1:5
     )
 
 
-def run_markdown(summary: IterationSummary, ws, files: list[str]) -> str:
+def run_markdown(summary: IterationSummary, ws: Workspace, files: list[str]) -> str:
     """The Prefect artifact of one flow run: the iteration's summary linked to the workspace's MLflow UI (the
     tracking server when one is used), or what was collected when no batch was ready; and what started it."""
     if summary.batch:
@@ -64,7 +66,7 @@ def run_markdown(summary: IterationSummary, ws, files: list[str]) -> str:
     return text
 
 
-def _model_state(client, ws, alias: str) -> dict | None:
+def _model_state(client, ws: Workspace, alias: str) -> dict | None:
     ref = tracking.model_by_alias(client, ws.settings.model.registered_name, alias)
     if ref is None:
         return None
@@ -79,7 +81,7 @@ def _model_state(client, ws, alias: str) -> dict | None:
     }
 
 
-def workspace_status(ws) -> dict:
+def workspace_status(ws: Workspace) -> dict:
     """Everything `kaizen status --json` prints: models, batches, and what waits to be ingested."""
     from kaizen.tasks.ingest.collect import landed_files
 

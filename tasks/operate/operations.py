@@ -1,4 +1,4 @@
-"""Operating the registry: roll the champion back, reproduce a version's training data, read texts to predict.
+"""Operating the registry: roll the champion back, reproduce a version's training data, overrule a batch's trust.
 
 A rollback is one alias move (the commit point), recorded with who, when and why on the model versions and
 on a run of its own, so the MLflow UI shows it beside the iterations.
@@ -12,11 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from kaizen.tasks.ingest.ledger import now
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG, ForeignModel, claim_model
+from kaizen.tasks.registry.record import ForeignModel, claim_model
+from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.workspace.layout import Workspace, hold
 
 
@@ -68,7 +67,7 @@ def _rollback(ws: Workspace, reason: str, to: str | None) -> Rollback:
     tracking.tag_version(client, name, target.version, record)
     tracking.tag_version(client, name, current.version, {TAG["rolled_back"]: f"{when} by {who}: {reason}"})
     run = client.create_run(tracking.experiment_id(client, ws), run_name=f"rollback-v{current.version}-to-v"
-                            f"{target.version}", tags={**record, TAG["decision"]: "rollback",
+                            f"{target.version}", tags={**record, TAG["decision"]: Decision.ROLLBACK,
                                                        TAG["workspace"]: ws.workspace_id})
     client.set_terminated(run.info.run_id, "FINISHED")
     return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
@@ -95,7 +94,7 @@ def set_batch_trust(ws: Workspace, batch_id: str, trusted: bool, reason: str) ->
         if record is None:
             known = ", ".join(b.batch_id for b in ledger.batches()) or "none yet"
             raise OperationError(f"no batch {batch_id!r} (batches: {known})")
-        requeue = trusted and record.status == "done" and record.decision == SUSPECT
+        requeue = trusted and record.status == "done" and record.decision == Decision.SUSPECT
         ledger.set_trust(batch_id, TRUSTED if trusted else SUSPECT, reason, f"operator {getpass.getuser()} at {now()}",
                          requeue=requeue)
     if requeue:
@@ -140,23 +139,3 @@ def reproduce(ws: Workspace, version: str, dest: Path | None = None, remote: str
                                      f"{entry['md5']}")
     return data, data_version.prepared_md5
 
-
-def read_texts(path: Path, text_column: str) -> pd.DataFrame:
-    """Texts to label: a CSV, JSON Lines or Parquet file (files.FORMATS) with the text column, or any other file
-    as plain text, one text per line."""
-    from kaizen.tasks.workspace.files import FORMATS
-
-    kind = FORMATS.get(path.suffix.lower())
-    if kind == "csv":
-        frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
-    elif kind == "jsonl":  # a .json file may hold one array of objects instead of lines
-        array = path.read_text(encoding="utf-8").lstrip().startswith("[")
-        frame = pd.read_json(path, lines=not array, dtype=False)
-    elif kind == "parquet":
-        frame = pd.read_parquet(path)
-    else:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        frame = pd.DataFrame({text_column: lines})
-    if text_column not in frame.columns:
-        raise OperationError(f"{path}: no column {text_column!r} (columns: {list(frame.columns)})")
-    return frame

@@ -11,18 +11,20 @@ Moving the `champion` alias is the single commit point of an iteration. So, for 
 from __future__ import annotations
 
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import ORPHANED, TAG, IterationSummary, close_iteration, in_workspace
+from kaizen.tasks.registry.record import IterationSummary, close_iteration, in_workspace
+from kaizen.tasks.registry.tags import TAG, Decision
+from kaizen.tasks.workspace.layout import Workspace
 
 
-def _attempts(client, ws, batch_id: str) -> list:
+def _attempts(client, ws: Workspace, batch_id: str) -> list:
     """Runs of earlier attempts at `batch_id` (the ledger says it is pending) in this workspace, orphans already
     labelled aside: another workspace's batch of the same name on the same tracking server is never touched."""
     runs = client.search_runs([tracking.experiment_id(client, ws)],
                               filter_string=f"tags.`{TAG['batch']}` = '{batch_id}'", max_results=100)
-    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED and in_workspace(run, ws)]
+    return [run for run in runs if run.data.tags.get(TAG["decision"]) != Decision.ORPHANED and in_workspace(run, ws)]
 
 
-def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
+def recover_interrupted(ws: Workspace, batch_id: str) -> IterationSummary | None:
     """Complete a decided attempt at `batch_id` (returning its summary), or label its orphans (None)."""
     client = tracking.connect(ws)
     name = ws.settings.model.registered_name
@@ -32,21 +34,22 @@ def recover_interrupted(ws, batch_id: str) -> IterationSummary | None:
     champion = tracking.model_by_alias(client, name, tracking.CHAMPION)
     for run in attempts:
         if champion is not None and champion.run_id == run.info.run_id:
-            return _complete(client, ws, batch_id, run, "promoted", champion.version)
+            return _complete(client, ws, batch_id, run, Decision.PROMOTED, champion.version)
     for run in attempts:  # the gate refused and said so; only the ledger was not told
-        if run.data.tags.get(TAG["decision"]) == "rejected":
-            return _complete(client, ws, batch_id, run, "rejected", champion.version if champion else None)
+        if run.data.tags.get(TAG["decision"]) == Decision.REJECTED:
+            return _complete(client, ws, batch_id, run, Decision.REJECTED, champion.version if champion else None)
     for run in attempts:
         for mv in client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'"):
             tracking.tag_version(client, name, str(mv.version), {
-                TAG["decision"]: ORPHANED,
+                TAG["decision"]: Decision.ORPHANED,
                 TAG["reasons"]: "its iteration was killed before the gate decided; never promoted"})
-        tracking.set_tags(client, run.info.run_id, {TAG["decision"]: ORPHANED})
+        tracking.set_tags(client, run.info.run_id, {TAG["decision"]: Decision.ORPHANED})
         client.set_terminated(run.info.run_id, "KILLED")
     return None
 
 
-def _complete(client, ws, batch_id: str, run, decision: str, champion_version: str | None) -> IterationSummary:
+def _complete(client, ws: Workspace, batch_id: str, run, decision: Decision,
+              champion_version: str | None) -> IterationSummary:
     """The gate had decided (and a promotion's alias had moved) before the kill: write the record where the
     killed attempt did not get to, and close the batch."""
     reasons = run.data.tags.get(TAG["gate_reasons"], f"{decision} before the iteration was killed")
@@ -57,6 +60,6 @@ def _complete(client, ws, batch_id: str, run, decision: str, champion_version: s
                                                 TAG["recovered"]: f"{decision}: completed after a kill"})
     parent = run.data.tags.get(TAG["parent_version"])
     name = ws.settings.model.registered_name
-    if decision == "promoted" and parent and tracking.model_by_alias(client, name, tracking.PREVIOUS) is None:
+    if decision == Decision.PROMOTED and parent and tracking.model_by_alias(client, name, tracking.PREVIOUS) is None:
         client.set_registered_model_alias(name, tracking.PREVIOUS, parent)  # killed between the alias moves
     return close_iteration(ws, batch_id, run.info.run_id, decision, challenger)

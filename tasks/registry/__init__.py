@@ -1,0 +1,1 @@
+"""MLflow: model versions and aliases, the record of an iteration, every tag and decision, lineage."""

@@ -10,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from kaizen.tasks.registry.record import score_metric
+from kaizen.tasks.registry.tags import MLFLOW_TAG
 from kaizen.tasks.registry.tracking import log_metrics
 
 
 def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: str, source: Path) -> None:
     """Each frame as an MLflow dataset input of the run (named by batch and split, digest of its content); its
     source is the DVC-tracked folder it was read from (the run's `kaizen.data_version` tag names the version)."""
-    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas  # what mlflow.data.from_pandas is, set there at import
     from mlflow.entities import DatasetInput, InputTag
 
     inputs = []
@@ -26,8 +27,8 @@ def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: 
             # A logged frame's schema is a record, never enforced on inputs: its hint about integer columns
             # (the judged rows' numbers) does not apply.
             warnings.filterwarnings("ignore", message=r"\s*Hint: Inferred schema contains integer column")
-            entity = mlflow.data.from_pandas(frame, source=str(source), name=name, targets="label")._to_mlflow_entity()
-        inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
+            entity = from_pandas(frame, source=str(source), name=name, targets="label")._to_mlflow_entity()
+        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_TAG["data_context"], context)]))
     client.log_inputs(run_id, datasets=inputs)
 
 

@@ -1,9 +1,10 @@
 """record: what one iteration of the loop did, kept in one place.
 
 An iteration is an MLflow run (`iteration-<batch>`) plus the ledger's row for its batch. This module owns
-both ends: the names of its tags and metrics, its start (params, lineage tags, the dvc.lock of its data), its
-close (the ledger, the batch's row counts, `summary.json`) and the summary read back from the run, which is
-the one record that `kaizen history`, the flow's return value and the recovery of a killed attempt share.
+both ends: the names of its metrics (its tags and decisions are named in tasks/registry/tags.py), its start
+(params, lineage tags, the dvc.lock of its data), its close (the ledger, the batch's row counts, `summary.json`)
+and the summary read back from the run, which is the one record that `kaizen history`, the flow's return value
+and the recovery of a killed attempt share.
 MLflow has no parent-model field and no tie to DVC, so the lineage is kept as `kaizen.*` tags.
 """
 
@@ -16,43 +17,12 @@ from pathlib import Path
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.tags import MLFLOW_TAG, TAG, Decision
+from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.redact import redact, redact_value
 
-# Lineage and decision tags, on the model version and on the iteration's run.
-TAG = {
-    "batch": "kaizen.batch",
-    "batches_seen": "kaizen.batches_seen",
-    "parent_version": "kaizen.parent_version",
-    "data_version": "kaizen.data_version",
-    "accepted_md5": "kaizen.accepted_md5",
-    "code_commit": "kaizen.code_commit",
-    "code_version": "kaizen.code_version",
-    "params_hash": "kaizen.params_hash",
-    "flow_run_id": "kaizen.prefect_flow_run_id",
-    # Which workspace a run, a model version or the registered model belongs to (one tracking server, many loops).
-    "workspace": "kaizen.workspace",
-    "decision": "kaizen.decision",
-    "reasons": "kaizen.decision_reasons",
-    # On the run only: what the gate said before the alias moved (a kill after it is completed from these).
-    "gate_reasons": "kaizen.gate_reasons",
-    "challenger_version": "kaizen.challenger_version",
-    "champion_version": "kaizen.champion_version",
-    "recovered": "kaizen.recovered",
-    "start": "kaizen.start",
-    "device": "kaizen.device",
-    "remarks": "kaizen.remarks",  # what the screening of the batch noticed without stopping it
-    "merge_alpha": "kaizen.merge_alpha",
-    # An operator's rollback: on the restored version, the replaced one, and a run of its own.
-    "rollback_from": "kaizen.rollback.from",
-    "rollback_to": "kaizen.rollback.to",
-    "rollback_reason": "kaizen.rollback.reason",
-    "rollback_by": "kaizen.rollback.by",
-    "rollback_at": "kaizen.rollback.at",
-    "rolled_back": "kaizen.rolled_back",
-}
 BATCH_METRICS = ("batch.files", "batch.rows_accepted", "batch.rows_quarantined")
 DRIFT_SHARE = "drift.share"
-ORPHANED = "orphaned"  # the decision of a killed attempt, redone by a later run
 SETTINGS_FILE = "settings.json"  # every setting of the iteration, whole (a param longer than MLflow takes is cut)
 LOOP_RUN = "kaizen-loop"  # the parent run that groups every iteration of one workspace
 
@@ -89,7 +59,7 @@ def code_identity() -> tuple[str, str]:
     return (head + ("+dirty" if dirty else "") if head else version), version
 
 
-def params_hash(ws) -> str:
+def params_hash(ws: Workspace) -> str:
     return hashlib.sha256(ws.params_file.read_bytes()).hexdigest()[:16]
 
 
@@ -101,14 +71,14 @@ class Iteration:
     run_id: str
     data_version: str
     accepted_md5: str
-    champion: object | None  # tracking.ModelRef of the champion when the iteration started
+    champion: tracking.ModelRef | None  # the champion when the iteration started
     batches: tuple[str, ...]  # every batch up to and including this one
     flow_run_id: str
     loop_run_id: str  # the parent run that groups the workspace's iterations
     lineage: dict[str, str] = field(default_factory=dict)  # the lineage tags, on the run and on its model version
 
 
-def lineage_tags(ws, batch_id: str, data_version, champion, flow_run_id: str) -> dict[str, str]:
+def lineage_tags(ws: Workspace, batch_id: str, data_version, champion, flow_run_id: str) -> dict[str, str]:
     """Where a model comes from: its batch, its data version, its parent model, the code and params."""
     commit, version = code_identity()
     return {TAG["batch"]: batch_id, TAG["data_version"]: data_version.prepared_md5,
@@ -122,7 +92,7 @@ class ForeignModel(RuntimeError):
     """The registered model belongs to another workspace on the same tracking server."""
 
 
-def claim_model(client, ws) -> None:
+def claim_model(client, ws: Workspace) -> None:
     """Make sure the registered model is this workspace's: created here with the workspace's tag, or tagged now when
     it has none (made before the tag existed). Another workspace's model is refused: two loops moving one champion
     alias would undo each other."""
@@ -147,25 +117,26 @@ def claim_model(client, ws) -> None:
             f"KAIZEN_WORKSPACE_ID={owner}")
 
 
-def in_workspace(run, ws) -> bool:
+def in_workspace(run, ws: Workspace) -> bool:
     """A run of this workspace (runs made before runs were tagged with one count as this workspace's)."""
     return run.data.tags.get(TAG["workspace"], ws.workspace_id) == ws.workspace_id
 
 
-def loop_run_id(client, experiment_id: str, ws) -> str:
+def loop_run_id(client, experiment_id: str, ws: Workspace) -> str:
     """The workspace's parent run (created once): iteration runs nest under it."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{LOOP_RUN}'",
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_TAG['run_name']}` = '{LOOP_RUN}'",
                               max_results=100, order_by=["attributes.start_time ASC"])
     mine = [run for run in runs if in_workspace(run, ws)]
     if mine:
         return mine[0].info.run_id
     return client.create_run(experiment_id, run_name=LOOP_RUN, tags={
         TAG["workspace"]: ws.workspace_id,
-        "mlflow.note.content": "kaizen: every iteration of this workspace's loop is a child run; the metrics "
-                               "here chart the champion's score on each batch over iterations."}).info.run_id
+        MLFLOW_TAG["note"]: "kaizen: every iteration of this workspace's loop is a child run; the metrics "
+                            "here chart the champion's score on each batch over iterations."}).info.run_id
 
 
-def start_iteration(ws, batch_id: str, batches: list[str], data_version, flow_run_id: str = "") -> Iteration:
+def start_iteration(ws: Workspace, batch_id: str, batches: list[str], data_version,
+                    flow_run_id: str = "") -> Iteration:
     """Open the iteration's MLflow run with its params, lineage tags and the dvc.lock that names its data."""
     client = tracking.connect(ws)
     claim_model(client, ws)
@@ -174,7 +145,7 @@ def start_iteration(ws, batch_id: str, batches: list[str], data_version, flow_ru
     loop_run = loop_run_id(client, experiment, ws)
     lineage = lineage_tags(ws, batch_id, data_version, champion, flow_run_id)
     run = client.create_run(experiment, run_name=f"iteration-{batch_id}",
-                            tags={"mlflow.parentRunId": loop_run, **lineage})
+                            tags={MLFLOW_TAG["parent_run"]: loop_run, **lineage})
     # credentials in a URL (storage.landing) masked, in the params and in the settings file alike
     settings = {section: {k: redact_value(v) for k, v in values.items()}
                 for section, values in ws.settings.model_dump(mode="json").items()}
@@ -195,7 +166,7 @@ class IterationSummary:
     drift_share: float | None
     champion_score: float | None  # the gate's metric on the new batch's test split
     challenger_score: float | None
-    decision: str  # promoted, rejected, skipped or "no new data"
+    decision: str  # a Decision: promoted, rejected, suspect, skipped, "no new data", failed or rollback
     reasons: list[str]
     champion_version: str | None
     challenger_version: str | None = None
@@ -220,7 +191,8 @@ def summary_from_run(run, metric: str) -> IterationSummary:
         challenger_version=tags.get(TAG["challenger_version"]) or None, run_id=run.info.run_id)
 
 
-def close_iteration(ws, batch_id: str, run_id: str, decision: str, model_version: str | None) -> IterationSummary:
+def close_iteration(ws: Workspace, batch_id: str, run_id: str, decision: str,
+                    model_version: str | None) -> IterationSummary:
     """Close the batch in the ledger and the run in MLflow, once the decision is recorded on the run; the summary
     is what the iteration did."""
     with Ledger(ws.ledger_db) as ledger:
@@ -235,10 +207,10 @@ def close_iteration(ws, batch_id: str, run_id: str, decision: str, model_version
     return summary
 
 
-def decided_runs(ws) -> list:
+def decided_runs(ws: Workspace) -> list:
     """Every run that recorded a decision (iterations, rollbacks), oldest first; killed attempts, redone by a
     later run, are left out."""
     client = tracking.connect(ws)
     runs = client.search_runs([tracking.experiment_id(client, ws)], filter_string=f"tags.`{TAG['decision']}` != ''",
                               order_by=["attributes.start_time ASC"], max_results=10000)
-    return [run for run in runs if run.data.tags.get(TAG["decision"]) != ORPHANED and in_workspace(run, ws)]
+    return [run for run in runs if run.data.tags.get(TAG["decision"]) != Decision.ORPHANED and in_workspace(run, ws)]

@@ -1,25 +1,22 @@
 """The MLflow side of kaizen: the tracking store, model versions and their aliases, and batched logging.
 
 Moving the `champion` alias is the single commit point of a promotion. What an iteration records (its tags
-and metrics) is `tasks/registry/record.py`'s.
+and metrics) is `tasks/registry/record.py`'s; the tags' names, `tasks/registry/tags.py`'s.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kaizen.tasks.workspace import environment
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.layout import Workspace, is_server
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
-# The MLflow settings kaizen put in the environment, recorded there too: a child process inherits both, so it
-# tells them from the user's own and applies its own workspace's values (params.yaml may have changed since).
-SET_BY_KAIZEN = "KAIZEN_MLFLOW_SETTINGS"
 
 
 @dataclass(frozen=True)
@@ -34,17 +31,10 @@ def connect(ws: Workspace):
     import mlflow
     from mlflow import MlflowClient
 
-    # set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ, where Workspace.tracking_uri would
-    # then take it for the user's own choice: every workspace opened later in this process would use this store.
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    mlflow.set_registry_uri(ws.tracking_uri)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    apply_tracking_retries(ws)
+    with environment.kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_tracking_uri writes them there
+        mlflow.set_tracking_uri(ws.tracking_uri)
+        mlflow.set_registry_uri(ws.tracking_uri)
+    environment.apply_tracking_retries(ws)  # the retries of the workspace this client is for
     client = MlflowClient(ws.tracking_uri, ws.tracking_uri)
     if client.get_experiment_by_name(ws.settings.mlflow.experiment) is None:
         if is_server(ws.tracking_uri):
@@ -57,27 +47,6 @@ def connect(ws: Workspace):
                 root = Path(root).as_uri()
             client.create_experiment(ws.settings.mlflow.experiment, artifact_location=root)
     return client
-
-
-def tracking_retry_env(ws: Workspace) -> dict[str, str]:
-    """MLflow's own retry settings for requests to a tracking server, from `operations`: the loop's one retry
-    layer (no Prefect retries on top), so every MLflow call, inside training and the checks too, rides out a
-    tracking server that restarts, and gives up after a bounded wait (retry_wait_seconds)."""
-    ops = ws.settings.operations
-    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(ops.tracking_retries),
-            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(ops.tracking_backoff_seconds),
-            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(ops.tracking_timeout_seconds)}
-
-
-def apply_tracking_retries(ws: Workspace) -> None:
-    """Put `tracking_retry_env` in os.environ, where MLflow reads it at every request. A value the user set wins;
-    one kaizen set, in this process or in the one that started it, is replaced."""
-    ours = json.loads(os.environ.get(SET_BY_KAIZEN) or "{}")
-    for key, value in tracking_retry_env(ws).items():
-        if os.environ.get(key, ours.get(key)) == ours.get(key):  # unset, or still kaizen's
-            os.environ[key] = ours[key] = value
-    os.environ[SET_BY_KAIZEN] = json.dumps(ours, sort_keys=True)
 
 
 def retry_wait_seconds(retries: int, backoff: float, jitter: float = 1.0, cap: float = 120.0) -> float:
@@ -289,7 +258,7 @@ def swap_champion(client, name: str, version: str, former: ModelRef | None) -> s
     return former.version if former else None
 
 
-def run_url(ws, run_id: str | None, ui_url: str | None = None) -> str:
+def run_url(ws: Workspace, run_id: str | None, ui_url: str | None = None) -> str:
     """Where the MLflow UI shows the run (the workspace's tracking server, or where `kaizen ui` serves it)."""
     experiment = experiment_id(connect(ws), ws)
     return f"{ui_url or ws.mlflow_ui_url}/#/experiments/{experiment}/runs/{run_id}"

@@ -1,0 +1,1 @@
+"""Processes kaizen starts or watches: local servers and their auth, the watchdog, crashed runs, progress."""

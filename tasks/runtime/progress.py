@@ -5,13 +5,17 @@ progress artifact of the running flow or task run. Outside a Prefect run it does
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from uuid import UUID
 
 
 class RunProgress:
     """A progress artifact created at 0 % on the current run, moved by `update`."""
 
     def __init__(self, key: str, description: str) -> None:
-        self.artifact_id = None
+        self.artifact_id: UUID | None = None
         if "prefect" not in sys.modules:  # nothing imported prefect, so this is no Prefect run: stay light
             return
         from prefect.context import FlowRunContext, TaskRunContext
@@ -20,7 +24,8 @@ class RunProgress:
             return
         from prefect.artifacts import create_progress_artifact
 
-        self.artifact_id = create_progress_artifact(0.0, key=key, description=description)
+        # Prefect types its sync/async dispatch as returning the UUID or a coroutine; called from sync code, the UUID.
+        self.artifact_id = create_progress_artifact(0.0, key=key, description=description)  # type: ignore[assignment]
 
     def update(self, fraction: float, description: str | None = None) -> None:
         """Set the progress to `fraction` (0 to 1) of the step, with what it is doing now."""

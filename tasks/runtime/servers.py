@@ -22,12 +22,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kaizen.tasks.runtime import security
-from kaizen.tasks.workspace.layout import OFFLINE_ENV, Workspace, is_server
+from kaizen.tasks.workspace.environment import child_environment
+from kaizen.tasks.workspace.layout import Workspace, is_server
 from kaizen.tasks.workspace.redact import redact
 
 SERVERS = ("prefect", "mlflow")
 _temporary: list[int] = []  # the temporary Prefect server this process started and watches, while it runs
 TEMPORARY_SERVER_MARK = "prefect.server.api.server:create_app"  # in the command line of Prefect's temporary server
+# A server of the workspace serves its own stores: never the ones this process was pointed at.
+NOT_FOR_SERVERS = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")
+# MLflow's server without its job runner and task consumers, on one worker: without these, `mlflow server` (and
+# `mlflow ui`, the same server) starts about ten processes and 2.4 GB. `kaizen up` and `kaizen ui` both use them.
+LEAN_MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+LEAN_MLFLOW_ARGS = ("--workers", "1")
 
 
 class ServerError(RuntimeError):
@@ -62,30 +69,36 @@ def answers(name: str, url: str) -> bool:
     return response.status_code == 200
 
 
+def mlflow_command(ws: Workspace, verb: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """`mlflow <verb> <args>` (`server` for `kaizen up`, `ui` for `kaizen ui`) run lean, and its environment."""
+    env = child_environment(ws, drop=NOT_FOR_SERVERS, extra=LEAN_MLFLOW_ENV)
+    return [str(Path(sys.executable).parent / "mlflow"), verb, *args, *LEAN_MLFLOW_ARGS], env
+
+
+def ui_command(ws: Workspace, port: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """`kaizen ui`: the MLflow UI on the workspace's tracking store (a database, not a server), on 127.0.0.1."""
+    return mlflow_command(ws, "ui", "--backend-store-uri", ws.tracking_uri, "--host", "127.0.0.1",
+                          "--port", str(port or ws.settings.servers.mlflow_port))
+
+
 def _command(ws: Workspace, name: str) -> tuple[list[str], dict[str, str], str]:
     """The command line, the environment and the address of one server."""
     cfg = ws.settings.servers
     port = cfg.prefect_port if name == "prefect" else cfg.mlflow_port
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    env.update(OFFLINE_ENV)
-    bin_dir = Path(sys.executable).parent
     if name == "prefect":
-        env.update({
+        env = child_environment(ws, drop=NOT_FOR_SERVERS, extra={
             "PREFECT_HOME": str(ws.prefect_home),
             # Its own database: the embedded server of `kaizen run` keeps its own in PREFECT_HOME.
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{ws.servers_dir / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": str(cfg.slot_wait_seconds),
         })
-        cmd = [str(bin_dir / "prefect"), "server", "start", "--host", cfg.host, "--port", str(port)]
+        cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", cfg.host, "--port", str(port)]
     else:
-        # Without these two, `mlflow server` starts about ten processes and 2.4 GB.
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         # storage.tracking_uri / storage.artifacts (PostgreSQL, S3...) or the workspace's own files; the
         # credentials they need (PGPASSWORD, AWS_...) come with this environment.
-        cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", ws.backend_store_uri,
-               "--artifacts-destination", ws.artifact_root, "--host", cfg.host, "--port", str(port),
-               "--workers", "1"]
+        cmd, env = mlflow_command(ws, "server", "--backend-store-uri", ws.backend_store_uri,
+                                  "--artifacts-destination", ws.artifact_root, "--host", cfg.host, "--port", str(port))
     url = f"http://{cfg.host}:{port}"
     args, secured = security.hardening(ws, name, url)  # CORS to its own address; authentication if set
     env.update(secured)
@@ -232,6 +245,7 @@ def temporary_prefect_server() -> Iterator[None]:
     server = SubprocessASGIServer()  # the instance every Prefect client of this process then uses
     try:
         server.start()
+        assert server.server_process is not None, "start() runs the server's process (or it already ran)"
         _temporary.append(server.server_process.pid)
         yield
     finally:
@@ -266,11 +280,12 @@ def status(ws: Workspace) -> list[ServerState]:
             url = api.removesuffix("/").removesuffix("/api") if api else None
         else:
             url = ws.tracking_uri if is_server(ws.tracking_uri) else None
+        ours = record if url is not None and record is not None and record["url"] == url else None  # kaizen up's
         source = "embedded" if url is None else (
-            "kaizen up" if record is not None and record["url"] == url else
+            "kaizen up" if ours is not None else
             "params.yaml" if url == ws.settings.storage.tracking_uri else "environment")
         states.append(ServerState(  # shown and printed: credentials in a URL masked
-            name=name, url=redact(url) if url else None, answers=bool(url) and answers(name, url),
-            pid=record["pid"] if source == "kaizen up" else None,
-            log=record["log"] if source == "kaizen up" else None, source=source))
+            name=name, url=redact(url) if url else None, answers=answers(name, url) if url else False,
+            pid=ours["pid"] if ours is not None else None,
+            log=ours["log"] if ours is not None else None, source=source))
     return states

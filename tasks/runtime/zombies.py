@@ -4,8 +4,8 @@ A served or pooled run killed with its process (the serving process stopped mid-
 down) stays `Running` on the Prefect server and keeps the slot: every later run would wait in
 `AwaitingConcurrencySlot` for good. Two of Prefect's own mechanisms end that:
 - heartbeats: every deployed run sends `prefect.flow-run.heartbeat` every `operations.heartbeat_seconds`
-  (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, set by tasks/workspace/layout.py), and an automation of the workspace marks a
-  run of its deployment Crashed when it has been silent for `operations.zombie_after_seconds`;
+  (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, set by tasks/workspace/environment.py), and an automation of the
+  workspace marks a run of its deployment Crashed when it has been silent for `operations.zombie_after_seconds`;
 - reconciliation when `kaizen serve` starts: a run of the served deployment still Running or Pending whose
   process (recorded by the run itself under `.kaizen/flow-runs/`) no longer exists is marked Crashed at once.
 The recovery of the loop then finishes the killed run's iteration (tasks/operate/recovery.py) in the next run.

@@ -6,7 +6,6 @@ How a version is logged so that this holds is tasks/model/servable.py's.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from kaizen.tasks.model.servable import TEXT, model_config
 from kaizen.tasks.registry import tracking
+from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.layout import Workspace
 
 
@@ -92,9 +92,8 @@ def serve_command(ws: Workspace, port: int | None = None, host: str | None = Non
     (`--env-manager local`: it already holds the pinned packages), and the environment to run it with."""
     name = ws.settings.model.registered_name
     uri = f"models:/{name}/{version}" if version else f"models:/{name}@{tracking.CHAMPION}"
-    # MLflow starts `uvicorn` by name: this environment's bin/ must come first on PATH, activated or not.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": ws.tracking_uri, "MLFLOW_REGISTRY_URI": ws.tracking_uri}
+    # MLflow starts `uvicorn` by name: child_environment puts this environment's bin/ first on PATH.
+    env = child_environment(ws, tracking=True)
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
                "-h", host or ws.settings.servers.host, "-p", str(port or ws.settings.serving.port)]
     return command, env

@@ -1,7 +1,9 @@
-"""scoring: label every text of a file, a folder or an fsspec URL with the champion, into one Parquet file.
+"""scoring: label every text of a file, a folder or an fsspec URL with the champion, into one Parquet or CSV file:
+the one batch scorer, behind `kaizen score` and `kaizen predict FILE`.
 
-The input is streamed in chunks of `serving.chunk_rows` (tasks/formats/reading.py), each chunk labelled by the champion
-as MLflow serves it (tasks/serving/champion.py) and appended to the output, so memory stays flat however large the input.
+The input is read leniently in chunks of `serving.chunk_rows` (tasks/formats/reader.py: the formats collect reads,
+compressed or not, and plain text), each chunk labelled by the champion as MLflow serves it
+(tasks/serving/champion.py) and appended to the output, so memory stays flat however large the input.
 Every input row gets an output row: `source` (its file), `row` (its line, or its row in a Parquet file), the
 input's columns as text, `prediction`, `p_<label>` for every class, `reason` and `model_version`. A row that
 cannot be labelled (no text, not a string, empty, a broken line) has a reason instead of a label; so has a file,
@@ -16,11 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
 import pandas as pd
 
-from kaizen.tasks.formats.reading import Chunk, input_files, read_chunks
+from kaizen.tasks.formats.reader import Chunk, input_files, read_leniently
 from kaizen.tasks.workspace.layout import Workspace
+
+if TYPE_CHECKING:
+    from pyarrow.parquet import ParquetWriter
 
 Progress = Callable[[float, int], None]  # (share of the input done, rows written so far)
 
@@ -52,18 +58,21 @@ def _as_text(value) -> str | None:
 
 
 OUTPUT = ("source", "row", "prediction", "reason", "model_version")  # besides the text and p_<label> columns
+WRITTEN = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}  # the output's format, by its ending
 
 
 class _Output:
-    """The Parquet file being written. Its columns are fixed by the first rows read: the input's other columns
-    are carried along as text (a later file's extra columns are not; its missing ones are null)."""
+    """The Parquet or CSV file being written. Its columns are fixed by the first rows read: the input's other
+    columns are carried along as text (a later file's extra columns are not; its missing ones are null)."""
 
     def __init__(self, fs, path: str, text_column: str, labels: list[str]) -> None:
         self.fs, self.path, self.tmp = fs, path, f"{path}.part"
+        self.kind = WRITTEN[PurePosixPath(path).suffix.lower()]
         self.text_column, self.labels = text_column, labels
         self.carried: dict[str, str] | None = None  # input column -> output column
         self.pending: list[pd.DataFrame] = []  # problems met before the first rows fixed the columns
-        self.writer = self.handle = None
+        self.writer: ParquetWriter | None = None  # for a Parquet output
+        self.handle: BinaryIO | None = None  # the temporary file, once open
 
     def carry(self, columns) -> None:
         if self.carried is None:
@@ -86,20 +95,28 @@ class _Output:
         if self.carried is None:
             self.pending.append(frame)
             return
-        if self.writer is None:
+        header = self.handle is None
+        if self.handle is None:
             self.fs.makedirs(str(PurePosixPath(self.path).parent), exist_ok=True)
             self.handle = self.fs.open(self.tmp, "wb")
-            self.writer = pq.ParquetWriter(self.handle, self.schema())
+            if self.kind == "parquet":
+                self.writer = pq.ParquetWriter(self.handle, self.schema())
         for part in [*self.pending, frame]:
-            table = part.reindex(columns=self.schema().names)
-            self.writer.write_table(pa.Table.from_pandas(table, schema=self.schema(), preserve_index=False))
+            part = part.reindex(columns=self.schema().names)
+            if self.writer is not None:
+                self.writer.write_table(pa.Table.from_pandas(part, schema=self.schema(), preserve_index=False))
+            else:  # the header once, before the first rows
+                self.handle.write(part.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8"))
+                header = False
         self.pending = []
 
     def close(self) -> None:
         """Finish the file and give it its name (every row was written under the temporary one)."""
         self.carry([])
         self.write(pd.DataFrame(columns=["source"]))
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+        assert self.handle is not None, "write() opened the file: carry() fixed its columns"
         self.handle.close()
         if self.fs.exists(self.path):
             self.fs.rm(self.path)
@@ -107,25 +124,31 @@ class _Output:
 
 
 def _scored(chunk: Chunk, source: str, classifier, output: _Output) -> pd.DataFrame:
-    """One chunk's output rows, in file order: its rows with their predictions, and its problems."""
+    """One chunk's output rows, in file order: its rows with their predictions, and those with a problem."""
     text = output.text_column
-    rows = pd.DataFrame({"source": source, "row": pd.Series(chunk.numbers, dtype="Int64")})
-    if len(chunk.rows):
-        output.carry(chunk.rows.columns)
-        rows[text] = [_as_text(v) for v in chunk.rows[text]]
+    usable = [row for row in chunk.rows if row.problem is None]
+    rows = pd.DataFrame({"source": source, "row": pd.Series([row.number for row in usable], dtype="Int64")})
+    if usable:
+        output.carry(chunk.columns)
+        assert output.carried is not None, "carry() fixed the columns"
+        rows[text] = [_as_text(row.record.get(text)) for row in usable]
         for column, name in output.carried.items():
-            rows[name] = [_as_text(v) for v in chunk.rows[column]] if column in chunk.rows.columns else None
-        predicted = classifier.predict(chunk.rows[text].tolist())
+            rows[name] = [_as_text(row.record.get(column)) for row in usable]
+        predicted = classifier.predict([row.record.get(text) for row in usable])
         rows = pd.concat([rows, predicted.reset_index(drop=True)], axis=1)
-    problems = pd.DataFrame({"source": source, "row": pd.Series([p.row for p in chunk.problems], dtype="Int64"),
-                             "reason": [p.reason for p in chunk.problems]})
+    reasons: list[tuple[int | None, str]] = [(row.number, row.problem) for row in chunk.rows
+                                              if row.problem is not None]
+    reasons += [(None, chunk.problem)] if chunk.problem else []  # the file, or the rest of it: no row
+    problems = pd.DataFrame({"source": source, "row": pd.Series([n for n, _ in reasons], dtype="Int64"),
+                             "reason": [reason for _, reason in reasons]})
     frame = pd.concat([rows, problems], ignore_index=True) if len(problems) else rows
     return frame.sort_values("row", kind="stable", na_position="last").assign(model_version=classifier.version)
 
 
 def score(ws: Workspace, source: str, out: str, progress: Progress | None = None, classifier=None) -> ScoreResult:
-    """Score `source` (a CSV, JSON Lines, Parquet or text file, a folder of them, or an fsspec URL of either)
-    with the champion into the Parquet file `out` (a path or an fsspec URL)."""
+    """Score `source` (a CSV, JSON Lines, Parquet or text file, compressed or not, a folder of them, or an fsspec
+    URL of either) with the champion (or `classifier`) into `out`: a Parquet or CSV file, as its ending says (a
+    path or an fsspec URL)."""
     import fsspec
 
     from kaizen.tasks.serving.champion import load_champion
@@ -137,6 +160,8 @@ def score(ws: Workspace, source: str, out: str, progress: Progress | None = None
         raise ScoringError(str(exc)) from exc
     if not files:
         raise ScoringError(f"{source}: an empty folder, nothing to score")
+    if PurePosixPath(out).suffix.lower() not in WRITTEN:
+        raise ScoringError(f"{out}: scores are written to a .parquet or a .csv file")
     classifier = classifier or load_champion(ws)
     out_fs, out_path = fsspec.core.url_to_fs(out)
     output = _Output(out_fs, out_path, ws.settings.data.text_column, list(ws.settings.data.labels))
@@ -145,13 +170,14 @@ def score(ws: Workspace, source: str, out: str, progress: Progress | None = None
     problems: list[str] = []
     for index, path in enumerate(files):
         name = str(PurePosixPath(path).relative_to(PurePosixPath(root))) if path != root else PurePosixPath(path).name
-        for chunk in read_chunks(fs, path, ws.settings.data.text_column, ws.settings.serving.chunk_rows):
+        for chunk in read_leniently(fs, path, ws.settings.data.text_column, ws.settings.serving.chunk_rows):
             frame = _scored(chunk, name, classifier, output)
             output.write(frame)
             rows += len(frame)
             labelled += int(frame["prediction"].notna().sum()) if "prediction" in frame else 0
-            problems += [f"{name}: {p.reason}" for p in chunk.problems if p.row is None]
+            problems += [f"{name}: {chunk.problem}"] if chunk.problem else []
             if progress:
+                assert chunk.done is not None, "read_leniently sets every chunk's done"
                 progress((sum(sizes[:index]) + chunk.done * sizes[index]) / sum(sizes), rows)
     output.close()
     return ScoreResult(out, classifier.version, len(files), rows, labelled, rows - labelled,

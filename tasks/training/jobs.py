@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.faults import KILL_ALSO
 from kaizen.tasks.workspace.settings import TrainSettings
 
@@ -42,7 +43,7 @@ def run_here(job: Path, processes: int, follow: Callable[[], None] = lambda: Non
     """Run the job on this machine and wait, calling `follow` meanwhile. If this process is stopped, the job
     is stopped with it (and on Linux the job dies with this process even on SIGKILL: train_job.py)."""
     # A kill point reached inside the job stands for the whole machine dying: it takes this process too.
-    env = {**os.environ, KILL_ALSO: str(os.getpid())}
+    env = child_environment(None, extra={KILL_ALSO: str(os.getpid())})
     with open(job / "train.log", "wb") as log:
         proc = subprocess.Popen(command(job, processes), env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -61,10 +62,12 @@ def run_here(job: Path, processes: int, follow: Callable[[], None] = lambda: Non
 def _run_deployment(job: Path, deployment: str, processes: int, follow: Callable[[], None]) -> None:
     """A run of the Prefect deployment `deployment` (flows/training.py) on `job`, followed until it ends."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters={"job": str(job), "processes": processes}, timeout=0,
-                         as_subflow=False)
+    # Prefect types its sync/async dispatch as returning the run or a coroutine; called from sync code, the run.
+    run: FlowRun = run_deployment(  # type: ignore[assignment]
+        deployment, parameters={"job": str(job), "processes": processes}, timeout=0, as_subflow=False)
     with get_client(sync_client=True) as client:
         while not (state := client.read_flow_run(run.id).state) or not state.is_final():
             follow()

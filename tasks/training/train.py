@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,11 @@ import pandas as pd
 from kaizen.tasks.model.predict import pick_device, predict
 from kaizen.tasks.runtime.progress import RunProgress
 from kaizen.tasks.training import jobs
+from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.settings import ModelSettings, TrainSettings
+
+if TYPE_CHECKING:
+    from kaizen.tasks.registry.record import Iteration
 
 EpochLogger = Callable[[int, dict[str, float]], None]
 
@@ -102,7 +107,7 @@ class Challenger:
     replay_rows: int
 
 
-def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+def training_frames(ws: Workspace, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """The new batch's train split (capped) plus its replay sample (the replay stage's, drawn for this batch),
     shuffled; and its validation split."""
     train = pd.read_parquet(ws.split_file(batch_id, "train"))
@@ -120,7 +125,7 @@ def training_frames(ws, batch_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict
     return mixed, pd.read_parquet(ws.split_file(batch_id, "val")), {str(k): int(v) for k, v in replay_rows.items()}
 
 
-def merge_validation(ws, it) -> dict[str, pd.DataFrame]:
+def merge_validation(ws: Workspace, it: Iteration) -> dict[str, pd.DataFrame]:
     """The validation splits the merge is chosen on: the new batch's and every trusted earlier batch's, at most
     `train.merge_val_rows` rows in all (an equal share per batch, seeded)."""
     from kaizen.tasks.evaluation.evaluate import trusted_batches
@@ -131,11 +136,11 @@ def merge_validation(ws, it) -> dict[str, pd.DataFrame]:
     return {b: f.sample(n=min(share, len(f)), random_state=ws.settings.train.seed) for b, f in frames.items() if len(f)}
 
 
-def merge_with_champion(ws, it, client, champion_dir: Path, tuned_dir: Path) -> Path:
+def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path, tuned_dir: Path) -> Path:
     """WiSE-FT: the mix of champion and fine-tuned weights that scores best on validation (tasks/training/merge.py);
     every candidate's scores and the choice go to the run."""
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.registry.record import TAG
+    from kaizen.tasks.registry.tags import TAG
     from kaizen.tasks.training.merge import choose_merge, interpolate
 
     val_sets = merge_validation(ws, it)
@@ -155,10 +160,11 @@ def merge_with_champion(ws, it, client, champion_dir: Path, tuned_dir: Path) -> 
     return choice.model_dir
 
 
-def train_challenger(ws, it) -> Challenger:
+def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
     """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger."""
     from kaizen.tasks.registry import lineage, tracking
-    from kaizen.tasks.registry.record import TAG, batches_seen
+    from kaizen.tasks.registry.record import batches_seen
+    from kaizen.tasks.registry.tags import TAG, Decision
 
     client = tracking.connect(ws)
     name = ws.settings.model.registered_name
@@ -202,6 +208,6 @@ def train_challenger(ws, it) -> Challenger:
     tracking.set_tags(client, it.run_id, {TAG["start"]: start if it.champion is None else
                                           f"{name}/{it.champion.version}", TAG["device"]: result.device})
     seen = (batches_seen(it.champion) if it.champion else []) + [it.batch_id]
-    tags = {**it.lineage, TAG["batches_seen"]: ",".join(seen), TAG["decision"]: "pending"}
+    tags = {**it.lineage, TAG["batches_seen"]: ",".join(seen), TAG["decision"]: Decision.PENDING}
     model = tracking.register_model(client, ws, it.run_id, model_dir, tags)
     return Challenger(model, model_dir, result, sum(replay_rows.values()))

@@ -139,7 +139,9 @@ def advisory_lock(url: str, name: str, wait: bool, busy: str) -> Iterator[bool]:
 
     key = lock_key(name)
     with psycopg.connect(url, autocommit=True) as db:
-        (got,) = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        assert row is not None, "a SELECT of one function call returns one row"
+        (got,) = row
         if not got:
             if not wait:
                 raise Busy(busy)

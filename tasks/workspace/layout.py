@@ -214,41 +214,6 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-# Every process of the loop, wherever it runs: offline, and no telemetry.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "DVC_NO_ANALYTICS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-HEARTBEAT = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"  # how often a deployed run tells the server it lives (tasks/runtime/zombies.py)
-
-
-def configure_environment(ws: Workspace) -> None:
-    """Keep every library offline and inside the workspace; call before importing prefect or mlflow."""
-    defaults = {
-        **OFFLINE_ENV,
-        "PREFECT_HOME": str(ws.prefect_home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    if ws.prefect_api_url:  # a real server: the one `kaizen up` started, unless PREFECT_API_URL names another
-        os.environ.setdefault("PREFECT_API_URL", ws.prefect_api_url)
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(ws.settings.schedule.poll_seconds))
-    os.environ.setdefault(HEARTBEAT, str(ws.settings.operations.heartbeat_seconds))  # served runs inherit it
-
-
-def run_environment(ws: Workspace) -> dict[str, str]:
-    """The variables a flow run started by a worker needs (it does not inherit the shell of `kaizen deploy`)."""
-    env = {**OFFLINE_ENV, HEARTBEAT: str(ws.settings.operations.heartbeat_seconds),
-           "KAIZEN_WORKSPACE_ID": ws.workspace_id}
-    if os.environ.get("MLFLOW_TRACKING_URI"):  # else the run finds the store from the workspace, as here
-        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    return env
-
-
 @contextmanager
 def hold(ws: Workspace, purpose: str, wait: bool) -> Iterator[bool]:
     """Hold the workspace for one `purpose` ("loop": DVC runs one loop per repository; "collect": one ingest at a

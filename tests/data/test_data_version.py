@@ -17,7 +17,8 @@ from kaizen.tasks.data.data_version import build_data_version, read_data_version
 from kaizen.tasks.data.preprocess import prepare, write_prepared
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.repo import write_stage_vars
-from tests.helpers import REPO
+from tests.support.files import digests
+from tests.support.workspaces import REPO
 
 
 def write_batch(ws: Workspace, batch_id: str, rows: pd.DataFrame) -> None:
@@ -33,10 +34,6 @@ def write_batch(ws: Workspace, batch_id: str, rows: pd.DataFrame) -> None:
 def real_rows(domains: dict[str, pd.DataFrame], name: str, n: int, seed: int) -> pd.DataFrame:
     frame = domains[name]
     return frame[frame["label"].isin(["negative", "positive"])].sample(n=n, random_state=seed)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def remote_object(ws: Workspace, md5: str) -> Path:
@@ -114,8 +111,8 @@ def test_data_version_lifecycle(make_workspace, domains: dict[str, pd.DataFrame]
     batches = {b: pd.read_parquet(ws.batch_file(b)) for b in first}
     prepared = prepare(batches, ws.settings.preprocess, ws.settings.replay)
     write_prepared(prepared, expected)
-    v1_files = snapshot(ws.prepared_dir)
-    assert v1_files == snapshot(expected)
+    v1_files = digests(ws.prepared_dir)
+    assert v1_files == digests(expected)
     pd.testing.assert_frame_equal(pd.read_parquet(ws.replay_dir / "replay.parquet"), prepared["batch-0002"]["replay"])
 
     # The remote holds every output's listing and every file of it, byte for byte.
@@ -149,10 +146,10 @@ def test_data_version_lifecycle(make_workspace, domains: dict[str, pd.DataFrame]
     # --- the first version, restored from the remote after the workspace moved on ---------------------
     restored = restore_data_version(ws, v1.lock, tmp_path / "restore")
     assert restored == tmp_path / "restore" / "data"
-    assert snapshot(restored / "prepared") == v1_files
+    assert digests(restored / "prepared") == v1_files
     pd.testing.assert_frame_equal(pd.read_parquet(restored / "replay" / "replay.parquet"),
                                   prepared["batch-0002"]["replay"])
-    assert snapshot(ws.prepared_dir) != v1_files  # the workspace itself still holds v3
+    assert digests(ws.prepared_dir) != v1_files  # the workspace itself still holds v3
     assert lock_outs(ws) == v3.outs
 
 

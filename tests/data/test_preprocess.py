@@ -20,7 +20,7 @@ from kaizen.tasks.data.preprocess import (
 )
 from kaizen.tasks.formats.text import normalize_text, text_key
 from kaizen.tasks.workspace.settings import PreprocessSettings, ReplaySettings
-from tests.helpers import sample
+from tests.support.files import sample
 
 
 def pre_settings(**changes) -> PreprocessSettings:

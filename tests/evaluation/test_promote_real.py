@@ -9,8 +9,9 @@ import pytest
 
 from kaizen.flows.loop import iteration
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG
-from tests.helpers import sample, write_params
+from kaizen.tasks.registry.tags import TAG
+from tests.support.files import land, sample
+from tests.support.workspaces import write_params
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +27,11 @@ def test_new_domain_promoted_flipped_and_random_labels_never(tmp_path, domains, 
                         "preprocess.test_fraction": 0.3, "preprocess.val_fraction": 0.1,
                         "replay.ratio": 1.0, "data.min_batch_rows": 50})
     ws = Workspace.open(root)
-    landing = ws.root / "data" / "landing"
-    landing.mkdir(parents=True, exist_ok=True)
     movies = sample(domains["movies"], 1050, seed=21)
     amazon = sample(domains["amazon"], 700, seed=22)
 
     def run(name, frame):
-        frame.to_csv(landing / name, index=False)
+        land(ws, name, frame)
         return iteration(str(root))
 
     bootstrap = run("movies.csv", movies.iloc[:350])

@@ -17,9 +17,10 @@ from kaizen.tasks.evaluation.screening import unusable_reason
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.notify.alerts import SUSPECT as SUSPECT_EVENT
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.layout import Workspace, init_workspace
-from tests.helpers import FAST, OPEN_GATE, land, sample, write_params
+from tests.support.files import land, sample
+from tests.support.workspaces import FAST, OPEN_GATE, write_params
 
 FLIP = {"positive": "negative", "negative": "positive"}
 

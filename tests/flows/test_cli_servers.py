@@ -26,26 +26,12 @@ import yaml
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.layout import Workspace
-from tests.helpers import sample
-from tests.servers import (
-    FINAL,
-    KAIZEN,
-    cli_env,
-    deployment_with_trigger,
-    kaizen,
-    land,
-    make_ws,
-    pgid,
-    prefect,
-    retire,
-    run_filter,
-    runs_of,
-    start,
-    stop,
-    wait_until,
-)
+from tests.support.files import land, sample
+from tests.support.processes import KAIZEN, cli_env, kaizen, pgid, start, stop, wait_until
+from tests.support.services import FINAL, deployment_with_trigger, prefect, retire, run_filter, runs_of
+from tests.support.workspaces import make_ws
 
 POOL = "kaizen-test-pool"
 

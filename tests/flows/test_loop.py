@@ -22,9 +22,10 @@ from kaizen.flows.loop import iteration
 from kaizen.tasks.data.data_version import read_data_version
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.layout import Workspace
-from tests.helpers import FAST, OPEN_GATE, land, sample, write_params
+from tests.support.files import land, sample
+from tests.support.workspaces import FAST, OPEN_GATE, write_params
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ the champion from the tracking server alone, without any credential for the obje
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,16 +24,12 @@ from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.runtime import servers
 from kaizen.tasks.workspace.layout import Workspace, init_workspace
-from tests.helpers import FAST, OPEN_GATE, sample, write_params
-from tests.servers import cli_env, kaizen
-from tests.services import mlflow_server
+from tests.support.files import digests, sample
+from tests.support.processes import cli_env, kaizen
+from tests.support.services import mlflow_server
+from tests.support.workspaces import FAST, OPEN_GATE, write_params
 
 CREDENTIALS = ("PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def machine_a(tmp_path_factory, postgres, object_store, tiny_backbone, domains, 
     storage = {"artifacts": f"s3://{bucket}/{tag}/mlartifacts", "dvc_remote": f"s3://kaizen-{tag}/dvc",
                "landing": f"s3://kaizen-{tag}/landing", "ledger": backend}  # kaizen init makes the new bucket
     logs = tmp_path_factory.mktemp("logs")
-    with mlflow_server(backend, storage["artifacts"], {}, logs / "mlflow.log") as url:
+    with mlflow_server(backend, storage["artifacts"], logs / "mlflow.log") as url:
         root = tmp_path_factory.mktemp("machine-a") / "ws"
         init_workspace(root, {f"storage.{key}": value for key, value in {**storage, "tracking_uri": url}.items()})
         write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
@@ -58,7 +53,7 @@ def machine_a(tmp_path_factory, postgres, object_store, tiny_backbone, domains, 
                     sample(domains[domain], 120, seed=seed).to_csv(index=False).encode())
             summaries.append(iteration(str(root)))
         yield {"ws": ws, "url": url, "storage": storage, "backend": backend, "fs": fs, "summaries": summaries,
-               "prepared": snapshot(ws.prepared_dir)}
+               "prepared": digests(ws.prepared_dir)}
 
 
 def test_two_iterations_keep_every_store_on_the_shared_services(machine_a, postgres) -> None:
@@ -108,7 +103,7 @@ def test_another_machine_reproduces_the_data_and_predicts_from_the_server_alone(
     done = kaizen("reproduce", "2", "-w", str(other), "--out", str(other / "v2"))
     assert "every file's md5 verified" in done.stdout
     restored = other / "v2" / "data" / "prepared"
-    assert snapshot(restored) == machine_a["prepared"]  # the champion's training data, byte for byte
+    assert digests(restored) == machine_a["prepared"]  # the champion's training data, byte for byte
 
     # The restored folder is a DVC repository on the S3 remote: `dvc pull` by hand brings the data back too.
     shutil.rmtree(restored)
@@ -116,7 +111,7 @@ def test_another_machine_reproduces_the_data_and_predicts_from_the_server_alone(
     pulled = subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=other / "v2", env=cli_env(),
                             capture_output=True, text=True, timeout=300)
     assert pulled.returncode == 0, pulled.stderr
-    assert snapshot(restored) == machine_a["prepared"]
+    assert digests(restored) == machine_a["prepared"]
 
     alone = {k: v for k, v in cli_env().items() if k not in CREDENTIALS and not k.startswith("AWS_")}
     said = kaizen("predict", "A moving, beautifully acted film.", "-w", str(other), env=alone)

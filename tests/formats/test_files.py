@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kaizen.tasks.formats.parse import read_chunks
+from kaizen.tasks.formats.reader import read_chunks
 from kaizen.tasks.workspace.files import (
     Busy,
     UnsupportedFormat,

@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from kaizen.tasks.notify import arrivals
-from kaizen.tasks.workspace.layout import OFFLINE_ENV, template
+from kaizen.tasks.notify.events import ARRIVED
+from kaizen.tasks.workspace.environment import OFFLINE_ENV
+from kaizen.tasks.workspace.layout import template
 from kaizen.tasks.workspace.settings import load_settings
-from tests.helpers import REPO
+from tests.support.workspaces import REPO
 
 INFRA = REPO / "infra"
 ROUTES = {"docker": ("kaizen-docker", "kaizen-docker"), "kubernetes": ("kaizen-k8s", "kaizen-k8s")}  # pool, id
@@ -68,7 +70,7 @@ def test_prefect_yaml_is_the_served_deployment(route: str) -> None:
     (trigger,) = _initialize_deployment_triggers(deployment["name"], [dict(t) for t in deployment["triggers"]])
     env = deployment["work_pool"]["job_variables"]["env"]
     assert env["KAIZEN_WORKSPACE_ID"] == workspace_id
-    assert trigger.expect == {arrivals.ARRIVED} and trigger.threshold == 1 and trigger.posture == "Reactive"
+    assert trigger.expect == {ARRIVED} and trigger.threshold == 1 and trigger.posture == "Reactive"
     assert trigger.match.model_dump() == {"prefect.resource.id": f"kaizen.workspace.{workspace_id}"}
     served = arrivals.trigger_spec(_Workspace("/workspace", workspace_id))
     assert trigger.parameters == served["parameters"]

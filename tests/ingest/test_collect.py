@@ -7,9 +7,6 @@ under data/ and .kaizen/.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +18,7 @@ from kaizen.tasks.formats.text import text_key
 from kaizen.tasks.ingest.collect import CollectResult, FileOutcome, collect, next_batch
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.workspace.layout import Workspace
-from tests.helpers import sample
+from tests.support.files import jsonl_bytes, land, quarantine_records, sample, sha256
 
 LABELS = ["negative", "positive"]
 
@@ -38,44 +35,6 @@ def new_ws(copy_workspace) -> Callable[..., Workspace]:
 def unique(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop rows whose text repeats (up to case and spacing): the real domains hold a few such repeats."""
     return frame[~frame["text"].map(text_key).duplicated()].reset_index(drop=True)
-
-
-def encode(frame: pd.DataFrame, name: str) -> bytes:
-    """The bytes of `frame` written in the format its name says (a `.part` or `.tmp` suffix aside)."""
-    name = name.removesuffix(".part").removesuffix(".tmp")
-    if name.endswith(".parquet"):
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return buffer.getvalue()
-    if name.endswith(".jsonl"):
-        return frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
-    if name.endswith(".tsv"):
-        return frame.to_csv(index=False, sep="\t", lineterminator="\n").encode("utf-8")
-    assert name.endswith(".csv"), name
-    return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
-
-
-def jsonl(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-
-
-def land(ws: Workspace, name: str, data: bytes | pd.DataFrame) -> bytes:
-    """Drop a file into the landing zone; returns its bytes."""
-    if isinstance(data, pd.DataFrame):
-        data = encode(data, name)
-    landing = Path(ws.landing)
-    landing.mkdir(parents=True, exist_ok=True)
-    (landing / name).write_bytes(data)
-    return data
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def quarantine(ws: Workspace, data: bytes) -> list[dict]:
-    path = ws.quarantine_dir / f"{sha(data)[:16]}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
 
 def landed(ws: Workspace) -> list[str]:
@@ -121,11 +80,11 @@ def test_each_format_is_ingested_archived_and_batched(new_ws, domains, domain: s
     rows = unique(sample(domains[domain], 70, seed=1))
     rows = rows[rows["text"].str.len() <= ws.settings.data.max_text_chars].head(60).reset_index(drop=True)
     assert len(rows) == 60
-    data = land(ws, name, rows)
+    data = land(ws, name, rows).read_bytes()
 
     result = collect(ws)
 
-    assert result.files == [FileOutcome(name, sha(data), 60, 60, 0, "ingested", {})]
+    assert result.files == [FileOutcome(name, sha256(data), 60, 60, 0, "ingested", {})]
     assert result.new_batches == ["batch-0001"]
     assert (result.rows_accepted, result.rows_quarantined) == (60, 0)
     batch = pd.read_parquet(ws.batch_file("batch-0001"))
@@ -134,11 +93,11 @@ def test_each_format_is_ingested_archived_and_batched(new_ws, domains, domain: s
     assert set(batch["source"]) == {name}
     assert batch["source_row"].tolist() == list(range(1, 61))
     # The raw bytes are archived; nothing is left in the landing zone, staging or quarantine.
-    assert (ws.archive_dir / f"{sha(data)[:16]}-{name}").read_bytes() == data
+    assert (ws.archive_dir / f"{sha256(data)[:16]}-{name}").read_bytes() == data
     assert landed(ws) == []
     assert list(ws.staged_dir.iterdir()) == []
     assert not ws.quarantine_dir.exists() or list(ws.quarantine_dir.iterdir()) == []
-    assert ledger_files(ws) == {sha(data): (name, 60, 60, 0, "batch-0001")}
+    assert ledger_files(ws) == {sha256(data): (name, 60, 60, 0, "batch-0001")}
     assert_balanced(result, ws)
     # Nothing new: a second run is a no-op.
     assert collect(ws) == CollectResult([], [])
@@ -150,7 +109,7 @@ def test_compressed_files_are_read_as_pandas_reads_them(new_ws, domains, name: s
 
     ws = new_ws(data__min_batch_rows=20)
     rows = unique(sample(domains["movies"], 40, seed=3)).head(30).reset_index(drop=True)
-    data = land(ws, name, frame_bytes(rows, name))
+    data = land(ws, name, frame_bytes(rows, name)).read_bytes()
 
     (outcome,) = collect(ws).files
 
@@ -158,7 +117,7 @@ def test_compressed_files_are_read_as_pandas_reads_them(new_ws, domains, name: s
     assert f"decompressed ({name.rsplit('.', 1)[1]})" in outcome.remarks
     batch = pd.read_parquet(ws.batch_file("batch-0001"))
     pd.testing.assert_frame_equal(batch[["text", "label"]], rows[["text", "label"]])
-    archived = ws.archive_dir / f"{sha(data)[:16]}-{name}"
+    archived = ws.archive_dir / f"{sha256(data)[:16]}-{name}"
     assert archived.read_bytes() == data  # kept compressed, byte for byte
     if ".csv" in name or ".tsv" in name:  # pandas reads the same rows from the same file
         read = pd.read_csv(archived, sep="\t" if ".tsv" in name else ",", dtype=str)
@@ -237,7 +196,7 @@ def test_bad_rows_are_quarantined_each_with_its_reason(new_ws, domains) -> None:
         {"text": good.loc[7, "text"], "label": good.loc[7, "label"], "group": "movies"},        # 49
     ]
     first = pd.concat([good, pd.DataFrame(bad)], ignore_index=True)
-    first_bytes = land(ws, "a-first.csv", first)
+    first_bytes = land(ws, "a-first.csv", first).read_bytes()
 
     # A later file in another format: a re-cased repeat of a row of the first file, and broken JSON types.
     again = good.loc[10, "text"]
@@ -251,12 +210,12 @@ def test_bad_rows_are_quarantined_each_with_its_reason(new_ws, domains) -> None:
         {"text": movies.loc[44, "text"], "label": "Positive"},                               # 7: label case matters
         {"text": movies.loc[45, "text"], "label": movies.loc[45, "label"]},                 # 8: fine
     ]
-    second_bytes = land(ws, "b-second.jsonl", jsonl(second_records))
+    second_bytes = land(ws, "b-second.jsonl", jsonl_bytes(second_records)).read_bytes()
 
     # Parquet: missing values of a string column, whether None or NaN.
     third = pd.DataFrame({"text": [movies.loc[46, "text"], None, float("nan"), movies.loc[47, "text"]],
                           "label": [movies.loc[46, "label"], "positive", "negative", None]})
-    third_bytes = land(ws, "c-third.parquet", third)
+    third_bytes = land(ws, "c-third.parquet", third).read_bytes()
 
     result = collect(ws)
 
@@ -283,29 +242,29 @@ def test_bad_rows_are_quarantined_each_with_its_reason(new_ws, domains) -> None:
     ]:
         assert outcome.note == "ingested"
         assert (outcome.rows_in, outcome.rows_quarantined) == (n_rows, len(expected))
-        lines = quarantine(ws, data)
+        lines = quarantine_records(ws, data)
         assert {q["row"]: q["reason"] for q in lines} == expected
-        assert all(q["file"] == outcome.name and q["sha256"] == sha(data) for q in lines)
+        assert all(q["file"] == outcome.name and q["sha256"] == sha256(data) for q in lines)
         assert sum(outcome.reasons.values()) == len(expected)
         assert outcome.reasons == pd.Series(list(expected.values())).value_counts().to_dict()
     assert (result.rows_accepted, result.rows_quarantined) == (40 + 2 + 1, 9 + 6 + 3)
 
     # The quarantine file keeps each original record, every column as it was read.
-    by_row = {q["row"]: q["record"] for q in quarantine(ws, first_bytes)}
+    by_row = {q["row"]: q["record"] for q in quarantine_records(ws, first_bytes)}
     for row in expected_first:
         assert by_row[row] == {k: str(v) for k, v in first.loc[row - 1].items()}
-    by_row = {q["row"]: q["record"] for q in quarantine(ws, second_bytes)}
+    by_row = {q["row"]: q["record"] for q in quarantine_records(ws, second_bytes)}
     for row in expected_second:
         assert by_row[row] == {"text": None, **second_records[row - 1]}
-    by_row = {q["row"]: q["record"] for q in quarantine(ws, third_bytes)}
+    by_row = {q["row"]: q["record"] for q in quarantine_records(ws, third_bytes)}
     assert by_row == {2: {"text": None, "label": "positive"}, 3: {"text": None, "label": "negative"},
                       4: {"text": movies.loc[47, "text"], "label": None}}
 
     # Accepted rows are staged, in file order, until a batch forms; the text is kept as it arrived.
-    staged = pd.read_parquet(ws.staged_dir / f"{sha(first_bytes)[:16]}.parquet")
+    staged = pd.read_parquet(ws.staged_dir / f"{sha256(first_bytes)[:16]}.parquet")
     assert staged["text"].tolist() == good["text"].tolist()
     assert staged["source_row"].tolist() == list(range(1, 41))
-    staged = pd.read_parquet(ws.staged_dir / f"{sha(second_bytes)[:16]}.parquet")
+    staged = pd.read_parquet(ws.staged_dir / f"{sha256(second_bytes)[:16]}.parquet")
     assert staged[["text", "label", "source_row"]].values.tolist() == [
         [movies.loc[41, "text"], movies.loc[41, "label"], 1], [movies.loc[45, "text"], movies.loc[45, "label"], 8]]
     assert result.new_batches == []
@@ -321,24 +280,24 @@ def test_text_that_is_not_a_string_is_never_accepted_as_its_repr(new_ws, domains
         {"text": rows.loc[3, "text"], "label": [rows.loc[3, "label"]]},           # a list as the label
         {"text": rows.loc[4, "text"], "label": rows.loc[4, "label"]},
     ]
-    data = land(ws, "nested.jsonl", jsonl(records))
+    data = land(ws, "nested.jsonl", jsonl_bytes(records)).read_bytes()
     blob = pd.DataFrame({"text": [t.encode("utf-8") for t in rows.loc[5:6, "text"]],  # a binary column
                          "label": rows.loc[5:6, "label"].tolist()})
-    blob_bytes = land(ws, "blob.parquet", blob)
+    blob_bytes = land(ws, "blob.parquet", blob).read_bytes()
 
     result = collect(ws)
 
     assert_balanced(result, ws)
-    assert {q["row"]: q["reason"] for q in quarantine(ws, data)} == {
+    assert {q["row"]: q["reason"] for q in quarantine_records(ws, data)} == {
         1: "text is not a string (list)", 2: "text is not a string (dict)", 3: "text is not a string (bool)",
         4: f"unknown label {[rows.loc[3, 'label']]!r} (expected one of ['negative', 'positive'])"}
-    assert {q["row"]: q["reason"] for q in quarantine(ws, blob_bytes)} == {
+    assert {q["row"]: q["reason"] for q in quarantine_records(ws, blob_bytes)} == {
         1: "text is not a string (bytes)", 2: "text is not a string (bytes)"}
-    staged = pd.read_parquet(ws.staged_dir / f"{sha(data)[:16]}.parquet")
+    staged = pd.read_parquet(ws.staged_dir / f"{sha256(data)[:16]}.parquet")
     assert staged["text"].tolist() == [rows.loc[4, "text"]]
-    assert not (ws.staged_dir / f"{sha(blob_bytes)[:16]}.parquet").exists()
+    assert not (ws.staged_dir / f"{sha256(blob_bytes)[:16]}.parquet").exists()
     # The quarantine file still holds JSON: what JSON cannot carry is kept as its repr.
-    assert quarantine(ws, data)[0]["record"] == {"text": repr(records[0]["text"]), "label": records[0]["label"]}
+    assert quarantine_records(ws, data)[0]["record"] == {"text": repr(records[0]["text"]), "label": records[0]["label"]}
 
 
 def test_a_file_of_nothing_but_repeats_accepts_nothing(new_ws, domains) -> None:
@@ -347,12 +306,12 @@ def test_a_file_of_nothing_but_repeats_accepts_nothing(new_ws, domains) -> None:
     land(ws, "1.csv", rows)
     collect(ws)
     repeat = rows.assign(text=rows["text"].str.upper())
-    data = land(ws, "2.jsonl", repeat)
+    data = land(ws, "2.jsonl", repeat).read_bytes()
     outcome = collect(ws).files[0]
     assert (outcome.rows_in, outcome.rows_accepted, outcome.rows_quarantined) == (len(rows), 0, len(rows))
     assert outcome.reasons == {"duplicate of a row already ingested from 1.csv": len(rows)}
-    assert not (ws.staged_dir / f"{sha(data)[:16]}.parquet").exists()
-    assert (ws.archive_dir / f"{sha(data)[:16]}-2.jsonl").read_bytes() == data
+    assert not (ws.staged_dir / f"{sha256(data)[:16]}.parquet").exists()
+    assert (ws.archive_dir / f"{sha256(data)[:16]}-2.jsonl").read_bytes() == data
 
 
 # --- whole files that cannot be used --------------------------------------------------------------------
@@ -361,8 +320,8 @@ def test_a_file_of_nothing_but_repeats_accepts_nothing(new_ws, domains) -> None:
 def test_missing_or_misnamed_columns_quarantine_every_row(new_ws, domains) -> None:
     ws = new_ws()
     rows = unique(sample(domains["movies"], 30, seed=4))
-    renamed = land(ws, "renamed.csv", rows.rename(columns={"text": "review", "label": "sentiment"}))
-    no_label = land(ws, "no-label.jsonl", rows[["text"]])
+    renamed = land(ws, "renamed.csv", rows.rename(columns={"text": "review", "label": "sentiment"})).read_bytes()
+    no_label = land(ws, "no-label.jsonl", rows[["text"]]).read_bytes()
 
     result = collect(ws)
 
@@ -372,12 +331,12 @@ def test_missing_or_misnamed_columns_quarantine_every_row(new_ws, domains) -> No
         assert (outcome.rows_in, outcome.rows_accepted, outcome.rows_quarantined) == (len(rows), 0, len(rows))
         (reason,) = outcome.reasons
         assert reason.startswith(f"missing column(s) {missing}"), reason
-        lines = quarantine(ws, data)
+        lines = quarantine_records(ws, data)
         assert [q["row"] for q in lines] == list(range(1, len(rows) + 1))
         assert {q["reason"] for q in lines} == {reason}
-        assert (ws.archive_dir / f"{sha(data)[:16]}-{outcome.name}").read_bytes() == data
+        assert (ws.archive_dir / f"{sha256(data)[:16]}-{outcome.name}").read_bytes() == data
     assert "['review', 'sentiment']" in next(iter(result.files[1].reasons))
-    assert [q["record"] for q in quarantine(ws, renamed)] == rows.rename(
+    assert [q["record"] for q in quarantine_records(ws, renamed)] == rows.rename(
         columns={"text": "review", "label": "sentiment"}).to_dict(orient="records")
     assert landed(ws) == []
     assert result.new_batches == [] and list(ws.staged_dir.glob("*")) == []
@@ -391,10 +350,10 @@ def test_unreadable_files_are_one_quarantined_unit_each(new_ws, domains) -> None
         "notes.txt": ("\n".join(rows["text"]).encode("utf-8"), "unsupported file type '.txt'"),
         "latin1.csv": (rows.to_csv(index=False).encode("utf-8") + "caf\xe9,positive\n".encode("latin-1"),
                        "unreadable csv file"),
-        "broken.jsonl": (jsonl(rows.head(2).to_dict(orient="records")) + b'{"text": "cut off', "unreadable jsonl file"),
+        "broken.jsonl": (jsonl_bytes(rows.head(2).to_dict(orient="records")) + b'{"text": "cut off', "unreadable jsonl file"),
         "empty.csv": (b"", "unreadable csv file"),
         # An array after an object: pandas raises AttributeError, which once escaped and wedged every collect.
-        "mixed.jsonl": (jsonl([rows.iloc[0].to_dict(), list(rows.iloc[1])]), "unreadable jsonl file"),
+        "mixed.jsonl": (jsonl_bytes([rows.iloc[0].to_dict(), list(rows.iloc[1])]), "unreadable jsonl file"),
     }
     for name, (data, _) in files.items():
         land(ws, name, data)
@@ -408,9 +367,9 @@ def test_unreadable_files_are_one_quarantined_unit_each(new_ws, domains) -> None
         assert (outcome.rows_in, outcome.rows_accepted, outcome.rows_quarantined) == (1, 0, 1), outcome
         (reason,) = outcome.reasons
         assert fragment in reason, reason
-        assert quarantine(ws, data) == [
-            {"file": outcome.name, "sha256": sha(data), "row": 0, "reason": reason, "record": None}]
-        assert (ws.archive_dir / f"{sha(data)[:16]}-{outcome.name}").read_bytes() == data
+        assert quarantine_records(ws, data) == [
+            {"file": outcome.name, "sha256": sha256(data), "row": 0, "reason": reason, "record": None}]
+        assert (ws.archive_dir / f"{sha256(data)[:16]}-{outcome.name}").read_bytes() == data
     assert landed(ws) == []
     assert result.new_batches == []
 
@@ -421,7 +380,7 @@ def test_unreadable_files_are_one_quarantined_unit_each(new_ws, domains) -> None
 def test_the_same_file_twice_is_ingested_once(new_ws, domains) -> None:
     ws = new_ws(data__min_batch_rows=1000)
     rows = unique(sample(domains["amazon"], 40, seed=6))
-    data = land(ws, "a.csv", rows)
+    data = land(ws, "a.csv", rows).read_bytes()
     land(ws, "b-copy.csv", data)  # the same bytes under another name, in the same run
 
     first = collect(ws)
@@ -433,13 +392,13 @@ def test_the_same_file_twice_is_ingested_once(new_ws, domains) -> None:
     land(ws, "renamed.csv", data)
     second = collect(ws)
     assert [f.note for f in second.files] == ["already ingested as a.csv: nothing to do"] * 2
-    assert all((f.rows_in, f.rows_accepted, f.rows_quarantined, f.sha256) == (0, 0, 0, sha(data))
+    assert all((f.rows_in, f.rows_accepted, f.rows_quarantined, f.sha256) == (0, 0, 0, sha256(data))
                for f in second.files)
     assert landed(ws) == []
-    assert list(ledger_files(ws)) == [sha(data)]
-    assert quarantine(ws, data) == []  # no row of the copies was counted as a duplicate
-    assert [p.name for p in ws.archive_dir.iterdir()] == [f"{sha(data)[:16]}-a.csv"]
-    staged = pd.read_parquet(ws.staged_dir / f"{sha(data)[:16]}.parquet")
+    assert list(ledger_files(ws)) == [sha256(data)]
+    assert quarantine_records(ws, data) == []  # no row of the copies was counted as a duplicate
+    assert [p.name for p in ws.archive_dir.iterdir()] == [f"{sha256(data)[:16]}-a.csv"]
+    staged = pd.read_parquet(ws.staged_dir / f"{sha256(data)[:16]}.parquet")
     assert len(staged) == len(rows)
     with sqlite3.connect(ws.ledger_db) as db:
         deliveries = db.execute("SELECT name, outcome FROM deliveries ORDER BY id").fetchall()

@@ -5,9 +5,6 @@ and for every file rows in = rows accepted + rows quarantined.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import os
 import sqlite3
@@ -27,6 +24,15 @@ from kaizen.tasks.ingest import landing
 from kaizen.tasks.ingest.collect import CollectResult, collect, ingest_file
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.workspace.layout import Workspace, hold
+from tests.support.files import (
+    csv_bytes,
+    jsonl_bytes,
+    land,
+    parquet_bytes,
+    quarantine_records,
+    records,
+    sha256,
+)
 
 GOOD = [
     ("A gripping story, told with care; the cast is superb.", "positive"),
@@ -35,32 +41,9 @@ GOOD = [
     ("The plot falls apart halfway; a waste of a fine cast.", "negative"),
 ]
 UNKNOWN = "unknown label {} (expected one of ['negative', 'positive'])"
-HEADER = ("text", "label")
 
 
 # --- real files of each kind ----------------------------------------------------------------------------
-
-
-def csv_bytes(rows: list[tuple], header: tuple = HEADER, delimiter: str = ",") -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue().encode("utf-8")
-
-
-def jsonl_bytes(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def records(rows: list[tuple]) -> list[dict]:
-    return [{"text": t, "label": label} for t, label in rows]
 
 
 GOOD_PARQUET = parquet_bytes(pd.DataFrame(records(GOOD)))
@@ -206,25 +189,8 @@ def new_ws(copy_workspace) -> Callable[..., Workspace]:
     return lambda **overrides: copy_workspace({"data.min_batch_rows": 1000, "data.settle_seconds": 0}, **overrides)
 
 
-def land(ws: Workspace, name: str | bytes, data: bytes) -> Path:
-    folder = Path(ws.landing)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = Path(os.fsdecode(os.path.join(os.fsencode(folder), os.fsencode(name))))
-    path.write_bytes(data)
-    return path
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def quarantine(ws: Workspace, data: bytes) -> list[dict]:
-    path = ws.quarantine_dir / f"{sha(data)[:16]}.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
-
-
 def staged(ws: Workspace, data: bytes) -> list[str]:
-    path = ws.staged_dir / f"{sha(data)[:16]}.parquet"
+    path = ws.staged_dir / f"{sha256(data)[:16]}.parquet"
     return pd.read_parquet(path)["text"].tolist() if path.exists() else []
 
 
@@ -244,9 +210,9 @@ def assert_whole(result: CollectResult, ws: Workspace, files: dict[str, bytes]) 
         record = recorded[outcome.sha256]
         assert (record.rows_in, record.rows_accepted, record.rows_quarantined) == (
             outcome.rows_in, outcome.rows_accepted, outcome.rows_quarantined)
-        assert len(quarantine(ws, data)) == outcome.rows_quarantined
+        assert len(quarantine_records(ws, data)) == outcome.rows_quarantined
         assert len(staged(ws, data)) == outcome.rows_accepted
-        assert list(ws.archive_dir.glob(f"{sha(data)[:16]}-*"))[0].read_bytes() == data
+        assert list(ws.archive_dir.glob(f"{sha256(data)[:16]}-*"))[0].read_bytes() == data
 
 
 # --- the table ------------------------------------------------------------------------------------------
@@ -260,15 +226,15 @@ def test_bad_input_is_quarantined_with_a_clear_reason(new_ws, case: Case) -> Non
     result = collect(ws)
 
     (outcome,) = result.files
-    assert (outcome.name, outcome.sha256, outcome.note) == (case.name, sha(case.data), "ingested")
+    assert (outcome.name, outcome.sha256, outcome.note) == (case.name, sha256(case.data), "ingested")
     assert outcome.remarks == case.remarks
     assert staged(ws, case.data) == case.accepted
-    lines = quarantine(ws, case.data)
+    lines = quarantine_records(ws, case.data)
     assert [q["row"] for q in lines] == sorted(case.reasons)
     for q in lines:
         expected = case.reasons[q["row"]]
         assert q["reason"].startswith(expected) if isinstance(expected, Prefix) else q["reason"] == expected, q
-        assert (q["file"], q["sha256"]) == (case.name, sha(case.data))
+        assert (q["file"], q["sha256"]) == (case.name, sha256(case.data))
     assert outcome.reasons == Counter(q["reason"] for q in lines)
     assert (outcome.rows_accepted, outcome.rows_quarantined) == (len(case.accepted), len(case.reasons))
     assert_whole(result, ws, {case.name: case.data})
@@ -286,12 +252,12 @@ def test_a_quarantined_row_keeps_what_it_held(new_ws) -> None:
     for name in ("fields.csv", "lone-surrogate.jsonl", "megabyte-line.csv"):
         land(ws, name, cases[name].data)
     collect(ws)
-    by_row = {q["row"]: q["record"] for q in quarantine(ws, cases["fields.csv"].data)}
+    by_row = {q["row"]: q["record"] for q in quarantine_records(ws, cases["fields.csv"].data)}
     assert by_row == {1: {"text": "great", "label": " loved it", "_extra_fields": repr(["positive"])},
                       2: {"text": "no label here", "label": None}}
-    by_row = {q["row"]: q["record"] for q in quarantine(ws, cases["lone-surrogate.jsonl"].data)}
+    by_row = {q["row"]: q["record"] for q in quarantine_records(ws, cases["lone-surrogate.jsonl"].data)}
     assert by_row[1] == {"text": "bad \\ud800 half", "label": "positive"}  # escaped: the file stays valid UTF-8
-    by_row = {q["row"]: q["record"] for q in quarantine(ws, cases["megabyte-line.csv"].data)}
+    by_row = {q["row"]: q["record"] for q in quarantine_records(ws, cases["megabyte-line.csv"].data)}
     assert by_row[2] == {"text": MEGABYTE, "label": "positive"}
 
 
@@ -308,8 +274,8 @@ def test_rows_repeated_across_files_are_ingested_once(new_ws) -> None:
 
     assert_whole(result, ws, {"a-first.csv": first, "b-second.jsonl": second})
     assert_whole(later, ws, {"c-third.parquet": third})
-    assert [q["reason"] for q in quarantine(ws, second)] == ["duplicate of a row already ingested from a-first.csv"]
-    assert [q["reason"] for q in quarantine(ws, third)] == ["duplicate of a row already ingested from b-second.jsonl"]
+    assert [q["reason"] for q in quarantine_records(ws, second)] == ["duplicate of a row already ingested from a-first.csv"]
+    assert [q["reason"] for q in quarantine_records(ws, third)] == ["duplicate of a row already ingested from b-second.jsonl"]
     assert staged(ws, first) + staged(ws, second) + staged(ws, third) == [t for t, _ in GOOD]
 
 
@@ -489,7 +455,7 @@ def test_odd_file_names_cannot_steer_where_collect_writes(new_ws) -> None:
     assert sorted(f.name for f in result.files) == sorted(files)
     assert_whole(result, ws, files)
     assert sorted(p.name for p in ws.archive_dir.iterdir()) == sorted(
-        [f"{sha(files[long_name])[:16]}-{'r' * 116}.csv", f"{sha(files[shown])[:16]}-caf_xe9__xff.csv"])
+        [f"{sha256(files[long_name])[:16]}-{'r' * 116}.csv", f"{sha256(files[shown])[:16]}-caf_xe9__xff.csv"])
 
     # A caller handing ingest_file a name with path components gets it kept inside the archive.
     ledger = Ledger(ws.ledger_db)

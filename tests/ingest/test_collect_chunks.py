@@ -7,9 +7,7 @@ boundaries: duplicates reach back across chunks, a JSON Lines column appears onl
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 import shutil
 import sqlite3
@@ -21,7 +19,8 @@ import pytest
 
 from kaizen.tasks.ingest.collect import CollectResult, collect
 from kaizen.tasks.workspace.layout import Workspace
-from tests.helpers import write_params
+from tests.support.files import csv_bytes, jsonl_bytes, parquet_bytes
+from tests.support.workspaces import write_params
 
 WHOLE = 1_000_000  # rows per chunk: every file here is one chunk
 
@@ -38,22 +37,6 @@ def rows() -> list[tuple[Any, Any]]:
     out += [(review(2).upper(), "negative"), (f"  {review(5)}  ", "negative"), (review(100), "neutral"),
             ("", "positive"), (review(900), "positive")]
     return out
-
-
-def csv_bytes(records: list[tuple[Any, Any]]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows([("text", "label"), *records])
-    return out.getvalue().encode("utf-8")
-
-
-def jsonl_bytes(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
-
-
-def parquet_bytes(records: list[tuple[Any, Any]]) -> bytes:
-    buffer = io.BytesIO()
-    pd.DataFrame(records, columns=["text", "label"]).to_parquet(buffer, index=False)
-    return buffer.getvalue()
 
 
 FILES = {

@@ -31,7 +31,8 @@ from kaizen.tasks.ingest.validate import NA_MARKERS
 from kaizen.tasks.workspace.faults import ENV
 from kaizen.tasks.workspace.layout import Workspace, init_workspace, template
 from kaizen.tasks.workspace.settings import load_settings
-from tests.helpers import REPO, write_params
+from tests.support.files import csv_bytes, parquet_bytes
+from tests.support.workspaces import REPO, write_params
 
 SETTINGS = load_settings(template("params.yaml"))
 LABELS = set(SETTINGS.data.labels)
@@ -108,12 +109,6 @@ def counted_rows(data: bytes, name: str) -> int | None:
 
 
 # --- the parser on random bytes -------------------------------------------------------------------------
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
 
 VALID_PARQUET = parquet_bytes(pd.DataFrame({"text": ["a fine film", "a dull one"], "label": ["positive", "negative"]}))
 PAYLOADS = st.one_of(
@@ -224,12 +219,6 @@ def review(i: int) -> str:
     return f"Review {i}: the story is {'gripping' if i % 2 else 'dull'} and scene {i * 7} stays with you."
 
 
-def csv_bytes(rows: list[tuple[str, str]]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows([("text", "label"), *rows])
-    return out.getvalue().encode("utf-8")
-
-
 def labelled(ids: range) -> list[tuple[str, str]]:
     return [(review(i), "positive" if i % 2 else "negative") for i in ids]
 
@@ -246,7 +235,7 @@ LANDED = {
 # Each point, and the n-th time it is reached where that hits another file or write (see LANDED's order).
 POINTS = [*KILL_POINTS, "atomic:written@2", "atomic:written@11", "collect:archived@4", "ledger:file-uncommitted@2",
           "collect:recorded@3"]
-CHILD = "import sys; from tasks.collect import collect; from tasks.workspace import Workspace; " \
+CHILD = "import sys; from kaizen.tasks.ingest.collect import collect; from kaizen.tasks.workspace.layout import Workspace; " \
         "collect(Workspace.open(sys.argv[1]))"
 
 

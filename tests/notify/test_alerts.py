@@ -21,25 +21,13 @@ import pytest
 from kaizen.tasks.evaluation.reports import DriftResult
 from kaizen.tasks.notify import alerts
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG, IterationSummary
+from kaizen.tasks.registry.record import IterationSummary
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.layout import Workspace
-from tests.helpers import sample
-from tests.servers import (
-    FINAL,
-    KAIZEN,
-    cli_env,
-    deployment_with_trigger,
-    free_port,
-    kaizen,
-    land,
-    make_ws,
-    prefect,
-    run_filter,
-    runs_of,
-    start,
-    stop,
-    wait_until,
-)
+from tests.support.files import land, sample
+from tests.support.processes import KAIZEN, cli_env, free_port, kaizen, start, stop, wait_until
+from tests.support.services import FINAL, deployment_with_trigger, prefect, run_filter, runs_of
+from tests.support.workspaces import make_ws
 
 # --- what the events say ---------------------------------------------------------------------------------
 

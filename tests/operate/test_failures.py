@@ -13,10 +13,12 @@ from kaizen.flows.cli import app
 from kaizen.flows.loop import IterationTimeout, iteration
 from kaizen.tasks.ingest.collect import collect, next_batch
 from kaizen.tasks.ingest.ledger import Ledger
-from kaizen.tasks.operate.failures import FAILED_EVENT, note_failure
+from kaizen.tasks.notify.events import FAILED
+from kaizen.tasks.operate.failures import note_failure
 from kaizen.tasks.registry import tracking
-from tests.helpers import clear_tracking_retries, land, sample, write_params
-from tests.servers import free_port, wait_until
+from tests.support.files import land, sample
+from tests.support.processes import free_port, wait_until
+from tests.support.workspaces import clear_tracking_retries, write_params
 
 
 def failed_events(ws) -> list[dict]:
@@ -25,7 +27,7 @@ def failed_events(ws) -> list[dict]:
 
     with get_client(sync_client=True) as client:
         page = client.read_events(filter=EventFilter(
-            event=EventNameFilter(name=[FAILED_EVENT]),
+            event=EventNameFilter(name=[FAILED]),
             resource=EventResourceFilter(id=[f"kaizen.workspace.{ws.workspace_id}"])), limit=50)
     return sorted((e.payload for e in page.events), key=lambda p: p["in_a_row"])
 

@@ -3,14 +3,10 @@ history, the REST API, and the registered model's page in headless Chromium show
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,37 +19,17 @@ from kaizen.flows.loop import iteration
 from kaizen.tasks.data.data_version import read_data_version
 from kaizen.tasks.operate.operations import OperationError, reproduce, rollback
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG, params_hash
-from tests.helpers import FAST, OPEN_GATE, REPO, sample, write_params
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.5)
+from kaizen.tasks.registry.record import params_hash
+from kaizen.tasks.registry.tags import TAG
+from tests.support.files import digests, land, sample
+from tests.support.processes import environment
+from tests.support.services import mlflow_server
+from tests.support.workspaces import FAST, OPEN_GATE, REPO, write_params
 
 
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -62,39 +38,19 @@ def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
     from kaizen.tasks.workspace.layout import Workspace, init_workspace
 
     store = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (store / "server.log").open("wb")  # noqa: SIM115  (open until the server stops, at teardown)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        wait_for(f"{url}/health", 180)
-        os.environ["MLFLOW_TRACKING_URI"] = url
+    with mlflow_server(f"sqlite:///{store}/mlflow.db", str(store / "artifacts"), store / "server.log",
+                       seconds=180) as url, environment({"MLFLOW_TRACKING_URI": url}):
         root = tmp_path_factory.mktemp("served") / "ws"
         init_workspace(root)
         write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
         ws = Workspace.open(root)
         prepared, locks = [], []
         for name, domain in (("movies", "movies"), ("amazon", "amazon"), ("food", "finefood")):
-            landing = Path(ws.landing)
-            landing.mkdir(parents=True, exist_ok=True)
-            sample(domains[domain], 120, seed=4).to_csv(landing / f"{name}.csv", index=False)
+            land(ws, f"{name}.csv", sample(domains[domain], 120, seed=4))
             iteration(str(root))
-            prepared.append(snapshot(ws.prepared_dir))
+            prepared.append(digests(ws.prepared_dir))
             locks.append(ws.dvc_lock.read_text())
         yield ws, url, prepared, locks
-    finally:
-        if previous_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_lineage_tags_are_true(served) -> None:
@@ -137,7 +93,7 @@ def test_rest_api_lists_the_model_with_its_aliases(served) -> None:
 def test_reproduce_restores_byte_identical_data(served, tmp_path: Path) -> None:
     ws, _, prepared, _ = served
     folder, md5 = reproduce(ws, "1", tmp_path / "v1")
-    assert snapshot(folder / "prepared") == prepared[0] != prepared[2]
+    assert digests(folder / "prepared") == prepared[0] != prepared[2]
     assert md5 == tracking.model_version(tracking.connect(ws), ws.settings.model.registered_name, "1").tags[
         TAG["data_version"]]
 
@@ -155,7 +111,7 @@ def test_reproduce_reads_any_dvc_remote(served, tmp_path: Path) -> None:
     finally:
         away.rename(ws.dvc_remote_dir)
     assert result.exit_code == 0, result.output
-    assert snapshot(tmp_path / "v2" / "data" / "prepared") == prepared[1]
+    assert digests(tmp_path / "v2" / "data" / "prepared") == prepared[1]
 
 
 def test_predict_history_then_rollback(served, tmp_path: Path) -> None:

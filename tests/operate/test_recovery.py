@@ -15,18 +15,21 @@ from pathlib import Path
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.faults import ENV
-from tests.helpers import FAST, OPEN_GATE, sample
+from tests.support.files import land, sample
+from tests.support.processes import KAIZEN
+from tests.support.workspaces import FAST, OPEN_GATE
 
 POINTS = ["preprocess:reproduced", "train:checkpoint", "register:logged", "check:done", "promote:moved",
           "finish:before-ledger"]
-KAIZEN = str(Path(sys.executable).parent / "kaizen")
 
 
-def kaizen_run(ws, kill_at: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in (ENV, "PREFECT_API_URL")}
-    env["PREFECT_HOME"] = str(ws.root / ".kaizen" / "prefect-child")
+def kaizen_run(ws, kill_at: str | None, prefect_api: str) -> subprocess.CompletedProcess:
+    """`kaizen run` in a child process, killed at `kill_at`; on the session's Prefect server (a temporary one per
+    child costs 10 to 17 s, and its watchdog is tested elsewhere)."""
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env["PREFECT_HOME"], env["PREFECT_API_URL"] = str(ws.root / ".kaizen" / "prefect-child"), prefect_api
     if kill_at:
         env[ENV] = kill_at
     log = ws.root / ".kaizen" / f"child-{kill_at or 'clean'}.log".replace(":", "_")
@@ -37,25 +40,23 @@ def kaizen_run(ws, kill_at: str | None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(done.args, done.returncode, "", log.read_text())
 
 
-def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains) -> None:
+def test_a_killed_iteration_is_finished_by_the_next_run(make_workspace, domains, prefect_server) -> None:
     ws = make_workspace(**{k.replace(".", "__"): v for k, v in OPEN_GATE.items()})
-    landing = Path(ws.landing)
-    landing.mkdir(parents=True, exist_ok=True)
-    sample(domains["movies"], 80, seed=30).to_csv(landing / "b0.csv", index=False)
-    first = kaizen_run(ws, None)
+    land(ws, "b0.csv", sample(domains["movies"], 80, seed=30))
+    first = kaizen_run(ws, None, prefect_server)
     assert first.returncode == 0, first.stderr[-3000:]
 
     for i, point in enumerate(POINTS, start=1):
         domain = ("amazon", "finefood", "movies")[i % 3]
-        sample(domains[domain], 80, seed=30 + i).to_csv(landing / f"b{i}.csv", index=False)
-        killed = kaizen_run(ws, point)
+        land(ws, f"b{i}.csv", sample(domains[domain], 80, seed=30 + i))
+        killed = kaizen_run(ws, point, prefect_server)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-3000:])
         ledger = Ledger(ws.ledger_db)
         pending = [b.batch_id for b in ledger.batches(status="pending")]
         ledger.close()
         # The oldest pending batch is taken first: a kill may leave several waiting, never one lost.
         assert pending and pending[-1] == f"batch-{i + 1:04d}", (point, pending)
-    last = kaizen_run(ws, None)
+    last = kaizen_run(ws, None, prefect_server)
     assert last.returncode == 0, last.stderr[-3000:]
 
     ledger = Ledger(ws.ledger_db)

@@ -21,35 +21,19 @@ from hypothesis import strategies as st
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
-from kaizen.tasks.registry.record import TAG
+from kaizen.tasks.registry.tags import TAG
+from kaizen.tasks.workspace import environment
 from kaizen.tasks.workspace.layout import Workspace
-from tests.helpers import OPEN_GATE, clear_tracking_retries, land, sample, write_params
-from tests.servers import KAIZEN, cli_env, free_port, wait_until
+from tests.support.files import land, sample
+from tests.support.processes import KAIZEN, cli_env, free_port, stop, wait_until
+from tests.support.services import start_mlflow
+from tests.support.workspaces import OPEN_GATE, clear_tracking_retries, write_params
 
 
-def start_mlflow(store: Path, port: int) -> subprocess.Popen:
-    log = open(store / "server.log", "ab")  # noqa: SIM115  (the child keeps its own descriptor)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-         "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    wait_until("the MLflow server", lambda: _answers(f"http://127.0.0.1:{port}"), 180, every=0.5)
-    return server
-
-
-def stop_mlflow(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+def mlflow_on(store: Path, port: int) -> subprocess.Popen:
+    """The MLflow server of `store`, on `port` each time it is started (its clients keep the one URL)."""
+    return start_mlflow(f"sqlite:///{store}/mlflow.db", str(store / "artifacts"), store / "server.log", port=port,
+                        seconds=180)[0]
 
 
 def attempt_started(url: str, batch: str) -> bool:
@@ -63,15 +47,15 @@ def attempt_started(url: str, batch: str) -> bool:
 
 
 def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes_once(make_workspace, domains,
-                                                                                   tmp_path) -> None:
+                                                                                   tmp_path, prefect_server) -> None:
     store = tmp_path / "store"
     store.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ws = make_workspace(**{k.replace(".", "__"): v for k, v in OPEN_GATE.items()})
-    shipped = tracking.tracking_retry_env(ws)  # in the environment as a kaizen process (or an earlier test) left it
-    env = {**cli_env(), **shipped, tracking.SET_BY_KAIZEN: json.dumps(shipped), "MLFLOW_TRACKING_URI": url,
-           "PREFECT_HOME": str(ws.state_dir / "prefect-run")}
+    shipped = environment.tracking_retry_env(ws)  # in the environment as a kaizen process (or an earlier test) left it
+    env = {**cli_env(), **shipped, environment.SET_BY_KAIZEN: json.dumps(shipped), "MLFLOW_TRACKING_URI": url,
+           "PREFECT_HOME": str(ws.state_dir / "prefect-run"), "PREFECT_API_URL": prefect_server}
 
     def run_during_outage(batch: str, down_for: float | None) -> tuple[subprocess.CompletedProcess, float]:
         """`kaizen run` with the server stopped once the iteration is under way; back after `down_for` s
@@ -85,18 +69,16 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
                 wait_until("the iteration's run", lambda: attempt_started(url, batch) or run.poll() is not None, 300,
                            every=0.3)
                 stopped = time.monotonic()
-                stop_mlflow(server)
+                stop(server, grace=60)
                 if down_for is not None:
                     time.sleep(down_for)
-                    server = start_mlflow(store, port)
+                    server = mlflow_on(store, port)
                 run.wait(timeout=600)
             finally:
-                if run.poll() is None:
-                    os.killpg(run.pid, signal.SIGKILL)
-                    run.wait()
+                stop(run, signal.SIGKILL)
         return subprocess.CompletedProcess(run.args, run.returncode, log.read_text(), ""), time.monotonic() - stopped
 
-    server = start_mlflow(store, port)
+    server = mlflow_on(store, port)
     try:
         # 1. An outage shorter than MLflow's retries (operations.tracking_*): ridden out, the iteration completes.
         land(ws, "movies.csv", sample(domains["movies"], 80, seed=70))
@@ -118,7 +100,7 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
                                                                          ("batch-0002", "pending")]
             assert ledger.failures_in_a_row("batch-0002")[0] == 0  # a server that was down is not the batch's fault
         # ...and once the server is back, the next run finishes it.
-        server = start_mlflow(store, port)
+        server = mlflow_on(store, port)
         finished = subprocess.run([KAIZEN, "run", "-w", str(ws.root)], env=env, capture_output=True, text=True,
                                   timeout=600)
         assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
@@ -145,11 +127,11 @@ def test_the_tracking_server_restarting_mid_iteration_loses_nothing_and_promotes
         finally:
             os.environ.pop("MLFLOW_TRACKING_URI")
     finally:
-        stop_mlflow(server)
+        stop(server, grace=60)
 
 
-CHILD = ("import os, sys; from kaizen.tasks.registry import tracking; from kaizen.tasks.workspace.layout import Workspace; "
-         "tracking.apply_tracking_retries(Workspace.open(sys.argv[1])); print(os.environ['{}'])")
+CHILD = ("import os, sys; from kaizen.tasks.workspace import environment; from kaizen.tasks.workspace.layout import "
+         "Workspace; environment.apply_tracking_retries(Workspace.open(sys.argv[1])); print(os.environ['{}'])")
 
 
 def test_a_child_process_applies_its_own_tracking_retries_and_the_users_own_win(make_workspace, monkeypatch):
@@ -157,7 +139,7 @@ def test_a_child_process_applies_its_own_tracking_retries_and_the_users_own_win(
     in its environment: each applies its own params.yaml over them (edited since), but never over the user's."""
     ws = make_workspace()
     clear_tracking_retries(monkeypatch, ws)
-    tracking.apply_tracking_retries(ws)
+    environment.apply_tracking_retries(ws)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == str(ws.settings.operations.tracking_retries)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(ws.settings.operations.tracking_timeout_seconds)
     write_params(ws.root, {"operations.tracking_retries": 2, "operations.tracking_timeout_seconds": 5})
@@ -172,7 +154,7 @@ def test_a_child_process_applies_its_own_tracking_retries_and_the_users_own_win(
     assert in_child("MLFLOW_HTTP_REQUEST_TIMEOUT", dict(os.environ)) == "5"
     assert in_child("MLFLOW_HTTP_REQUEST_MAX_RETRIES", {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4"}) == "4"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "9")  # the user's, set in this process after kaizen's
-    tracking.apply_tracking_retries(Workspace.open(ws.root))
+    environment.apply_tracking_retries(Workspace.open(ws.root))
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "9"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # kaizen's own, from the edited params.yaml
     assert in_child("MLFLOW_HTTP_REQUEST_TIMEOUT", dict(os.environ)) == "9"

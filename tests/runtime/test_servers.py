@@ -13,8 +13,8 @@ import psutil
 
 from kaizen.tasks.runtime.servers import TEMPORARY_SERVER_MARK
 from tests.conftest import SESSION_MARK, leftover_processes, orphans_of_ended_sessions, pytest_sessionstart
-from tests.helpers import land, sample
-from tests.servers import KAIZEN, cli_env, wait_until
+from tests.support.files import land, sample
+from tests.support.processes import KAIZEN, cli_env, stop, wait_until
 
 
 def temporary_servers(parent: psutil.Process) -> list[psutil.Process]:
@@ -45,9 +45,7 @@ def test_a_kaizen_run_killed_with_sigkill_leaves_no_temporary_server(make_worksp
 
         assert wait_until("the orphaned server to stop", lambda: not server.is_running(), 30, every=0.5)
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        stop(run, signal.SIGKILL)
 
 
 FLOW_THAT_LOGS = """
@@ -100,18 +98,20 @@ def test_what_a_killed_session_left_running_is_stopped_when_the_next_one_starts(
     def started(mark: str) -> subprocess.Popen:
         return subprocess.Popen(sleeper, env={**os.environ, SESSION_MARK[0]: mark}, start_new_session=True)
 
-    orphan = started("999999999-kaizen-tests-killed")  # no such pid: that session's pytest is gone
-    concurrent = started(f"{os.getpid()}-kaizen-tests-another")  # its pytest (this process) still runs
+    orphan = started("999999999-1.00-kaizen-tests-killed")  # no such pid: that session's pytest is gone
+    here = f"{os.getpid()}-{psutil.Process().create_time():.2f}"
+    concurrent = started(f"{here}-kaizen-tests-another")  # its pytest (this process) still runs
+    reused = started(f"{os.getpid()}-1.00-kaizen-tests-before")  # this pid, but a process that started long ago
     mine = started(SESSION_MARK[1])
     try:
         found = {p.pid for p in orphans_of_ended_sessions()}
-        assert orphan.pid in found and not {concurrent.pid, mine.pid} & found
+        assert {orphan.pid, reused.pid} <= found and not {concurrent.pid, mine.pid} & found
         pytest_sessionstart(None)
-        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert orphan.wait(timeout=10) == reused.wait(timeout=10) == -signal.SIGKILL
         assert f"pid {orphan.pid}: " in capsys.readouterr().out
         assert concurrent.poll() is None and mine.poll() is None
     finally:
-        for process in (orphan, concurrent, mine):
+        for process in (orphan, concurrent, reused, mine):
             process.kill()
             process.wait()
 
@@ -123,7 +123,8 @@ CREDENTIALS = {"PREFECT_API_AUTH_STRING": "kaizen:prefect-secret-4711",
 
 
 def test_up_refuses_to_open_the_servers_to_the_network_without_authentication(tmp_path, tiny_backbone) -> None:
-    from tests.servers import kaizen, make_ws
+    from tests.support.processes import kaizen
+    from tests.support.workspaces import make_ws
 
     ws = make_ws(tmp_path / "open", tiny_backbone, **{"servers.host": "0.0.0.0"})
     result = kaizen("up", "-w", str(ws.root), check=False)
@@ -137,7 +138,8 @@ def test_up_with_credentials_lets_in_only_its_users_and_its_own_origin(tmp_path,
 
     import httpx
 
-    from tests.servers import kaizen, make_ws
+    from tests.support.processes import kaizen
+    from tests.support.workspaces import make_ws
 
     ws = make_ws(tmp_path / "locked", tiny_backbone)
     env = {**cli_env(), **CREDENTIALS}
@@ -165,3 +167,33 @@ def test_up_with_credentials_lets_in_only_its_users_and_its_own_origin(tmp_path,
         assert mlflow["answers"] and mlflow["url"].startswith("http://***@") and password not in shown
     finally:
         kaizen("down", "-w", str(ws.root), env=env)
+
+
+def test_kaizen_ui_runs_mlflow_as_lean_as_the_server_of_kaizen_up(tmp_path, monkeypatch) -> None:
+    """`kaizen ui` execs `mlflow ui` with the settings of `kaizen up`'s MLflow server: one worker, and neither
+    MLflow's job runner nor its task consumers (about ten processes and 2.4 GB without them)."""
+    from typer.testing import CliRunner
+
+    from kaizen.flows.cli import app
+    from kaizen.flows.cli import inspect as inspect_cli
+    from kaizen.tasks.runtime import servers
+    from kaizen.tasks.workspace.layout import Workspace, template
+    from kaizen.tasks.workspace.settings import load_settings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # inherited from a shell: not for these servers
+    ws = Workspace(tmp_path, load_settings(template("params.yaml")))
+    execs = []
+    monkeypatch.setattr(inspect_cli, "open_workspace", lambda path: ws)
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: execs.append((path, argv, env)))
+    result = CliRunner().invoke(app, ["ui", "-w", str(tmp_path), "--port", "5123"])
+    assert result.exit_code == 0, result.output
+    ((path, ui, ui_env),) = execs
+    up, up_env, _ = servers._command(ws, "mlflow")
+    assert path == ui[0] == up[0] and (ui[1], up[1]) == ("ui", "server")
+    for argv, env in ((ui, ui_env), (up, up_env)):
+        assert argv[argv.index("--workers") + 1] == "1"
+        assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+        assert env["HF_HUB_OFFLINE"] == "1" and "MLFLOW_TRACKING_URI" not in env
+    assert ui[ui.index("--backend-store-uri") + 1] == ws.tracking_uri == f"sqlite:///{ws.mlflow_db}"
+    assert (ui[ui.index("--host") + 1], ui[ui.index("--port") + 1]) == ("127.0.0.1", "5123")

@@ -1,9 +1,11 @@
 """Batch scoring with the champion (`kaizen score`): a folder of CSV, JSON Lines, Parquet and text files, read in
 chunks, every row back with its label and every class's probability, or with a reason; files that cannot be read
-are named; fsspec URLs in and out."""
+are named; fsspec URLs in and out; a compressed file scores as its plain self, and `kaizen predict FILE` is the
+same scorer writing CSV."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 
 from kaizen.flows.cli import app
 from kaizen.tasks.serving import champion, scoring
-from tests.helpers import sample
+from tests.support.files import sample
 
 BAD_BYTES = b"\xff\xfe not UTF-8"
 
@@ -112,3 +114,26 @@ def test_what_cannot_be_scored_says_why(champion_ws, make_workspace, tmp_path: P
                                  str(make_workspace("no-champion").root)])
     assert result.exit_code == 2 and "no champion yet" in result.output
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_a_compressed_file_scores_as_its_plain_self_and_predict_is_the_same_scorer(champion_ws, domains,
+                                                                                    tmp_path: Path) -> None:
+    texts = sample(domains["amazon"], 10, seed=12)["text"].tolist()
+    data = pd.DataFrame({"text": texts, "id": range(10)}).to_csv(index=False).encode("utf-8")
+    (tmp_path / "reviews.csv").write_bytes(data)
+    (tmp_path / "reviews.csv.gz").write_bytes(gzip.compress(data))
+    result = scoring.score(champion_ws, str(tmp_path / "reviews.csv.gz"), str(tmp_path / "gz.parquet"))
+    assert (result.files, result.rows, result.labelled, result.problems) == (1, 10, 10, [])
+    scoring.score(champion_ws, str(tmp_path / "reviews.csv"), str(tmp_path / "plain.parquet"))
+    scored, plain = pd.read_parquet(tmp_path / "gz.parquet"), pd.read_parquet(tmp_path / "plain.parquet")
+    assert list(scored["source"]) == ["reviews.csv.gz"] * 10 and list(scored["row"]) == list(range(2, 12))
+    pd.testing.assert_frame_equal(scored.drop(columns="source"), plain.drop(columns="source"))
+    assert list(scored["text"]) == texts and scored["reason"].isna().all()
+
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "reviews.csv.gz"), "-w", str(champion_ws.root)])
+    assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "reviews.predictions.csv", dtype={"id": str, "model_version": str})
+    assert list(predicted.columns) == list(scored.columns)
+    assert list(predicted["text"]) == texts and list(predicted["id"]) == list(scored["id"])
+    assert list(predicted["prediction"]) == list(scored["prediction"])
+    assert (predicted["p_positive"] - scored["p_positive"]).abs().max() < 1e-6

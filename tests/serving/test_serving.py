@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from kaizen.flows.cli import app
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.serving import champion
-from tests.helpers import sample
-from tests.servers import KAIZEN, cli_env, free_port, start, stop, wait_until
+from tests.support.files import sample
+from tests.support.processes import KAIZEN, cli_env, free_port, start, stop, wait_until
+from tests.support.services import answers
 
 FULLWIDTH = "ｔｅｒｒｉｂｌｅ，  ｂｏｒｉｎｇ ｆｉｌｍ"  # NFKC (the DVC stage's normalisation) makes it the next line
 PLAIN = "terrible, boring film"
@@ -40,20 +41,11 @@ def texts(domains) -> list[str]:
 @pytest.fixture(scope="module")
 def server(champion_ws) -> Iterator[str]:
     port = free_port()
-    proc = start([KAIZEN, "serve-model", "--port", str(port), "-w", str(champion_ws.root)],
-                 champion_ws.state_dir / "serve-model.log", cli_env())
+    log = champion_ws.state_dir / "serve-model.log"
+    proc = start([KAIZEN, "serve-model", "--port", str(port), "-w", str(champion_ws.root)], log, cli_env())
     url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, (champion_ws.state_dir / "serve-model.log").read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
     try:
-        wait_until("the model server", answers, 240, every=1.0)
+        wait_until("the model server", lambda: answers(f"{url}/ping"), 240, every=1.0, proc=proc, log=log)
         yield url
     finally:
         stop(proc)
@@ -85,7 +77,7 @@ def test_the_logged_model_carries_what_it_was_trained_with(champion_ws) -> None:
     assert {"torch==2.13.0", f"transformers=={version('transformers')}", f"mlflow=={version('mlflow')}"} <= \
         set(requirements)
     shipped = {p.relative_to(folder / "code").as_posix() for p in (folder / "code").rglob("*.py")}
-    assert {"kaizen/tasks/predict.py", "kaizen/tasks/text.py"} <= shipped  # self-contained
+    assert {"kaizen/tasks/model/predict.py", "kaizen/tasks/formats/text.py"} <= shipped  # self-contained
     files = {p.name for p in folder.rglob("*") if p.is_file()}
     assert "model.safetensors" in files and not [f for f in files if f.endswith((".bin", ".pkl", ".pt"))]
 
@@ -152,7 +144,7 @@ def test_mlflow_builds_a_serving_image_context_from_the_registry(champion_ws, tm
     dockerfile = (tmp_path / "image" / "Dockerfile").read_text()
     assert f"mlflow=={version('mlflow')}" in dockerfile and "_install_pyfunc_deps" in dockerfile
     assert "torch==2.13.0" in (tmp_path / "image" / "model_dir" / "requirements.txt").read_text()
-    assert (tmp_path / "image" / "model_dir" / "code" / "kaizen" / "tasks" / "predict.py").exists()
+    assert (tmp_path / "image" / "model_dir" / "code" / "kaizen" / "tasks" / "model" / "predict.py").exists()
 
 
 def test_kaizen_loads_the_champion_as_mlflow_does(champion_ws) -> None:

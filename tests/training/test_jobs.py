@@ -4,7 +4,6 @@ deployment of flows/training.py (served here, standing for a worker on a GPU nod
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -13,9 +12,10 @@ import pytest
 
 from kaizen.tasks.training.jobs import JobFailed
 from kaizen.tasks.training.train import fine_tune
-from tests.helpers import sample
-from tests.servers import runs_of, stop, wait_until
-from tests.training.test_train import LABELS, MODEL, TRAIN
+from tests.support.files import sample
+from tests.support.processes import start, stop, wait_until
+from tests.support.services import runs_of
+from tests.support.training import LABELS, MODEL, TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,17 @@ def test_a_failing_job_says_why_with_its_log(tmp_path: Path, rows) -> None:
 def test_training_runs_as_a_run_of_its_deployment(tiny_backbone: Path, rows, tmp_path: Path, prefect_server) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    from tests.servers import prefect
+    from tests.support.services import prefect
 
     name = f"test-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    log = (tmp_path / "serve.log").open("wb")
-    served = subprocess.Popen([sys.executable, "-c", f"from kaizen.flows.training import train_job; "
-                               f"train_job.serve(name={name!r})"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    log = tmp_path / "serve.log"
+    served = start([sys.executable, "-c", f"from kaizen.flows.training import train_job; train_job.serve(name={name!r})"],
+                   log, env)
     try:
         with prefect(PREFECT_API_URL.value()) as client:
-            wait_until("the served deployment", lambda: _exists(client, f"kaizen-train/{name}"), 120, every=1)
+            wait_until("the served deployment", lambda: _exists(client, f"kaizen-train/{name}"), 120, every=1,
+                       proc=served, log=log)
         train, val = rows
         logged: list[int] = []
         settings = TRAIN.model_copy(update={"deployment": f"kaizen-train/{name}"})
@@ -54,7 +54,6 @@ def test_training_runs_as_a_run_of_its_deployment(tiny_backbone: Path, rows, tmp
             (run,) = runs_of(client, client.read_deployment_by_name(f"kaizen-train/{name}").id)
     finally:
         stop(served)
-        log.close()
     assert run.state.is_completed() and run.parameters == {"job": str(tmp_path / "out" / "job"), "processes": 1}
     assert logged == [1, 2] and (result.model_dir / "model.safetensors").exists()
     assert "rank 0 of 1 processes on cpu" in (tmp_path / "out" / "job" / "train.log").read_text()

@@ -13,11 +13,8 @@ from safetensors.torch import load_file
 from kaizen.tasks.model.predict import predict
 from kaizen.tasks.training.merge import WEIGHTS, MergeChoice, choose_merge, interpolate
 from kaizen.tasks.training.train import fine_tune
-from kaizen.tasks.workspace.settings import ModelSettings
-from tests.helpers import sample
-
-LABELS = ("negative", "positive")
-MODEL = ModelSettings(registered_name="m", backbone="tiny", max_length=32)
+from tests.support.files import sample
+from tests.support.training import LABELS, MODEL
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,8 @@ import pytest
 
 from kaizen.tasks.model.predict import pick_device, predict
 from kaizen.tasks.training.train import fine_tune, resolve_backbone
-from kaizen.tasks.workspace.settings import ModelSettings, TrainSettings
-from tests.helpers import sample
-
-MODEL = ModelSettings(registered_name="m", backbone="tiny", max_length=32)
-TRAIN = TrainSettings(epochs=2, bootstrap_epochs=2, batch_size=16, learning_rate=2e-3, weight_decay=0.0,
-                      warmup_ratio=0.0, max_train_rows=0, seed=3, device="cpu", processes=1, deployment="",
-                      balance_classes="never", distill_weight=0.0, distill_temperature=2.0,
-                      skip_if_champion_above=1.01, merge_alphas=(1.0,), merge_val_rows=100)
-LABELS = ("negative", "positive")
+from tests.support.files import sample
+from tests.support.training import LABELS, MODEL, TRAIN
 
 
 @pytest.fixture(scope="module")

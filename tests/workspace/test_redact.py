@@ -12,9 +12,10 @@ import fsspec
 
 from kaizen.flows.loop import iteration
 from kaizen.tasks.notify import arrivals
+from kaizen.tasks.notify.events import ARRIVED
 from kaizen.tasks.registry import record, tracking
 from kaizen.tasks.workspace.redact import redact
-from tests.helpers import sample
+from tests.support.files import sample
 
 SECRET = "hunter2-landing-secret"
 # A token as the URL's user (a password in params.yaml is refused outright: storage settings, issue 14).
@@ -67,7 +68,7 @@ def test_credentials_in_the_landing_url_reach_no_param_tag_artifact_event_or_log
         seen += [log.message for log in prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
             any_=[flow_run_id])))]
         for _ in range(30):  # the server stores an event a moment after it accepts it
-            events = [e for e in prefect.read_events(EventFilter(event=EventNameFilter(name=[arrivals.ARRIVED])),
+            events = [e for e in prefect.read_events(EventFilter(event=EventNameFilter(name=[ARRIVED])),
                                                      limit=50).events
                       if e.resource.id == f"kaizen.workspace.{ws.workspace_id}"]
             if events:

@@ -1,11 +1,13 @@
-"""parse_text: the lines of a CSV or JSON Lines file -> its rows, a chunk at a time, with no judgement of their
-values yet. A JSON array (a `.json` file holding one array) is read whole: its end must be found before its
+"""rows: the lines of a CSV, JSON Lines or plain text file -> its rows, a chunk at a time, with no judgement of
+their values yet. A JSON array (a `.json` file holding one array) is read whole: its end must be found before its
 first item is known to be one.
 
-A fault of the format (a malformed quote, a line that is not a JSON object) refuses the whole file, naming
-the line; it is reported only once the rest of the file has been decoded, since bytes that are not text
-further on outrank it (as when the whole file was decoded first). Chunks yielded before a fault is found
-are the caller's to discard.
+Read strictly (collect), a fault of the format (a malformed quote, a line that is not a JSON object) refuses the
+whole file, naming the line; it is reported only once the rest of the file has been decoded, since bytes that are
+not text further on outrank it (as when the whole file was decoded first). Chunks yielded before a fault is found
+are the caller's to discard. Read leniently (scoring), a line or an item that cannot be a row is a row with a
+problem and the reading goes on; a fault that leaves the rest of the file unknown (a malformed quote) is raised
+after the rows before it were yielded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from kaizen.tasks.formats.decode import BadFile, drain
+from kaizen.tasks.formats.decode import BadFile, drain, undecoded, up_to_undecoded
 
 DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 EXTRA = "_extra_fields"  # where a CSV row's fields beyond the header are kept, so nothing of it is lost
@@ -28,14 +30,17 @@ HEAD_LIMIT = 1 << 20  # characters read ahead to find the header line (a file wi
 class RawRow(NamedTuple):  # a tuple, not a dataclass: made once per row, ten million times for a large file
     record: dict[str, Any]  # the cells as read, by column
     problem: str | None = None  # why the row cannot be used, known from reading it alone
+    number: int = 0  # where a person finds it: its line (a CSV's header is line 1), its item or Parquet row
 
 
 @dataclass(frozen=True)
 class Chunk:
     columns: list[str]  # the file's columns
     rows: list[RawRow]
-    start: int  # the number of the first of `rows` in the file, from 1
+    start: int  # the number of the first of `rows` among the file's rows, from 1
     remarks: tuple[str, ...] = ()  # what was done to read the file that a user should know
+    done: float | None = None  # the share of the file read, for progress (None: as far as its bytes were read)
+    problem: str | None = None  # read leniently: why the file, or the rest of it, could not be read
 
 
 class ColumnsGrew(Exception):
@@ -90,20 +95,25 @@ def _head(lines: Iterator[str]) -> tuple[list[str], str, bool]:
 
 
 def csv_chunks(lines: Iterator[str], expected: str, required: Sequence[str], size: int,
-               remarks: tuple[str, ...]) -> Iterator[Chunk]:
+               remarks: tuple[str, ...], strict: bool = True) -> Iterator[Chunk]:
     """A CSV's rows; `required` columns let a file with the wrong delimiter be read all the same."""
+    lines = lines if strict else up_to_undecoded(lines, "csv")
     head, first, blank = _head(lines)
     if blank:
-        raise BadFile("unreadable csv file: no header row (it holds only blank lines)")
+        held = "it is empty" if not any(head) else "it holds only blank lines"
+        raise BadFile(f"unreadable csv file: no header row ({held})")
     delimiter, said = _delimiter(first, expected, required)
     remarks += said
     # One field can be as long as the file (a line of megabytes): the row is judged for length later, not
     # refused here. The limit is process-wide, so it is only ever raised.
     csv.field_size_limit(sys.maxsize)
     reader = csv.reader(itertools.chain(head, lines), delimiter=delimiter, strict=True)
+    header: list[str] = []
+    rows: list[RawRow] = []
+    start = 1
     try:
-        header = next((fields for fields in reader if fields), None)
-        if header is None:
+        header = next((fields for fields in reader if fields), [])
+        if not header:
             raise BadFile("unreadable csv file: no header row (it holds only blank lines)")
         duplicated = sorted({c for c in header if header.count(c) > 1})
         problem = ("unreadable csv file: NUL bytes in the header (UTF-16 without a byte-order mark?)"
@@ -111,44 +121,54 @@ def csv_chunks(lines: Iterator[str], expected: str, required: Sequence[str], siz
                    f"unreadable csv file: column(s) {duplicated} appear more than once in the header"
                    if duplicated else None)
         if problem:
-            drain(lines)
+            if strict:
+                drain(lines)
             raise BadFile(problem)
-        rows: list[RawRow] = []
-        start = 1
+        width = len(header)
         for fields in reader:
-            if fields:  # an empty line is not a row
-                rows.append(_csv_row(header, fields))
-                if len(rows) == size:
-                    yield Chunk(header, rows, start, remarks)
-                    start, rows = start + size, []
+            if len(fields) == width:  # most rows: built here, without a call
+                rows.append(RawRow(dict(zip(header, fields, strict=True)), None, reader.line_num))
+            elif fields:  # an empty line is not a row
+                rows.append(_csv_row(header, fields, reader.line_num, strict))
+            if len(rows) == size:
+                yield Chunk(header, rows, start, remarks)
+                start, rows = start + size, []
     except csv.Error as exc:
         hint = " (a quote opened and never closed?)" if "end of data" in str(exc) else ""
         error = BadFile(f"unreadable csv file: malformed CSV on line {reader.line_num}: {exc}{hint}")
-        drain(lines)
+        if strict:
+            drain(lines)
+            raise error from exc
+        if rows:  # read leniently, the rows before the fault are used
+            yield Chunk(header, rows, start, remarks)
         raise error from exc
+    except BadFile:  # no header, or bytes that are not text: read leniently, after the rows before them
+        if rows and not strict:
+            yield Chunk(header, rows, start, remarks)
+        raise
     if start == 1 and not rows:
         raise BadFile("empty csv file: a header and no rows")
     if rows:
         yield Chunk(header, rows, start, remarks)
 
 
-def _csv_row(header: list[str], fields: list[str]) -> RawRow:
+def _csv_row(header: list[str], fields: list[str], number: int, strict: bool) -> RawRow:
     record: dict[str, Any] = dict(zip(header, fields, strict=False))
-    if len(fields) == len(header):
-        return RawRow(record)
     record.update({c: None for c in header[len(fields):]})
     if len(fields) > len(header):
         record[EXTRA] = fields[len(header):]
         hint = " (an unquoted delimiter in the text?)"
     else:
         hint = " (a line cut short?)"
-    return RawRow(record, f"row has {len(fields)} field(s), the header has {len(header)}{hint}")
+    problem = (f"row has {len(fields)} field(s), the header has {len(header)}{hint}" if strict else
+               f"line {number}: {len(fields)} fields where the header has {len(header)}")
+    return RawRow(record, problem, number)
 
 
 def json_chunks(lines: Iterator[str], array_allowed: bool, size: int, remarks: tuple[str, ...],
-                columns: list[str] | None) -> Iterator[Chunk]:
+                columns: list[str] | None, strict: bool = True) -> Iterator[Chunk]:
     """A JSON Lines file's objects; or, when `array_allowed` and the text starts with `[`, one JSON array's.
-    `columns`: every column, when known from an earlier read (ColumnsGrew)."""
+    `columns`: every column, when known from an earlier read (ColumnsGrew, raised only when `strict`)."""
     blank: list[str] = []
     for line in lines:
         if line.strip():
@@ -157,14 +177,15 @@ def json_chunks(lines: Iterator[str], array_allowed: bool, size: int, remarks: t
     else:
         raise BadFile("empty jsonl file: no rows")
     if array_allowed and line.lstrip().startswith("["):
-        yield from _array("\n".join(itertools.chain(blank, [line], lines)), size, remarks)
+        yield from _array("\n".join(itertools.chain(blank, [line], lines)), size, remarks, strict)
     else:
-        yield from _objects(itertools.chain(blank, [line], lines), size, remarks, columns)
+        yield from _objects(itertools.chain(blank, [line], lines), size, remarks, columns, strict)
 
 
-def _objects(lines: Iterator[str], size: int, remarks: tuple[str, ...], known: list[str] | None) -> Iterator[Chunk]:
+def _objects(lines: Iterator[str], size: int, remarks: tuple[str, ...], known: list[str] | None,
+             strict: bool) -> Iterator[Chunk]:
     columns: dict[str, None] = dict.fromkeys(known or ())
-    objects: list[dict] = []
+    rows: list[RawRow] = []  # the objects as read: each gets every column when its chunk is made
     start, where = 1, "the array"
     fault: BadFile | None = None  # the first line that is no object: said once every line is known to be JSON
     grew = False  # a column first seen after a chunk was yielded: the rest is only read for its columns
@@ -173,17 +194,20 @@ def _objects(lines: Iterator[str], size: int, remarks: tuple[str, ...], known: l
             if not line.strip():
                 continue
             where = f"line {i}"
-            obj = json.loads(line)
-            if fault is None and not isinstance(obj, dict):
-                fault = BadFile(f"unreadable jsonl file: {where} is a JSON {_json_type(obj)}, not an object")
-            if fault is not None:
-                continue
-            objects.append(obj)
-            if len(objects) == size:
-                grew = _widen(columns, objects, start > 1) or grew
+            if not strict:
+                rows.append(_lenient_object(line, i))
+            else:
+                obj = json.loads(line)
+                if fault is None and not isinstance(obj, dict):
+                    fault = BadFile(f"unreadable jsonl file: {where} is a JSON {_json_type(obj)}, not an object")
+                if fault is not None:
+                    continue
+                rows.append(RawRow(obj, None, i))
+            if len(rows) == size:  # read leniently, a chunk has the columns seen so far: nothing is read twice
+                grew = (_widen(columns, rows, start > 1) and strict) or grew
                 if not grew:
-                    yield _json_chunk(list(columns), objects, start, remarks)
-                start, objects = start + size, []
+                    yield _json_chunk(list(columns), rows, start, remarks)
+                start, rows = start + size, []
     except BadFile:
         raise
     except json.JSONDecodeError as exc:
@@ -194,27 +218,44 @@ def _objects(lines: Iterator[str], size: int, remarks: tuple[str, ...], known: l
         raise BadFile(f"unreadable jsonl file: {where}: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if fault is not None:
         raise fault
-    if start == 1 and not objects:
+    if start == 1 and not rows:
         raise BadFile("empty jsonl file: no rows")
-    if _widen(columns, objects, start > 1) or grew:
+    if (_widen(columns, rows, start > 1) and strict) or grew:
         raise ColumnsGrew(list(columns))
-    if objects:
-        yield _json_chunk(list(columns), objects, start, remarks)
+    if rows:
+        yield _json_chunk(list(columns), rows, start, remarks)
 
 
-def _widen(columns: dict[str, None], objects: list[dict], late: bool) -> bool:
+def _lenient_object(line: str, number: int) -> RawRow:
+    """One line read alone: an object, or a row whose problem says why the line is none."""
+    bad = undecoded(line)
+    if bad is not None:
+        return RawRow({}, f"line {number}: {bad}", number)
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # JSON's errors are ValueErrors
+        return RawRow({}, f"line {number}: {exc}", number)
+    if not isinstance(obj, dict):
+        return RawRow({}, f"line {number}: the line is a JSON {type(obj).__name__}, not an object", number)
+    return RawRow(obj, None, number)
+
+
+def _widen(columns: dict[str, None], rows: list[RawRow], late: bool) -> bool:
     """Add the objects' keys to `columns`; True when that adds one and chunks were yielded before."""
     before = len(columns)
-    for obj in objects:
-        columns.update(dict.fromkeys(obj))
+    for row in rows:
+        columns.update(dict.fromkeys(row.record))
     return late and len(columns) > before
 
 
-def _json_chunk(columns: list[str], objects: list[dict], start: int, remarks: tuple[str, ...]) -> Chunk:
-    return Chunk(columns, [RawRow({c: obj.get(c) for c in columns}) for obj in objects], start, remarks)
+def _json_chunk(columns: list[str], rows: list[RawRow], start: int, remarks: tuple[str, ...]) -> Chunk:
+    return Chunk(columns, [RawRow({c: row.record.get(c) for c in columns}, row.problem, row.number) for row in rows],
+                 start, remarks)
 
 
-def _array(text: str, size: int, remarks: tuple[str, ...]) -> Iterator[Chunk]:
+def _array(text: str, size: int, remarks: tuple[str, ...], strict: bool) -> Iterator[Chunk]:
+    if not strict and (bad := undecoded(text)) is not None:  # a line of an array is no row: the file stops
+        raise BadFile(f"unreadable jsonl file: not UTF-8 text ({bad})")
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -224,15 +265,39 @@ def _array(text: str, size: int, remarks: tuple[str, ...]) -> Iterator[Chunk]:
         raise BadFile(f"unreadable jsonl file: the array: {type(exc).__name__}: {str(exc)[:200]}") from exc
     del text
     columns: dict[str, None] = {}
+    rows: list[RawRow] = []
     for i, item in enumerate(items, 1):
-        if not isinstance(item, dict):
+        if isinstance(item, dict):
+            rows.append(RawRow(item, None, i))
+        elif strict:
             raise BadFile(f"unreadable jsonl file: item {i} is a JSON {_json_type(item)}, not an object")
-        columns.update(dict.fromkeys(item))
-    if not items:
+        else:
+            rows.append(RawRow({}, f"item {i} is a JSON {type(item).__name__}, not an object", i))
+    del items
+    if not rows:
         raise BadFile("empty jsonl file: no rows")
-    for start in range(0, len(items), size):
-        yield _json_chunk(list(columns), items[start: start + size], start + 1, remarks)
+    _widen(columns, rows, False)
+    for start in range(0, len(rows), size):
+        yield _json_chunk(list(columns), rows[start: start + size], start + 1, remarks)
 
 
 def _json_type(value: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def line_chunks(lines: Iterator[str], column: str, size: int, remarks: tuple[str, ...]) -> Iterator[Chunk]:
+    """A plain text file's lines, one text each under `column` (read leniently only: collect needs labels);
+    blank lines are no rows, and a line whose bytes are not UTF-8 is a row with a problem."""
+    rows: list[RawRow] = []
+    start = 1
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        exc = undecoded(line)
+        rows.append(RawRow({column: line.rstrip("\r")}, None, number) if exc is None else
+                    RawRow({}, f"line {number}: {exc}", number))
+        if len(rows) == size:
+            yield Chunk([column], rows, start, remarks)
+            start, rows = start + size, []
+    if rows:
+        yield Chunk([column], rows, start, remarks)

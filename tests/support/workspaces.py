@@ -1,0 +1,48 @@
+"""Workspaces for the tests: where the repository is, the settings that keep the tiny model fast (FAST) and the
+gate wide open (OPEN_GATE), writing params.yaml, a workspace for the tests on real servers, and MLflow's retry
+settings cleared around a test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kaizen.tasks.workspace.layout import Workspace, init_workspace
+from kaizen.tasks.workspace.settings import write_overrides
+from tests.support.processes import free_ports
+
+REPO = Path(__file__).resolve().parents[2]  # the kaizen checkout the tests run from
+
+# Settings that let the tiny model learn something in seconds and keep every test small. It has to learn
+# enough not to answer one label for every row: a constant predictor is never promoted.
+FAST = {
+    "train.learning_rate": 5e-3, "train.epochs": 3, "train.bootstrap_epochs": 6, "train.batch_size": 8,
+    "model.max_length": 32, "drift.max_reference_rows": 400, "data.min_batch_rows": 20, "data.settle_seconds": 0,
+    "gate.min_test_rows": 5,  # the small batches of the tests still get judged
+}
+
+# The gate and the label check wide open, for tests of the loop's mechanics rather than its verdicts.
+OPEN_GATE = {"gate.min_score": 0.0, "gate.min_improvement": -1.0, "gate.max_regression": 1.0,
+             "gate.improvement_alpha": 1.0, "trust.min_kappa": -1.0, "trust.max_confident_issues": 1.0}
+
+
+def write_params(root: Path, overrides: dict) -> None:
+    write_overrides(root / "params.yaml", overrides)
+
+
+def make_ws(root: Path, tiny_backbone: Path, **overrides) -> Workspace:
+    """A workspace for `kaizen up` and its servers: FAST, OPEN_GATE, short polls, free server ports."""
+    init_workspace(root)
+    prefect_port, mlflow_port = free_ports(2)
+    write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone), "schedule.poll_seconds": 2,
+                        "servers.slot_wait_seconds": 2, "servers.prefect_port": prefect_port,
+                        "servers.mlflow_port": mlflow_port, **overrides})
+    return Workspace.open(root)
+
+
+def clear_tracking_retries(monkeypatch, ws) -> None:
+    """The MLflow retry settings that connect puts in os.environ (tasks/workspace/environment.py), cleared for this test
+    and restored after it, so that they neither come from an earlier test nor leak into a later one."""
+    from kaizen.tasks.workspace import environment
+
+    for key in (*environment.tracking_retry_env(ws), environment.SET_BY_KAIZEN):
+        monkeypatch.delenv(key, raising=False)
