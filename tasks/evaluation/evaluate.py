@@ -44,8 +44,9 @@ def predictions_on_each(ws: Workspace, model_dir: Path, model, batches: list[str
     return {b: found[b, split] for b in batches}
 
 
-def predictions_on_splits(ws: Workspace, model_dir: Path, model, splits: list[tuple[str, str]],
-                          logged: bool = True, rows: dict[tuple[str, str], np.ndarray] | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+def predictions_on_splits(ws: Workspace, model_dir: Path, model, splits: list[tuple[str, str]], logged: bool = True,
+                          rows: dict[tuple[str, str], np.ndarray] | None = None
+                          ) -> dict[tuple[str, str], pd.DataFrame]:
     """A model's predictions on each (batch, split) of `splits` (see `predictions_on`), on the `rows` given for
     one (row numbers of the split, in order) or on all of them. A registered version's (`model`, a
     tracking.ModelRef) are kept per row, keyed by the split's md5, in one file per version under the workspace

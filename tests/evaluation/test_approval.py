@@ -1,5 +1,5 @@
 """tasks.approval: the verdict after a person's answer, a timeout that refuses, and no server that refuses.
-The served route (approve one run, refuse another through Prefect's API) is in tests/test_alerts.py."""
+The served route (approve one run, refuse another through Prefect's API) is in tests/notify/test_alerts.py."""
 
 from __future__ import annotations
 

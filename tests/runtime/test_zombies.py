@@ -1,6 +1,6 @@
 """tasks.zombies on a real Prefect server: runs of the served deployment whose process is gone are marked Crashed
 when `kaizen serve` starts, live ones are left alone; the heartbeat automation has the shape Prefect documents.
-(The end-to-end case, a serving process killed mid-iteration, is in tests/test_cli_servers.py.)"""
+(The end-to-end case, a serving process killed mid-iteration, is in tests/flows/test_cli_servers.py.)"""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from kaizen.tasks.workspace.environment import kept
+
 KAIZEN = str(Path(sys.executable).parent / "kaizen")  # the CLI of the environment the tests run in
 
 T = TypeVar("T")
@@ -97,13 +99,6 @@ def kaizen(*args: str, timeout: float = 300, check: bool = True, env: dict | Non
 @contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
     """Set variables in this process's environment for a while (session fixtures cannot use monkeypatch)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    with kept(*values):
+        os.environ.update(values)
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
