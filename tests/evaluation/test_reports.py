@@ -1,4 +1,4 @@
-"""tasks.check against real Evidently reports on small review-like frames built here."""
+"""tasks.evaluation.reports against real Evidently reports on small review-like frames built here."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_importing_the_module_does_not_import_evidently() -> None:
-    code = "import sys, tasks.check; sys.exit('evidently' in sys.modules)"
+    code = "import sys, kaizen.tasks.evaluation.reports; sys.exit('evidently' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
