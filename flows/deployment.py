@@ -31,7 +31,16 @@ def deployment_name(ws: Workspace) -> str:
     return ws.workspace_id
 
 
-def build(ws: Workspace, job_variables: dict | None = None):
+def run_parameters(ws: Workspace, on_pool: bool) -> dict[str, str]:
+    """What a run is told to work in. Served here, or on a pool with a loop on one machine: this folder. A shared
+    loop on a pool: a folder of the worker's own (under its KAIZEN_HOME, else its run's new working directory),
+    which joins the loop from its database when empty, so any worker, on any disk, carries the loop on."""
+    if on_pool and ws.shared:
+        return {"workspace": f"kaizen-{ws.workspace_id}", "join": str(ws.ledger_db)}
+    return {"workspace": str(ws.root)}
+
+
+def build(ws: Workspace, job_variables: dict | None = None, on_pool: bool = False):
     """The RunnerDeployment of this workspace's loop (not yet sent to the server)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
@@ -39,11 +48,12 @@ def build(ws: Workspace, job_variables: dict | None = None):
 
     from kaizen.flows.loop import iteration
 
+    parameters = run_parameters(ws, on_pool)
     return iteration.to_deployment(
         name=deployment_name(ws),
         cron=ws.settings.schedule.cron,
-        parameters={"workspace": str(ws.root)},
-        triggers=[DeploymentEventTrigger(**arrivals.trigger_spec(ws))],
+        parameters=parameters,
+        triggers=[DeploymentEventTrigger(**arrivals.trigger_spec(ws, parameters))],
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         description=f"kaizen loop on {ws.root}: collect, fine-tune, check, promote",
         tags=["kaizen", f"workspace:{ws.workspace_id}"],
@@ -53,14 +63,14 @@ def build(ws: Workspace, job_variables: dict | None = None):
     )
 
 
-def build_scoring(ws: Workspace, job_variables: dict | None = None):
+def build_scoring(ws: Workspace, job_variables: dict | None = None, on_pool: bool = False):
     """The RunnerDeployment of this workspace's batch scoring (flows/scoring.py): no schedule, run on demand."""
     from prefect.deployments.runner import EntrypointType
 
     from kaizen.flows.scoring import score
 
     return score.to_deployment(
-        name=deployment_name(ws), parameters={"workspace": str(ws.root)}, job_variables=job_variables,
+        name=deployment_name(ws), parameters=run_parameters(ws, on_pool), job_variables=job_variables,
         description=f"kaizen batch scoring with the champion of {ws.root}: give `source` and `out`",
         tags=["kaizen", f"workspace:{ws.workspace_id}"], entrypoint_type=EntrypointType.MODULE_PATH)
 
@@ -115,10 +125,10 @@ def deploy(ws: Workspace, pool: str) -> tuple[str, list[str]]:
     kind = ensure_process_pool(pool)
     # a worker's run gets none of this shell's environment
     job_variables: dict[str, dict[str, str] | str] = {"env": child_environment(ws, inherit=False)}
-    if kind == "process":
+    if kind == "process" and not ws.shared:  # a shared loop's run works in a folder of its worker's own
         job_variables["working_dir"] = str(ws.root)
     names = alerts.ensure_automations(ws)
-    build_scoring(ws, job_variables).apply(work_pool_name=pool)
-    deployment_id = build(ws, job_variables).apply(work_pool_name=pool)
+    build_scoring(ws, job_variables, on_pool=True).apply(work_pool_name=pool)
+    deployment_id = build(ws, job_variables, on_pool=True).apply(work_pool_name=pool)
     zombies.ensure_automation(ws, deployment_id)
     return str(deployment_id), names

@@ -7,7 +7,6 @@ shows in the UI) and chained. An attempt that fails is counted against its batch
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -15,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.utilities.timeout import timeout
 
-from kaizen.tasks.data import data_version
+from kaizen.tasks.data import data_version, restore
 from kaizen.tasks.evaluation import approval, evaluate, promote, screening
 from kaizen.tasks.ingest import collect as ingest
 from kaizen.tasks.notify import alerts, arrivals
@@ -25,7 +24,7 @@ from kaizen.tasks.registry.record import Iteration, IterationSummary
 from kaizen.tasks.registry.tags import Decision
 from kaizen.tasks.runtime import zombies
 from kaizen.tasks.training import train
-from kaizen.tasks.workspace.layout import Workspace, hold
+from kaizen.tasks.workspace.layout import Workspace, hold, open_member
 
 
 def step(fn):
@@ -39,6 +38,7 @@ def step(fn):
 collect = step(ingest.collect)
 next_batch = step(ingest.next_batch)
 recover_interrupted = step(recovery.recover_interrupted)
+restore_inputs = step(restore.restore_inputs)
 build_data_version = step(data_version.build_data_version)
 start_iteration = step(record.start_iteration)
 local_model = step(tracking.local_model)
@@ -61,14 +61,17 @@ note_failure = step(failures.note_failure)
 
 
 @flow(name="kaizen-iteration", log_prints=True)
-def iteration(workspace: str = ".", files: list[str] | None = None, force_train: bool = False) -> dict:
+def iteration(workspace: str = ".", files: list[str] | None = None, force_train: bool = False,
+              join: str | None = None) -> dict:
     """Collect new data; if a batch is ready, learn from it and promote the result only if it is better.
 
     `files` are the files named by the `kaizen.data.arrived` event that started this run, shown on the run:
     the loop collects everything waiting in the landing zone either way, each file exactly once.
     `force_train` trains even when the champion already does well on the new batch.
+    `join`: the database of a shared loop; an empty `workspace` folder joins it first (a worker's new disk), and a
+    relative one lies under KAIZEN_HOME when the worker sets it.
     """
-    ws = Workspace.open(Path(workspace))
+    ws = open_member(workspace, join)
     if deployment.id:  # which process runs this, so that a `kaizen serve` started later can tell it died
         zombies.note_process(ws, str(flow_run.id))
     if files:
@@ -127,6 +130,7 @@ def learn(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -
     completed = recover_interrupted(ws, batch_id)  # a killed attempt that had decided: only its record was left
     if completed is not None:
         return completed
+    print(restore_inputs(ws).describe())  # this folder is a cache: the stores hold the loop's state
     version = build_data_version(ws, batch_id)
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
     champion_dir = local_model(ws, it.champion.version) if it.champion else None

@@ -6,15 +6,13 @@ artifact while it goes and a markdown artifact with the outcome.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from kaizen.tasks.runtime.progress import RunProgress
 from kaizen.tasks.serving import scoring
-from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.layout import Workspace, open_member
 
 
 @task(name="score", cache_policy=NO_CACHE)
@@ -24,9 +22,10 @@ def score_with_progress(ws: Workspace, source: str, out: str) -> scoring.ScoreRe
 
 
 @flow(name="kaizen-score", log_prints=True)
-def score(source: str, out: str, workspace: str = ".") -> dict:
-    """Label every text of `source` (a file, a folder or an fsspec URL) with the champion into the Parquet `out`."""
-    ws = Workspace.open(Path(workspace))
+def score(source: str, out: str, workspace: str = ".", join: str | None = None) -> dict:
+    """Label every text of `source` (a file, a folder or an fsspec URL) with the champion into the Parquet `out`.
+    `join`: as for the loop's runs (flows/loop.py), a worker's empty folder joins the shared loop first."""
+    ws = open_member(workspace, join)
     result = score_with_progress(ws, source, out)
     problems = "".join(f"- {problem}\n" for problem in result.problems)
     create_markdown_artifact(

@@ -174,7 +174,7 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
 # The test files that take minutes (chains of `kaizen run`, served deployments, the real MiniLM), longest first.
 # `make test` runs the files on two workers, a file at a time each: started first, these overlap with the many
 # short files instead of leaving one worker alone at the end. Only the order changes, never what runs.
-LONGEST_FIRST = ("operate/test_recovery.py", "flows/test_cli_servers.py", "evaluation/test_promote_real.py",
+LONGEST_FIRST = ("operate/test_recovery.py", "flows/test_cli_servers.py", "flows/test_workers.py", "evaluation/test_promote_real.py",
                  "registry/test_registry.py", "flows/test_loop.py", "flows/test_shared.py", "notify/test_alerts.py",
                  "operate/test_operations.py", "evaluation/test_screening.py", "ingest/test_collect_properties.py",
                  "serving/test_serving.py", "operate/test_failures.py", "training/test_train_real.py")

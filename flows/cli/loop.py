@@ -27,19 +27,26 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
          ledger: Annotated[str | None, typer.Option(help="Ingestion ledger: postgresql://user@host/db.")] = None,
          train_deployment: Annotated[str | None, typer.Option(help="Train elsewhere: a Prefect deployment "
                                                               "(kaizen-train/NAME).")] = None,
+         join: Annotated[str | None, typer.Option(help="Carry on the shared loop whose ledger is this "
+                                                  "postgresql:// URL: its settings and identity.")] = None,
          ) -> None:
     """Create a workspace: params.yaml, dvc.yaml, a git + DVC repository and its DVC remote (local unless
-    --dvc-remote); the options set params.yaml's `storage` section. Credentials come from the environment."""
+    --dvc-remote); the options set params.yaml's `storage` section. Credentials come from the environment.
+    With --join, the folder carries on an existing shared loop (the other options override its settings here)."""
+    from kaizen.tasks.workspace.identity import ForeignLoop, NoLoop
     from kaizen.tasks.workspace.layout import init_workspace
     from kaizen.tasks.workspace.settings import SettingsError
 
     chosen = {"storage.tracking_uri": tracking_uri, "storage.artifacts": artifacts, "storage.dvc_remote": dvc_remote,
               "storage.landing": landing, "storage.ledger": ledger, "train.deployment": train_deployment}
     try:
-        ws = init_workspace(directory, {key: value for key, value in chosen.items() if value is not None})
+        ws = init_workspace(directory, {key: value for key, value in chosen.items() if value is not None}, join=join)
     except SettingsError as exc:
         raise fail("bad storage setting:", exc, code=2) from exc
-    console.print(f"workspace ready at {ws.root}; drop labeled files into {ws.landing_shown}")
+    except (ForeignLoop, NoLoop) as exc:
+        raise fail("cannot make this workspace:", exc, code=2) from exc
+    joined = f"; it carries on the loop {ws.workspace_id}" if join else ""
+    console.print(f"workspace ready at {ws.root}{joined}; drop labeled files into {ws.landing_shown}")
 
 
 def run_iterations(ws: Workspace, until_idle: bool, force_train: bool = False) -> list[dict]:

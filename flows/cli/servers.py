@@ -131,6 +131,9 @@ def deploy(pool: Annotated[str, typer.Option("--pool", help="Work pool (created 
     console.print(f"deployment {FLOW_NAME}/{deployment_name(ws)} ({deployment_id}) and {SCORING_FLOW_NAME}/"
                   f"{deployment_name(ws)} on pool {pool}; {alert_lines(names)}; start a worker:\n"
                   f"  PREFECT_API_URL={ws.prefect_api_url} prefect worker start --pool {pool}")
+    if ws.shared:
+        console.print("any machine with kaizen installed can be a worker, on an empty disk: give it the stores' "
+                      "credentials (PGPASSWORD, AWS_* or GOOGLE_*) and, to keep a cache between runs, KAIZEN_HOME=DIR")
 
 
 @app.command()

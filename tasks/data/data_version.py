@@ -46,7 +46,7 @@ def _digest(entries: dict[str, str]) -> str:
     return hashlib.md5("".join(f"{path} {md5}\n" for path, md5 in sorted(entries.items())).encode()).hexdigest()
 
 
-def _dvc(ws: Workspace, *args: str) -> str:
+def run_dvc(ws: Workspace, *args: str) -> str:
     """Run DVC in the workspace. Never with --quiet: DVC then does not say even why it failed."""
     result = subprocess.run(dvc_command(*args), cwd=ws.root, env=child_environment(ws), capture_output=True, text=True)
     if result.returncode != 0:
@@ -82,8 +82,12 @@ def build_data_version(ws: Workspace, learning: str) -> DataVersion:
         write_trust_file(ws.trust_file, ledger.suspect_batches())
     reproduce(ws, stage_vars["batches"])
     kill_point("preprocess:reproduced")
-    _dvc(ws, "push")
-    return read_data_version(ws.dvc_lock.read_text(encoding="utf-8"))
+    run_dvc(ws, "push")
+    lock = ws.dvc_lock.read_text(encoding="utf-8")
+    version = read_data_version(lock)
+    with Ledger(ws.ledger_db) as ledger:  # where the next iteration, on any machine, finds the pipeline's state
+        ledger.record_data_version(learning, version.prepared_md5, lock)
+    return version
 
 
 def reproduce(ws: Workspace, batches: list[str]) -> None:
@@ -97,11 +101,11 @@ def reproduce(ws: Workspace, batches: list[str]) -> None:
     and rebuilds what is stale, replay included."""
     locked = _split_stages(ws)
     new = [f"split@{b}" for b in batches if f"split@{b}" not in locked]
-    if new and all(_out_intact(ws, stage) for stage in locked.values()):
-        _dvc(ws, "repro", "--single-item", *new, "replay")
+    if new and all(out_intact(ws, stage) for stage in locked.values()):
+        run_dvc(ws, "repro", "--single-item", *new, "replay")
         if len({_recipe(name, stage) for name, stage in _split_stages(ws).items()}) == 1:
             return
-    _dvc(ws, "repro")
+    run_dvc(ws, "repro")
 
 
 def _split_stages(ws: Workspace) -> dict[str, dict]:
@@ -117,7 +121,7 @@ def _recipe(name: str, stage: dict) -> str:
     return json.dumps([stage["cmd"].removesuffix(batch), stage.get("params"), deps], sort_keys=True)
 
 
-def _out_intact(ws: Workspace, stage: dict) -> bool:
+def out_intact(ws: Workspace, stage: dict) -> bool:
     """The output folder holds as many files and bytes as dvc.lock says (a stat of each, no hashing)."""
     for out in stage.get("outs", []):
         files = [p for p in (ws.root / out["path"]).rglob("*") if p.is_file()]
@@ -139,5 +143,5 @@ def restore_data_version(ws: Workspace, lock_text: str, dest: Path, remote: str 
     batches, learning = lock_stage_vars(lock_text)
     write_stage_vars(dest, learning, batches)
     outs = list(read_data_version(lock_text).outs)
-    _dvc(Workspace(dest, ws.settings), "pull", *outs)
+    run_dvc(Workspace(dest, ws.settings), "pull", *outs)
     return dest / "data"

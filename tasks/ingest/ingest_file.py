@@ -24,6 +24,7 @@ from kaizen.tasks.ingest.validate import judge, mapping_remarks
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.files import commit_file, json_line, temporary
 from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.objects import md5_of
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
         folder.mkdir(parents=True, exist_ok=True)
     with FileKeys(keys_path(ws), size, pending=4 * chunk_rows) as seen:
         tally = read_rows(ws, ledger, name, sha, incoming, seen, chunk_rows)
-        commit_file(incoming, archive_path(ws, sha, name))
+        archived = archive_path(ws, sha, name)
+        commit_file(incoming, archived)
         kill_point("collect:archived")
         if tally.accepted:
             commit_file(temporary(staged), staged)
@@ -113,11 +115,23 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
             kill_point("collect:quarantined")
         else:
             temporary(quarantine).unlink()
+        share(ws, archived, staged if tally.accepted else None, quarantine if tally.quarantined else None)
         rows_in = tally.accepted + tally.quarantined
-        record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None)
+        record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None,
+                            md5_of(staged) if tally.accepted else None)
         ledger.record_file(record, size=size, row_keys=seen.keys(), attach=seen.source())
     remarks = tally.remarks + mapping_remarks(tally.mappings)
     return FileOutcome(name, sha, rows_in, tally.accepted, tally.quarantined, "ingested", tally.reasons, remarks)
+
+
+def share(ws: Workspace, *paths: Path | None) -> None:
+    """A shared loop's copies of what collect wrote, in its object store before the ledger commits the file: any
+    machine forms the batch from the staged rows, and the archive and quarantine outlive this disk."""
+    store = ws.object_store
+    for path in paths:
+        if store is not None and path is not None:
+            store.put(path, ws.object_key(path))
+    kill_point("collect:shared")
 
 
 def read_rows(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys,

@@ -6,6 +6,16 @@ size and modification time have held still for `data.settle_seconds`; it is read
 changed while it was read. Writers that can should still write under a hidden or `.part` name and rename:
 a writer that pauses longer than the settle time cannot be told from a finished file.
 Nothing outside the landing zone is ever read or removed.
+
+On an object store (`s3://bucket/landing`, through fsspec) no decision rests on a cached answer: fsspec keeps
+listings (s3fs answers `ls`, `exists` and `info` from them) and one instance serves a whole process, so every
+survey lists afresh (a long `kaizen watch` sees each new object) and every look is a fresh HEAD whose stamp
+holds the ETag and version id besides size and time (a replacement of the same size in the same second
+changes it). Reads are pinned to the ETag the open saw (s3fs sends If-Match), and a file whose stamp after the
+read is not the survey's is left for the next run; an object is removed only when a HEAD just before the DELETE
+still shows the stamp that was read. S3 has no conditional delete: an object replaced in the moment between
+that HEAD and the DELETE is removed unread, the one window that remains (a writer that never reuses a name
+never meets it).
 """
 
 from __future__ import annotations
@@ -28,7 +38,9 @@ from kaizen.tasks.workspace.files import UNFINISHED
 class Landed:
     path: str  # as the filesystem lists it: what is read and removed
     name: str  # the base name, printable (undecodable bytes escaped): what the ledger and reports show
-    stamp: tuple[Any, ...]  # size, modification time (and inode on a local disk): changes when it is written
+    # size, modification time, then the inode on a local disk or the ETag and version id on an object store:
+    # changes when it is written or replaced
+    stamp: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,9 @@ def _mtime(info: dict[str, Any]) -> float | None:
 def survey(landing: str, settle_seconds: float) -> tuple[list[Landed], list[Skipped]]:
     """The files ready to be read, oldest name first, and the entries left alone with the reason why."""
     fs, root = fsspec.core.url_to_fs(landing)
+    # The instance is shared by the process and keeps what it listed before: without this, a watcher's later
+    # surveys would answer from its first listing and miss every object that arrived since.
+    fs.invalidate_cache(root)
     if not fs.exists(root):
         return [], []
     local = isinstance(fs, LocalFileSystem)
@@ -123,8 +138,16 @@ def look(fs: Any, file: Landed) -> tuple[Any, ...]:
     if isinstance(fs, LocalFileSystem):
         info = os.stat(file.path, follow_symlinks=False)
         return (info.st_size, info.st_mtime, info.st_ino)
+    # A fresh HEAD: `info` would otherwise answer from the listing cached at survey time, and a cached stamp
+    # compared with a cached stamp never sees a replacement.
+    fs.invalidate_cache(file.path)
     info = fs.info(file.path)
-    return (info.get("size"), _mtime(info))
+    return (info.get("size"), _mtime(info), _first(info, "ETag", "etag"), _first(info, "VersionId", "generation"))
+
+
+def _first(info: dict[str, Any], *keys: str) -> Any:
+    """The first of `keys` this filesystem's `info` gives (names differ between s3fs, gcsfs, adlfs), or None."""
+    return next((info[key] for key in keys if info.get(key) is not None), None)
 
 
 def _settle(fs: Any, files: list[Landed], seconds: float, skipped: list[Skipped]) -> tuple[
@@ -177,6 +200,9 @@ def fetch(fs: Any, file: Landed, dest: Path, piece: int = 1 << 20) -> tuple[str,
 
 def _opened(fs: Any, file: Landed) -> BinaryIO:
     if not isinstance(fs, LocalFileSystem):
+        # Opened on a fresh HEAD, not a cached listing: s3fs then reads every range If-Match that ETag, so a
+        # replacement while it is read fails the read (an OSError) instead of mixing old and new bytes.
+        fs.invalidate_cache(file.path)
         return fs.open(file.path, "rb")
     # O_NOFOLLOW: a link swapped in since the survey is refused; O_NONBLOCK: a FIFO never hangs us.
     source = os.fdopen(os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
@@ -193,8 +219,8 @@ def remove(fs: Any, file: Landed) -> str | None:
             return "left in the landing zone: it changed after it was read; the new content is collected next run"
         if isinstance(fs, LocalFileSystem):
             os.remove(file.path)
-        else:
-            fs.rm(file.path)
+        else:  # rm_file: one key, never a glob (`rm` would expand `a[1].csv` or `*.csv` to other objects)
+            fs.rm_file(file.path)
     except OSError as exc:
         return f"could not be removed from the landing zone ({exc}); the next run finds it already ingested"
     return None

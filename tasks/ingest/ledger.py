@@ -37,10 +37,16 @@ CREATE TABLE IF NOT EXISTS batch_attempts (
     batch_id TEXT NOT NULL, attempt INTEGER NOT NULL, at TEXT NOT NULL, outcome TEXT NOT NULL, error TEXT,
     PRIMARY KEY (batch_id, attempt)
 );
+CREATE TABLE IF NOT EXISTS data_versions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, prepared_md5 TEXT NOT NULL, lock TEXT NOT NULL,
+    made_at TEXT NOT NULL
+);
 """
 # Columns added after the first release: a ledger written before them gets them on open.
 ADDED_COLUMNS = {
-    "batches": {"trust": "TEXT NOT NULL DEFAULT 'trusted'", "trust_reason": "TEXT", "trust_by": "TEXT"},
+    "batches": {"trust": "TEXT NOT NULL DEFAULT 'trusted'", "trust_reason": "TEXT", "trust_by": "TEXT",
+                "md5": "TEXT"},  # the accepted batch file's md5 (its md5 in dvc.lock), to verify a restored copy
+    "files": {"staged_md5": "TEXT"},  # the staged rows' md5, to verify a copy fetched from the object store
 }
 TRUSTED, SUSPECT = "trusted", "suspect"
 
@@ -57,6 +63,10 @@ class FileRecord:
     rows_accepted: int
     rows_quarantined: int
     batch_id: str | None
+    staged_md5: str | None = None
+
+
+FILE_COLUMNS = "sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id, staged_md5"
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class BatchRecord:
     trust: str = TRUSTED  # suspect: its labels disagree with what the loop knows; never trained on or replayed
     trust_reason: str | None = None
     trust_by: str | None = None  # "loop", or the operator who overruled it
+    md5: str | None = None  # of the accepted batch file; None for a batch formed before kaizen recorded it
 
 
 class Ledger:
@@ -100,10 +111,7 @@ class Ledger:
 
     # --- files and rows ---------------------------------------------------------------------------
     def file(self, sha256: str) -> FileRecord | None:
-        row = self._db.execute(
-            "SELECT sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id FROM files WHERE sha256=?",
-            (sha256,),
-        ).fetchone()
+        row = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=?", (sha256,)).fetchone()
         return FileRecord(*row) if row else None
 
     def known_keys(self, keys: list[str]) -> dict[str, str]:
@@ -129,10 +137,10 @@ class Ledger:
                 stack.enter_context(ledger_db.attached(attached_file, "incoming"))
             with self.transaction() as db:
                 db.execute(
-                    "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined) "
-                    "VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO files (sha256, name, size, ingested_at, rows_in, rows_accepted, rows_quarantined, "
+                    "staged_md5) VALUES (?,?,?,?,?,?,?,?)",
                     (record.sha256, record.name, size, now(), record.rows_in, record.rows_accepted,
-                     record.rows_quarantined),
+                     record.rows_quarantined, record.staged_md5),
                 )
                 if copied:
                     db.execute(f"INSERT INTO row_keys (key, sha256, row) SELECT k, ?, r FROM ({copied[2]})",
@@ -155,16 +163,12 @@ class Ledger:
 
     def unbatched_files(self) -> list[FileRecord]:
         """Ingested files whose accepted rows wait in staging, oldest first."""
-        rows = self._db.execute(
-            "SELECT sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id FROM files "
-            "WHERE batch_id IS NULL AND rows_accepted > 0 ORDER BY ingested_at, rowid"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE batch_id IS NULL AND rows_accepted > 0 "
+                                "ORDER BY ingested_at, rowid").fetchall()
         return [FileRecord(*row) for row in rows]
 
     def files(self) -> list[FileRecord]:
-        rows = self._db.execute(
-            "SELECT sha256, name, rows_in, rows_accepted, rows_quarantined, batch_id FROM files ORDER BY rowid"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files ORDER BY rowid").fetchall()
         return [FileRecord(*row) for row in rows]
 
     # --- batches ----------------------------------------------------------------------------------
@@ -172,11 +176,11 @@ class Ledger:
         (count,) = self._db.execute("SELECT COUNT(*) FROM batches").fetchone()
         return f"batch-{count + 1:04d}"
 
-    def record_batch(self, batch_id: str, rows: int, shas: list[str]) -> None:
+    def record_batch(self, batch_id: str, rows: int, shas: list[str], md5: str | None = None) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO batches (batch_id, created_at, rows, files) VALUES (?,?,?,?)",
-                (batch_id, now(), rows, json.dumps(shas)),
+                "INSERT INTO batches (batch_id, created_at, rows, files, md5) VALUES (?,?,?,?,?)",
+                (batch_id, now(), rows, json.dumps(shas), md5),
             )
             db.executemany("UPDATE files SET batch_id=? WHERE sha256=?", [(batch_id, sha) for sha in shas])
             kill_point("ledger:batch-uncommitted")  # tests: a kill here must leave no trace of the batch
@@ -201,6 +205,17 @@ class Ledger:
             if requeue:
                 db.execute("UPDATE batches SET status='pending', run_id=NULL, model_version=NULL, decision=NULL "
                            "WHERE batch_id=?", (batch_id,))
+
+    # --- data versions (tasks/data/data_version.py) ---------------------------------------------------------
+    def record_data_version(self, batch_id: str, prepared_md5: str, lock: str) -> None:
+        """The dvc.lock a data version was built with: any machine restores the pipeline's state from the newest."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO data_versions (batch_id, prepared_md5, lock, made_at) VALUES (?,?,?,?)",
+                       (batch_id, prepared_md5, lock, now()))
+
+    def latest_data_lock(self) -> str | None:
+        row = self._db.execute("SELECT lock FROM data_versions ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def suspect_batches(self) -> list[str]:
         return [b.batch_id for b in self.batches() if b.trust == SUSPECT]
@@ -237,7 +252,7 @@ class Ledger:
 
     def batches(self, status: str | None = None) -> list[BatchRecord]:
         query = ("SELECT batch_id, created_at, rows, files, status, run_id, model_version, decision, trust, "
-                 "trust_reason, trust_by FROM batches")
+                 "trust_reason, trust_by, md5 FROM batches")
         args: tuple[str, ...] = ()
         if status:
             query, args = query + " WHERE status=?", (status,)

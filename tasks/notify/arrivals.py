@@ -21,14 +21,15 @@ from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.redact import redact
 
 
-def trigger_spec(ws: Workspace) -> dict:
+def trigger_spec(ws: Workspace, parameters: dict[str, str] | None = None) -> dict:
     """What the deployment's trigger waits for, and the run parameters it fills from the event: one run per event
-    (threshold 1), with the files the event names."""
+    (threshold 1), with the files the event names. `parameters`: the deployment's own (a trigger's replace them),
+    by default this folder."""
     return {
         "name": f"kaizen data arrived ({ws.workspace_id})",
         "expect": [ARRIVED],
         "match": {"prefect.resource.id": resource(ws)["prefect.resource.id"]},
-        "parameters": {"workspace": str(ws.root), "files": "{{ event.payload.files }}"},
+        "parameters": {**(parameters or {"workspace": str(ws.root)}), "files": "{{ event.payload.files }}"},
     }
 
 

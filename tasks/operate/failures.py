@@ -4,8 +4,8 @@ An iteration that raises is one failed attempt at its batch, recorded in the led
 last `operations.max_failed_attempts` attempts failed with the same error (a test split too small, a label
 removed from params.yaml, a corrupt cached model), the batch is set aside: marked `failed` with that error, its
 accepted rows moved out of the DVC stage's input (`data/failed/`), and the loop goes on with the batches behind
-it. An attempt that failed because a server could not be reached is recorded but not counted: the batch is not
-at fault. Every failed attempt sends a `kaizen.iteration.failed` event; `kaizen batch retry B` puts a set-aside
+it. An attempt that failed because a server could not be reached, or because something the loop keeps in its
+shared stores is gone (MissingFromStores), is recorded but not counted: the batch is not at fault. Every failed attempt sends a `kaizen.iteration.failed` event; `kaizen batch retry B` puts a set-aside
 batch back once the cause is fixed.
 """
 
@@ -20,6 +20,7 @@ from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.notify import events
 from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.objects import MissingFromStores
 from kaizen.tasks.workspace.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class BatchError(RuntimeError):
 class FailedAttempt:
     batch_id: str
     error: str
-    counted: bool  # False: a server could not be reached; the batch is not at fault
+    counted: bool  # False: a server could not be reached or a stored object is gone; the batch is not at fault
     in_a_row: int  # counted failures in a row with this error
     set_aside: bool  # this attempt made the batch `failed`
 
@@ -52,22 +53,34 @@ def unreachable(exc: BaseException) -> bool:
     import httpx
     import requests
 
+    return _caused_by(exc, (requests.ConnectionError, requests.Timeout, httpx.TransportError))
+
+
+def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (requests.ConnectionError, requests.Timeout, httpx.TransportError)):
+        if isinstance(current, kinds):
             return True
         current = current.__cause__ or current.__context__
     return False
 
 
+def not_the_batch(exc: BaseException) -> str | None:
+    """Why an attempt's failure is not the batch's fault ("unreachable", "missing"), or None: it is counted."""
+    if unreachable(exc):
+        return "unreachable"
+    return "missing" if _caused_by(exc, (MissingFromStores,)) else None
+
+
 def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAttempt:
     """Record a failed attempt at `batch_id`; set the batch aside when it failed the same way too often."""
-    error, counted = error_text(exc), not unreachable(exc)
+    error, excused = error_text(exc), not_the_batch(exc)
+    counted = excused is None
     limit = ws.settings.operations.max_failed_attempts
     with Ledger(ws.ledger_db) as ledger:
-        ledger.record_attempt(batch_id, "failed" if counted else "unreachable", error)
+        ledger.record_attempt(batch_id, excused or "failed", error)
         in_a_row, _, _ = ledger.failures_in_a_row(batch_id)
         set_aside = counted and in_a_row >= limit
         if set_aside:
@@ -84,7 +97,9 @@ def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAtte
     attempt = FailedAttempt(batch_id, error, counted, in_a_row, set_aside)
     what = (f"set aside as failed after {in_a_row} attempts with this error; fix the cause, then "
             f"`kaizen batch retry {batch_id}`") if set_aside else (
-        f"attempt {in_a_row} of {limit} with this error" if counted else "a server could not be reached: not counted")
+        f"attempt {in_a_row} of {limit} with this error" if counted else
+        "a server could not be reached: not counted" if excused == "unreachable" else
+        "something the loop keeps in its shared stores is gone: not counted")
     logger.error("%s: iteration failed: %s (%s)", batch_id, error, what)
     events.emit(ws, events.FAILED, {"batch": batch_id, "error": error, "counted": counted, "in_a_row": in_a_row,
                                    "max_failed_attempts": limit, "batch_status": "failed" if set_aside else "pending"})

@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kaizen.tasks.workspace import databases
-from kaizen.tasks.workspace.files import locked
+from kaizen.tasks.workspace import databases, identity
+from kaizen.tasks.workspace.files import locked, write_atomically
+from kaizen.tasks.workspace.objects import ObjectStore
 from kaizen.tasks.workspace.redact import redact
 from kaizen.tasks.workspace.repo import TRUST_FILE, ensure_dvc, run_command
 from kaizen.tasks.workspace.settings import Settings, load_settings
@@ -165,10 +166,33 @@ class Workspace:
 
     @property
     def workspace_id(self) -> str:
-        """Names this workspace's deployment and its arrival events. KAIZEN_WORKSPACE_ID gives one name to a
-        workspace mounted at different paths (a container and the host that feeds it)."""
+        """The loop's identity: names its deployment, its arrival events, its runs and its registered model.
+        KAIZEN_WORKSPACE_ID when set; else the loop this folder made or joined (`loop_file`, recorded in the loop's
+        database: tasks/workspace/identity.py); else one derived from the folder's path, as before loops were
+        recorded."""
+        if forced := os.environ.get("KAIZEN_WORKSPACE_ID"):
+            return forced
+        if self.loop_file.exists():
+            return str(json.loads(self.loop_file.read_text(encoding="utf-8"))["id"])
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
-        return os.environ.get("KAIZEN_WORKSPACE_ID") or f"{self.root.name.lower()}-{digest}"
+        return f"{self.root.name.lower()}-{digest}"
+
+    @property
+    def loop_file(self) -> Path:
+        """This folder's copy of the identity of the loop it made or joined."""
+        return self.state_dir / "loop.json"
+
+    @property
+    def shared(self) -> bool:
+        """A loop that several machines carry on: its ledger is PostgreSQL, its state in the shared stores, and
+        this folder is only a cache of them (tasks/workspace/objects.py)."""
+        return databases.is_postgres(self.ledger_db)
+
+    @property
+    def state_store(self) -> str:
+        """Where a shared loop keeps what collect writes: beside the DVC remote's objects, under a prefix that
+        DVC's own commands (`dvc gc` included) never touch."""
+        return f"{self.dvc_remote.rstrip('/')}/kaizen-state"
 
     @property
     def watch_state_file(self) -> Path:
@@ -201,6 +225,15 @@ class Workspace:
     def sources_dir(self) -> Path:
         """Packages downloaded from the registry that carry the demo's real data."""
         return self.state_dir / "sources"
+
+    @property
+    def object_store(self) -> ObjectStore | None:
+        """The shared loop's object store (None for a loop on one machine: its folder is the store)."""
+        return ObjectStore(self.state_store) if self.shared else None
+
+    def object_key(self, path: Path) -> str:
+        """A file under data/ as the object store names it: the same relative path (`staged/<sha>.parquet`)."""
+        return path.relative_to(self.data_dir).as_posix()
 
     def batch_file(self, batch_id: str) -> Path:
         return self.accepted_dir / f"{batch_id}.parquet"
@@ -249,14 +282,58 @@ def make_buckets(ws: Workspace) -> None:
             fs.makedirs(path, exist_ok=True)
 
 
-def init_workspace(root: Path, settings: dict[str, str] | None = None) -> Workspace:
+def workspace_folder(workspace: str | Path) -> Path:
+    """The folder a run's `workspace` names: a relative one lies under KAIZEN_HOME when the machine sets it (a
+    worker's cache folder, kept between runs), else under the working directory (a process worker's is new for
+    each run: an empty disk every time)."""
+    folder = Path(workspace)
+    home = os.environ.get("KAIZEN_HOME")
+    return (Path(home) / folder if home and not folder.is_absolute() else folder).resolve()
+
+
+def open_member(workspace: str | Path, join: str | None = None) -> Workspace:
+    """The workspace a run works in: made by joining the loop in the database `join` when the folder is empty (a
+    worker's new disk), and checked to be a member of its loop when the loop is shared (ForeignLoop if not)."""
+    root = workspace_folder(workspace)
+    if join and not (root / "params.yaml").exists():
+        init_workspace(root, join=join)
+    ws = Workspace.open(root)
+    if not ws.shared:
+        return ws
+    identity.check_member(ws.ledger_db, ws.workspace_id, ws.params_file.read_text(encoding="utf-8"),
+                          redact(str(ws.ledger_db)))
+    if said := identity.sync_settings(ws.ledger_db, ws.workspace_id, ws.params_file, ws.loop_file):
+        print(said)
+    return Workspace.open(root)  # the settings as agreed
+
+
+def _join(root: Path, join: str) -> None:
+    """The loop's settings and identity written into `root`."""
+    found = identity.recorded(join)
+    if found is None:
+        raise identity.NoLoop(f"the database at {redact(join)} holds no loop yet: make one with "
+                              f"`kaizen init DIR --ledger {redact(join)}`")
+    loop_id, params = found
+    if params:
+        write_atomically(root / "params.yaml", params.encode("utf-8"))
+    identity.write_membership(root / ".kaizen" / "loop.json", loop_id, params)
+
+
+def init_workspace(root: Path, settings: dict[str, str] | None = None, join: str | None = None) -> Workspace:
     """Create a workspace in `root`: params.yaml and dvc.yaml from the templates with `settings` set (dotted keys:
     `{"storage.tracking_uri": "http://mlflow:5000", "storage.dvc_remote": "s3://bucket/dvc"}`), git, DVC, a
-    first commit."""
+    first commit. `join`: the database (a postgresql:// URL) of a loop to carry on from here, whose settings and
+    identity the folder takes (one loop, one params.yaml: no `settings` with it; a machine's own address of a
+    store goes in the environment, MLFLOW_TRACKING_URI). A folder on a shared ledger that does not join makes the
+    loop, or is refused when the ledger has one."""
     from kaizen.tasks.workspace.settings import write_overrides
 
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    if join:
+        if settings:
+            raise identity.ForeignLoop(f"a folder that joins a loop takes its settings; not also {', '.join(settings)}")
+        _join(root, join)
     for name in ("params.yaml", "dvc.yaml"):
         if not (root / name).exists():
             shutil.copyfile(template(name), root / name)
@@ -266,6 +343,14 @@ def init_workspace(root: Path, settings: dict[str, str] | None = None) -> Worksp
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE, encoding="utf-8")
     ws = Workspace.open(root)
+    if ws.shared and not join:
+        loop_id, _ = identity.claim(ws.ledger_db, ws.workspace_id, ws.params_file.read_text(encoding="utf-8"))
+        if loop_id != ws.workspace_id:
+            raise identity.ForeignLoop(
+                f"the ledger at {redact(str(ws.ledger_db))} holds the loop {loop_id!r} already: carry it on from "
+                f"here with `kaizen init {root} --join {redact(str(ws.ledger_db))}`, or give this workspace a "
+                "ledger of its own")
+        identity.write_membership(ws.loop_file, loop_id, ws.params_file.read_text(encoding="utf-8"))
     make_buckets(ws)
     ensure_dvc(root, ws.dvc_remote)
     if "://" not in ws.landing:  # exists from the start: `cp file DIR/data/landing/` works

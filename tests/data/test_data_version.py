@@ -182,8 +182,8 @@ def test_a_new_batch_is_reproduced_alone_unless_an_earlier_split_is_stale(
 
     ws = make_workspace(preprocess__max_test_rows=20)
     calls: list[tuple[str, ...]] = []
-    real_dvc = data_version._dvc
-    monkeypatch.setattr(data_version, "_dvc", lambda w, *args: calls.append(args) or real_dvc(w, *args))
+    real_dvc = data_version.run_dvc
+    monkeypatch.setattr(data_version, "run_dvc", lambda w, *args: calls.append(args) or real_dvc(w, *args))
     reproduced = lambda: [c for c in calls if c[0] == "repro"]  # noqa: E731
 
     for i, name in enumerate(("movies", "amazon"), start=1):

@@ -22,8 +22,11 @@ import pytest
 from kaizen.flows.loop import iteration
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.runtime import servers
+from kaizen.tasks.workspace import identity
 from kaizen.tasks.workspace.layout import Workspace, init_workspace
+from kaizen.tasks.workspace.objects import MissingFromStores, md5_of
 from tests.support.files import digests, sample
 from tests.support.processes import cli_env, kaizen
 from tests.support.services import mlflow_server
@@ -116,3 +119,63 @@ def test_another_machine_reproduces_the_data_and_predicts_from_the_server_alone(
     alone = {k: v for k, v in cli_env().items() if k not in CREDENTIALS and not k.startswith("AWS_")}
     said = kaizen("predict", "A moving, beautifully acted film.", "-w", str(other), env=alone)
     assert "champion v2" in said.stdout and ("positive" in said.stdout or "negative" in said.stdout)
+
+
+def test_a_folder_that_does_not_join_the_loop_is_refused(machine_a, tmp_path: Path) -> None:
+    storage = {**machine_a["storage"], "tracking_uri": machine_a["url"]}
+    said = kaizen("init", str(tmp_path / "stranger"), *[f"--{key.replace('_', '-')}={value}"
+                                                           for key, value in storage.items()], check=False)
+    assert said.returncode == 2 and "--join" in said.stdout + said.stderr
+    with pytest.raises(identity.ForeignLoop, match="takes its settings"):  # one loop, one params.yaml
+        init_workspace(tmp_path / "both", {"storage.landing": "/elsewhere"}, join=machine_a["backend"])
+
+
+def test_an_empty_folder_joins_the_loop_and_carries_it_on(machine_a, domains, tmp_path: Path) -> None:
+    """Machine B: an empty folder joins the loop (its settings and identity come from the loop's database), then
+    learns the next batch from what the stores hold: the accepted batches and dvc.lock that machine A wrote, the
+    prepared splits by `dvc pull`, the champion from MLflow; the new champion's parent is A's."""
+    ws_a, fs, storage = machine_a["ws"], machine_a["fs"], machine_a["storage"]
+    said = kaizen("init", str(tmp_path / "machine-b"), "--join", machine_a["backend"])
+    assert ws_a.workspace_id in said.stdout
+    b = Workspace.open(tmp_path / "machine-b")
+    assert b.workspace_id == ws_a.workspace_id
+    assert b.settings == ws_a.settings  # A's edits to params.yaml after `kaizen init` were published by its run
+    fs.pipe(f"{storage['landing'].removeprefix('s3://')}/finefood.csv",
+            sample(domains["finefood"], 120, seed=3).to_csv(index=False).encode())
+
+    summary = iteration(str(b.root))
+    assert (summary["batch"], summary["decision"], summary["champion_version"]) == ("batch-0003", "promoted", "3")
+    client = tracking.connect(b)
+    assert client.get_model_version(b.settings.model.registered_name, "3").tags[TAG["parent_version"]] == "2"
+    assert {name: digest for name, digest in digests(b.prepared_dir).items() if "batch-0003" not in name} == \
+        machine_a["prepared"]  # A's splits, restored byte for byte
+    with Ledger(b.ledger_db) as ledger:
+        assert [(x.batch_id, x.status) for x in ledger.batches()] == [
+            ("batch-0001", "done"), ("batch-0002", "done"), ("batch-0003", "done")]
+        assert ledger.failures_in_a_row("batch-0003")[0] == 0
+        assert all(md5_of(b.batch_file(x.batch_id)) == x.md5 for x in ledger.batches())
+
+
+def test_something_gone_from_the_stores_is_named_before_training_and_not_charged(machine_a, domains,
+                                                                                 tmp_path: Path) -> None:
+    ws_a, fs, storage = machine_a["ws"], machine_a["fs"], machine_a["storage"]
+    store = ws_a.object_store
+    assert store is not None
+    gone = f"{ws_a.state_store.removeprefix('s3://')}/accepted/batch-0001.parquet"
+    kept_bytes = fs.cat(gone)
+    fs.rm(gone)
+    try:
+        fs.pipe(f"{storage['landing'].removeprefix('s3://')}/airline.csv",
+                sample(domains["airline"].query("label != 'neutral'"), 120, seed=4).to_csv(index=False).encode())
+        with pytest.raises(MissingFromStores, match="batch-0001.parquet is gone"):
+            iteration(str(tmp_path / "machine-c"), join=machine_a["backend"])  # an empty folder of a new machine
+    finally:
+        fs.pipe(gone, kept_bytes)
+    with Ledger(ws_a.ledger_db) as ledger:
+        (batch,) = ledger.batches(status="pending")
+        assert ledger.failures_in_a_row(batch.batch_id)[0] == 0  # not the batch's fault: not counted
+        (outcome,) = ledger._db.execute("SELECT outcome FROM batch_attempts WHERE batch_id=?",
+                                        (batch.batch_id,)).fetchone()
+    assert outcome == "missing"
+    registered = tracking.connect(ws_a).search_model_versions(f"name='{ws_a.settings.model.registered_name}'")
+    assert len(registered) == 3  # nothing trained

@@ -1,8 +1,8 @@
 """tasks.ledger on both of its databases: SQLite (embedded) and a real PostgreSQL server (a shared workspace).
 
 The same class and the same SQL on both: files and their row keys in one commit, batches, an additive column.
-On PostgreSQL the workspace is held in the database (an advisory lock every machine sees), and two collectors
-running at once over the same landing zone still ingest every file exactly once.
+On PostgreSQL the workspace is held in the database (an advisory lock every machine sees), and two collectors in
+two folders running at once over the same landing zone still ingest every file exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 from kaizen.tasks.ingest.ledger import FileRecord, Ledger
-from kaizen.tasks.workspace.layout import hold
+from kaizen.tasks.workspace.layout import hold, init_workspace, open_member
+from kaizen.tasks.workspace.objects import md5_of
 from tests.support.files import sample
 
 
@@ -130,8 +131,17 @@ print(json.dumps({"busy": busy}))
 """
 
 
-def test_two_concurrent_collectors_ingest_each_file_exactly_once(make_workspace, postgres, domains, tmp_path) -> None:
-    ws = make_workspace(storage__ledger=postgres["create"](f"ledger_{uuid.uuid4().hex[:10]}"))
+def test_two_collectors_in_two_folders_ingest_each_file_exactly_once(make_workspace, postgres, object_store, domains,
+                                                                     tmp_path) -> None:
+    """Two machines (two folders, the second joined to the first's loop) collect from one landing zone over one
+    PostgreSQL ledger and one S3 store: each file once, and a batch formed on either machine from rows the other
+    staged (they travel through the object store, verified by md5)."""
+    ledger_url = postgres["create"](f"ledger_{uuid.uuid4().hex[:10]}")
+    first = make_workspace("machine-a", storage__ledger=ledger_url, storage__landing=str(tmp_path / "landing"),
+                           storage__dvc_remote=f"s3://{object_store['bucket']}/{uuid.uuid4().hex[:8]}/dvc")
+    ws = open_member(first.root)  # the first run on a shared ledger records the loop there
+    second = init_workspace(tmp_path / "machine-b", join=ledger_url)
+    assert (second.workspace_id, second.ledger_db, second.landing) == (ws.workspace_id, ws.ledger_db, ws.landing)
     rows = sample(domains["movies"], 250, seed=4)
     files = {f"part-{i:02d}.csv": rows.iloc[i * 20:(i + 1) * 20] for i in range(12)}
     files["copy-of-part-03.csv"] = files["part-03.csv"]  # the same bytes again: ingested once
@@ -140,8 +150,9 @@ def test_two_concurrent_collectors_ingest_each_file_exactly_once(make_workspace,
     landing.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     outs = [tmp_path / f"collector-{i}.jsonl" for i in range(2)]
-    collectors = [subprocess.Popen([sys.executable, "-c", COLLECTOR, str(ws.root), str(out), str(done)], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs]
+    collectors = [subprocess.Popen([sys.executable, "-c", COLLECTOR, str(root), str(out), str(done)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for root, out in zip((ws.root, second.root), outs, strict=True)]
     for name, frame in files.items():  # written under a hidden name, then renamed: never read half written
         frame.to_csv(landing / f".{name}.tmp", index=False)
         (landing / f".{name}.tmp").rename(landing / name)
@@ -170,10 +181,18 @@ def test_two_concurrent_collectors_ingest_each_file_exactly_once(make_workspace,
         in_batches = [sha for b in batches for sha in b.files]
         assert len(in_batches) == len(set(in_batches))  # no file in two batches
         (keys,) = ledger._db.execute("SELECT COUNT(*) FROM row_keys").fetchone()
+        waiting = ledger.unbatched_files()
     assert accepted == keys == 245  # 245 distinct rows; overlap.csv's 5 repeated ones quarantined
-    batched = sum(len(pd.read_parquet(ws.batch_file(b.batch_id))) for b in batches)
-    staged = sum(len(pd.read_parquet(p)) for p in ws.staged_dir.glob("*.parquet"))
-    assert batched + staged == accepted  # every accepted row in exactly one place
+    # Every accepted row in exactly one place, in the object store, whichever machine wrote it (md5s checked).
+    store, copies = ws.object_store, tmp_path / "copies"
+    assert store is not None
+    batched = sum(len(pd.read_parquet(copies / b.batch_id)) for b in batches
+                  if store.fetch(f"accepted/{b.batch_id}.parquet", copies / b.batch_id, b.md5))
+    staged = sum(len(pd.read_parquet(copies / f.sha256)) for f in waiting
+                 if store.fetch(f"staged/{f.sha256[:16]}.parquet", copies / f.sha256, f.staged_md5))
+    assert batched + staged == accepted
+    assert {b.md5 for b in batches} == {md5_of(ws.batch_file(b.batch_id)) if ws.batch_file(b.batch_id).exists()
+                                        else md5_of(second.batch_file(b.batch_id)) for b in batches}
     busy = [json.loads(out.strip().splitlines()[-1])["busy"] for out, _ in finished]
     assert sum(busy) > 0  # they did run at once: a collect found the other holding the ledger
 
