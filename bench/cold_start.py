@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=160)
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine starts it slowly
     work = Path(tempfile.mkdtemp(prefix="kaizen-cold-"))
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
 

@@ -1,6 +1,7 @@
 """The training job as a Prefect flow, for `train.deployment`: a deployment of it on a work pool with GPUs
 (infra/kubernetes/prefect.yaml: a Job on a GPU node) trains while the loop itself runs in a pod without one.
-Both mount the workspace's volume, where the job's folder is the whole interface (tasks/training/jobs.py).
+Both mount one volume (infra/kubernetes: an opt-in ReadWriteMany cache), where the job's folder is the whole
+interface (tasks/training/jobs.py); the loop alone needs no shared volume.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Running the training job (tasks/training/train_job.py) and following it: on this machine as a process of its own
 (`accelerate launch` past one process), or elsewhere as a run of a Prefect deployment (`train.deployment`,
-for example a Kubernetes Job on a GPU node that mounts the same workspace volume).
+for example a Kubernetes Job on a GPU node that mounts the loop's folder: a volume both share).
 
 Either way the job's folder is the whole interface: this side writes the inputs, reads `epochs.jsonl` as the
 job appends to it (each epoch is logged while training goes on) and `result.json` at the end.
