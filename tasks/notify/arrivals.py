@@ -148,6 +148,6 @@ def queue_follow_up(ws: Workspace) -> str | None:
                 expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC) + timedelta(minutes=1))))
         if len([r for r in waiting if str(r.id) != flow_run.id]) >= pending:
             return None
-        run = client.create_flow_run_from_deployment(deployment_id, parameters={"workspace": str(ws.root)},
-                                                     tags=["kaizen-follow-up"])
+        # The deployment's own parameters: a shared loop's runs work in a folder of their worker's, not this one
+        run = client.create_flow_run_from_deployment(deployment_id, tags=["kaizen-follow-up"])
     return str(run.id)

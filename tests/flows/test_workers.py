@@ -111,6 +111,8 @@ def test_two_disposable_workers_carry_one_loop_on(tmp_path, postgres, object_sto
                                                                         if r.id != killed.id])
                                    and all(r.state_type.value in FINAL for r in runs) and runs, 300, every=3)
             assert all(r.state_type.value == "COMPLETED" for r in ended), [(r.name, r.state_type.value) for r in ended]
+            follow_ups = [r for r in ended if "kaizen-follow-up" in r.tags]  # queued by a run: the deployment's own
+            assert all(r.parameters == deployment.parameters for r in follow_ups)
         finally:
             for proc in workers:
                 stop(proc)
