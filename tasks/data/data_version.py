@@ -99,16 +99,16 @@ def reproduce(ws: Workspace, batches: list[str]) -> None:
     stage code, and its output folder still holding the files and bytes it was locked with. If any was not (a
     changed `preprocess` parameter, a kaizen upgrade, a folder removed by hand), the full `dvc repro` follows
     and rebuilds what is stale, replay included."""
-    locked = _split_stages(ws)
+    locked = split_stages(ws)
     new = [f"split@{b}" for b in batches if f"split@{b}" not in locked]
     if new and all(out_intact(ws, stage) for stage in locked.values()):
         run_dvc(ws, "repro", "--single-item", *new, "replay")
-        if len({_recipe(name, stage) for name, stage in _split_stages(ws).items()}) == 1:
+        if len({_recipe(name, stage) for name, stage in split_stages(ws).items()}) == 1:
             return
     run_dvc(ws, "repro")
 
 
-def _split_stages(ws: Workspace) -> dict[str, dict]:
+def split_stages(ws: Workspace) -> dict[str, dict]:
     lock = load_yaml(ws.dvc_lock.read_text(encoding="utf-8")) if ws.dvc_lock.exists() else None
     return {name: stage for name, stage in ((lock or {}).get("stages") or {}).items() if name.startswith("split@")}
 

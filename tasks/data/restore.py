@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kaizen.tasks.data.data_version import load_yaml, out_intact, run_dvc
+from kaizen.tasks.data.data_version import out_intact, run_dvc, split_stages
 from kaizen.tasks.ingest.ledger import Ledger
-from kaizen.tasks.workspace.files import write_atomically
+from kaizen.tasks.workspace.files import move_if_present, write_atomically
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.objects import MissingFromStores
 from kaizen.tasks.workspace.repo import write_stage_vars
@@ -44,23 +44,21 @@ def restore_inputs(ws: Workspace) -> Restored:
     """Bring this folder up to the loop's current state (see the module's docstring); what it restored."""
     started = time.monotonic()
     with Ledger(ws.ledger_db) as ledger:
-        batches = [b for b in ledger.batches() if b.status != "failed"]
-        failed = [b.batch_id for b in ledger.batches(status="failed")]
+        batches = ledger.batches()
         lock = ledger.latest_data_lock()
-    for batch_id in failed:  # set aside on another machine: out of this folder's DVC input too, as there
-        if ws.batch_file(batch_id).exists():
-            ws.failed_dir.mkdir(parents=True, exist_ok=True)
-            ws.batch_file(batch_id).replace(ws.failed_dir / ws.batch_file(batch_id).name)
-    fetched, size = [], 0
+    store, fetched, size = ws.object_store, [], 0
     for batch in batches:
         path = ws.batch_file(batch.batch_id)
+        if batch.status == "failed":  # set aside on another machine: out of this folder's DVC input too, as there
+            move_if_present(path, ws.set_aside_file(batch.batch_id))
+            continue
         if path.exists():
             continue
-        if ws.object_store is None or batch.md5 is None:
-            where = "the loop keeps no object store (its ledger is not shared)" if ws.object_store is None else \
+        if store is None or batch.md5 is None:
+            where = "the loop keeps no object store (its ledger is not shared)" if store is None else \
                 "it was formed before kaizen kept batches in the object store"
             raise MissingFromStores(f"{batch.batch_id}'s accepted rows are missing from {path}, and {where}")
-        size += ws.object_store.fetch(ws.object_key(path), path, batch.md5)
+        size += store.fetch(ws.object_key(path), path, batch.md5)
         fetched.append(batch.batch_id)
     replaced = lock is not None and (not ws.dvc_lock.exists() or ws.dvc_lock.read_text(encoding="utf-8") != lock)
     if replaced:  # another machine ran since (or none ran here): its outputs are deterministic, so its lock holds
@@ -73,12 +71,9 @@ def restore_inputs(ws: Workspace) -> Restored:
 def _pull_missing(ws: Workspace) -> list[str]:
     """The prepared outputs dvc.lock names that this folder lacks (or holds altered), pulled from the DVC remote.
     Not the replay sample: it is drawn again for the batch being learned."""
-    if not ws.dvc_lock.exists():
-        return []
-    stages = (load_yaml(ws.dvc_lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    missing = [out["path"] for name, stage in stages.items() if name.startswith("split@")
-               for out in stage.get("outs", []) if not out_intact(ws, {"outs": [out]})
-               and ws.batch_file(name.removeprefix("split@")).exists()]  # a set-aside batch's split is not needed
+    missing = [out["path"] for name, stage in split_stages(ws).items()
+               if ws.batch_file(name.removeprefix("split@")).exists()  # a set-aside batch's split is not needed
+               and not out_intact(ws, stage) for out in stage.get("outs", [])]
     if missing:
         write_stage_vars(ws.root)  # the stages DVC resolves are those of the accepted batches, restored by now
         try:

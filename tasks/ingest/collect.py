@@ -36,7 +36,7 @@ from kaizen.tasks.ingest.ledger import FileRecord, Ledger
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.files import commit_file, temporary
 from kaizen.tasks.workspace.layout import Workspace, hold
-from kaizen.tasks.workspace.objects import md5_of
+from kaizen.tasks.workspace.objects import ObjectStore, md5_of
 from kaizen.tasks.workspace.repo import write_stage_vars
 
 __all__ = ["KILL_POINTS", "CollectResult", "FileOutcome", "archive_path", "collect", "form_batches", "ingest_file",
@@ -101,11 +101,12 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
         if sum(r.rows_accepted for r in group) < ws.settings.data.min_batch_rows:
             continue
         batch_id, store = ledger.next_batch_id(), ws.object_store
-        staged = [_staged_here(ws, r) for r in group]
+        staged = [_staged_here(ws, store, r) for r in group]
         batch_file = ws.batch_file(batch_id)
         rows = _concatenated(staged, batch_file)
-        md5 = md5_of(batch_file)
+        md5 = None
         if store is not None:  # any machine restores the batch from here, verified by the md5 the ledger keeps
+            md5 = md5_of(batch_file)
             store.put(batch_file, ws.object_key(batch_file))
         kill_point("collect:batch-written")
         ledger.record_batch(batch_id, rows, [r.sha256 for r in group], md5)
@@ -119,11 +120,10 @@ def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
     return formed
 
 
-def _staged_here(ws: Workspace, record: FileRecord) -> Path:
+def _staged_here(ws: Workspace, store: ObjectStore | None, record: FileRecord) -> Path:
     """A file's staged rows on this disk: fetched from the shared loop's object store when another machine
     ingested the file (verified against the md5 its ledger record holds)."""
     path = staged_path(ws, record.sha256)
-    store = ws.object_store
     if not path.exists() and store is not None:
         store.fetch(ws.object_key(path), path, record.staged_md5)
     return path

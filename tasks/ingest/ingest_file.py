@@ -115,23 +115,26 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
             kill_point("collect:quarantined")
         else:
             temporary(quarantine).unlink()
-        share(ws, archived, staged if tally.accepted else None, quarantine if tally.quarantined else None)
+        staged_md5 = share(ws, archived, staged if tally.accepted else None,
+                           quarantine if tally.quarantined else None)
         rows_in = tally.accepted + tally.quarantined
-        record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None,
-                            md5_of(staged) if tally.accepted else None)
+        record = FileRecord(sha, name, rows_in, tally.accepted, tally.quarantined, None, staged_md5)
         ledger.record_file(record, size=size, row_keys=seen.keys(), attach=seen.source())
     remarks = tally.remarks + mapping_remarks(tally.mappings)
     return FileOutcome(name, sha, rows_in, tally.accepted, tally.quarantined, "ingested", tally.reasons, remarks)
 
 
-def share(ws: Workspace, *paths: Path | None) -> None:
+def share(ws: Workspace, archived: Path, staged: Path | None, quarantine: Path | None) -> str | None:
     """A shared loop's copies of what collect wrote, in its object store before the ledger commits the file: any
-    machine forms the batch from the staged rows, and the archive and quarantine outlive this disk."""
+    machine forms the batch from the staged rows, and the archive and quarantine outlive this disk. The staged
+    rows' md5, which the ledger keeps to verify a copy fetched elsewhere (None without a store or staged rows)."""
     store = ws.object_store
-    for path in paths:
-        if store is not None and path is not None:
-            store.put(path, ws.object_key(path))
+    if store is not None:
+        for path in (archived, staged, quarantine):
+            if path is not None:
+                store.put(path, ws.object_key(path))
     kill_point("collect:shared")
+    return md5_of(staged) if store is not None and staged is not None else None
 
 
 def read_rows(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys,

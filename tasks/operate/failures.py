@@ -5,20 +5,21 @@ last `operations.max_failed_attempts` attempts failed with the same error (a tes
 removed from params.yaml, a corrupt cached model), the batch is set aside: marked `failed` with that error, its
 accepted rows moved out of the DVC stage's input (`data/failed/`), and the loop goes on with the batches behind
 it. An attempt that failed because a server could not be reached, or because something the loop keeps in its
-shared stores is gone (MissingFromStores), is recorded but not counted: the batch is not at fault. Every failed attempt sends a `kaizen.iteration.failed` event; `kaizen batch retry B` puts a set-aside
-batch back once the cause is fixed.
+shared stores is gone (MissingFromStores), is recorded but not counted: the batch is not at fault. Every failed
+attempt sends a `kaizen.iteration.failed` event; `kaizen batch retry B` puts a set-aside batch back once the cause
+is fixed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.notify import events
 from kaizen.tasks.registry.tags import TAG, Decision
+from kaizen.tasks.workspace.files import move_if_present
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.objects import MissingFromStores
 from kaizen.tasks.workspace.redact import redact
@@ -86,7 +87,7 @@ def note_failure(ws: Workspace, batch_id: str, exc: BaseException) -> FailedAtte
         if set_aside:
             ledger.set_status(batch_id, "failed", Decision.FAILED)
     if set_aside:
-        _move(ws.batch_file(batch_id), ws.failed_dir / ws.batch_file(batch_id).name)
+        move_if_present(ws.batch_file(batch_id), ws.set_aside_file(batch_id))
     if counted:  # the tracking server answers: close the attempt's run, marked with its error
         try:
             _close_runs(ws, batch_id, error)
@@ -121,13 +122,6 @@ def _close_runs(ws: Workspace, batch_id: str, error: str) -> None:
             client.set_terminated(run.info.run_id, "FAILED")
 
 
-def _move(source, dest) -> None:
-    """Rename a batch file between the DVC stage's input and the set-aside folder (gone already: moved before)."""
-    if source.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, dest)
-
-
 def retry(ws: Workspace, batch_id: str) -> None:
     """Put a failed batch back: pending again, its rows back in the DVC stage's input, its count started over."""
     with Ledger(ws.ledger_db) as ledger:
@@ -136,7 +130,7 @@ def retry(ws: Workspace, batch_id: str) -> None:
             raise BatchError(f"no batch {batch_id!r} in {ws.root} (batches: {', '.join(status) or 'none yet'})")
         if status[batch_id] != "failed":
             raise BatchError(f"{batch_id} is {status[batch_id]}, not failed: nothing to retry")
-        _move(ws.failed_dir / ws.batch_file(batch_id).name, ws.batch_file(batch_id))
+        move_if_present(ws.set_aside_file(batch_id), ws.batch_file(batch_id))
         ledger.record_attempt(batch_id, "retry")
         ledger.set_status(batch_id, "pending", None)
 

@@ -121,6 +121,14 @@ def commit_file(tmp: Path, path: Path) -> None:
         os.close(folder)
 
 
+def move_if_present(source: Path, dest: Path) -> None:
+    """Rename `source` to `dest` (its folder made); one already gone is fine: it was moved before (a repeat after a
+    kill, or another machine's turn)."""
+    if source.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
+
+
 class Busy(RuntimeError):
     """Another process holds the lock."""
 

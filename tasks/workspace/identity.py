@@ -36,14 +36,18 @@ def _connect(ledger: Path | str):
     return db
 
 
+def _loop(db) -> tuple[str, str] | None:
+    values = dict(db.execute("SELECT key, value FROM loop").fetchall())
+    return (values["id"], values["params"]) if "id" in values else None
+
+
 def recorded(ledger: Path | str) -> tuple[str, str] | None:
     """The loop's (id, params.yaml text) in its database, or None before any folder claimed it."""
     db = _connect(ledger)
     try:
-        values = dict(db.execute("SELECT key, value FROM loop").fetchall())
+        return _loop(db)
     finally:
         db.close()
-    return (values["id"], values["params"]) if "id" in values else None
 
 
 def claim(ledger: Path | str, loop_id: str, params: str) -> tuple[str, str]:
@@ -52,13 +56,12 @@ def claim(ledger: Path | str, loop_id: str, params: str) -> tuple[str, str]:
     db = _connect(ledger)
     try:
         with db.transaction():
-            if db.execute("SELECT value FROM loop WHERE key='id'").fetchone() is None:
+            found = _loop(db)
+            if found is None:
                 db.executemany("INSERT INTO loop (key, value) VALUES (?,?)", [("id", loop_id), ("params", params)])
     finally:
         db.close()
-    found = recorded(ledger)
-    assert found is not None, "claimed in the transaction above"
-    return found
+    return found or (loop_id, params)
 
 
 def write_membership(loop_file: Path, loop_id: str, params: str) -> None:
@@ -71,22 +74,23 @@ def _md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()  # noqa: S324  (a change detector)
 
 
-def sync_settings(ledger: Path | str, loop_id: str, params_file: Path, loop_file: Path) -> str | None:
-    """Bring params.yaml and the loop's settings together: an edit made here since the folder last agreed with
-    the loop is published; otherwise the loop's settings, edited on another machine, are taken. What happened,
-    in words, or None when both already agree."""
+def sync_settings(ledger: Path | str, loop_id: str, shared: str, params_file: Path, loop_file: Path) -> str | None:
+    """Bring params.yaml and the loop's settings (`shared`, as check_member read them) together: an edit made here
+    since the folder last agreed with the loop is published; otherwise the loop's settings, edited on another
+    machine, are taken. What happened, in words, or None when both already agree."""
     local = params_file.read_text(encoding="utf-8")
-    found = recorded(ledger)
-    shared = found[1] if found else ""
+    agreed_md5 = json.loads(loop_file.read_text(encoding="utf-8")).get("params_md5") if loop_file.exists() else None
     if local == shared:
-        agreed = None
-    elif loop_file.exists() and json.loads(loop_file.read_text(encoding="utf-8")).get("params_md5") == _md5(local):
+        if agreed_md5 != _md5(local):
+            write_membership(loop_file, loop_id, local)
+        return None
+    if agreed_md5 == _md5(local):
         write_atomically(params_file, shared.encode("utf-8"))
-        agreed = "took the loop's settings, changed on another machine since this folder last ran"
+        agreed, local = "took the loop's settings, changed on another machine since this folder last ran", shared
     else:
         publish_settings(ledger, loop_id, local)
         agreed = "published this folder's params.yaml, edited here, as the loop's settings"
-    write_membership(loop_file, loop_id, params_file.read_text(encoding="utf-8"))
+    write_membership(loop_file, loop_id, local)
     return agreed
 
 
@@ -103,12 +107,14 @@ def publish_settings(ledger: Path | str, loop_id: str, params: str) -> None:
         db.close()
 
 
-def check_member(ledger: Path | str, loop_id: str, params: str, shown: str) -> None:
+def check_member(ledger: Path | str, loop_id: str, params: str, shown: str) -> str:
     """Raise ForeignLoop unless `loop_id` is the loop this database holds (a database no folder claimed yet, made
-    before loops were recorded, is claimed with `params` by the first folder that runs on it)."""
-    owner, _ = recorded(ledger) or claim(ledger, loop_id, params)
+    before loops were recorded, is claimed with `params` by the first folder that runs on it); the loop's
+    settings."""
+    owner, shared = recorded(ledger) or claim(ledger, loop_id, params)
     if owner != loop_id:
         raise ForeignLoop(
             f"the ledger at {shown} holds the loop {owner!r}, and this folder is {loop_id!r}: carry that loop on from "
             f"here with `kaizen init DIR --join {shown}` in an empty folder (it copies the loop's settings and "
             "identity), or give this workspace a ledger of its own (storage.ledger)")
+    return shared

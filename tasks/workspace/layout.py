@@ -238,6 +238,10 @@ class Workspace:
     def batch_file(self, batch_id: str) -> Path:
         return self.accepted_dir / f"{batch_id}.parquet"
 
+    def set_aside_file(self, batch_id: str) -> Path:
+        """Where a batch set aside as failed keeps its accepted rows, out of the DVC stage's input."""
+        return self.failed_dir / self.batch_file(batch_id).name
+
     def split_file(self, batch_id: str, split: str) -> Path:
         return self.prepared_dir / batch_id / f"{split}.parquet"
 
@@ -300,11 +304,12 @@ def open_member(workspace: str | Path, join: str | None = None) -> Workspace:
     ws = Workspace.open(root)
     if not ws.shared:
         return ws
-    identity.check_member(ws.ledger_db, ws.workspace_id, ws.params_file.read_text(encoding="utf-8"),
-                          redact(str(ws.ledger_db)))
-    if said := identity.sync_settings(ws.ledger_db, ws.workspace_id, ws.params_file, ws.loop_file):
+    shared = identity.check_member(ws.ledger_db, ws.workspace_id, ws.params_file.read_text(encoding="utf-8"),
+                                   redact(str(ws.ledger_db)))
+    said = identity.sync_settings(ws.ledger_db, ws.workspace_id, shared, ws.params_file, ws.loop_file)
+    if said:
         print(said)
-    return Workspace.open(root)  # the settings as agreed
+    return Workspace.open(root) if said else ws  # the settings as agreed
 
 
 def _join(root: Path, join: str) -> None:
