@@ -48,7 +48,7 @@ def main() -> None:
     from kaizen.tasks.data.restore import restore_inputs
     from kaizen.tasks.data.stream import fetch_sources, load_domain, sample_groups
     from kaizen.tasks.runtime.servers import temporary_prefect_server
-    from kaizen.tasks.workspace.layout import init_workspace, open_member
+    from kaizen.tasks.workspace.members import init_workspace, open_member
     from tests.support import services
     from tests.support.processes import environment
     from tests.support.workspaces import FAST, OPEN_GATE, write_params

@@ -96,7 +96,8 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     from kaizen.tasks.formats.text import normalize_text
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.registry.tags import TAG
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     init_workspace(root)
     write_overrides(root / "params.yaml", {"preprocess.seed": seed, "train.seed": seed, **overrides})
@@ -306,7 +307,8 @@ def main() -> None:
 
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     from kaizen.tasks.workspace.environment import apply_environment
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     args.work.mkdir(parents=True, exist_ok=True)
     apply_environment(Workspace.open(init_workspace(args.work / "prefect-home-ws").root))  # before Prefect

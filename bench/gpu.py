@@ -57,7 +57,7 @@ def main() -> None:
     from kaizen.tasks.data import stream
     from kaizen.tasks.model.predict import pick_device, predict
     from kaizen.tasks.training.train import fine_tune, resolve_backbone
-    from kaizen.tasks.workspace.layout import template
+    from kaizen.tasks.workspace.members import template
     from kaizen.tasks.workspace.settings import load_settings
 
     settings = load_settings(template("params.yaml"))

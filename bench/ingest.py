@@ -77,7 +77,7 @@ def landed_csv(rows: int) -> Path:
 
 def template_workspace() -> Path:
     """A workspace made once (git, DVC): each measurement collects into a fresh copy of it."""
-    from kaizen.tasks.workspace.layout import init_workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     root = RESULTS / "ingest-template"
     if not (root / "params.yaml").exists():
@@ -108,7 +108,7 @@ def measure(rows: int, code: Path | None) -> dict:
     shutil.copytree(template_workspace(), root, symlinks=True)
     landing = root / "data" / "landing"
     landing.mkdir(parents=True, exist_ok=True)
-    os.link(source, landing / source.name)  # collect removes the landed name; the generated file stays
+    shutil.copyfile(source, landing / source.name)  # a copy: collect refuses a hard link, and removes what it read
     env = {**os.environ, **code_path(code)}
     done = subprocess.run([sys.executable, "-c", CHILD, str(root)], env=env, capture_output=True, text=True)
     shutil.rmtree(root)

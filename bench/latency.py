@@ -90,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from kaizen.tasks.workspace.environment import apply_environment
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     shutil.rmtree(args.work, ignore_errors=True)
     root = args.work / "ws"

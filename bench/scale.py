@@ -81,7 +81,8 @@ def step_times(flow_run_id) -> dict[str, float]:
 def iterations(work: Path, n_batches: int, rows: int, real: bool = False, overrides: dict | None = None) -> list[dict]:
     from kaizen.tasks.workspace.environment import apply_environment
     from kaizen.tasks.workspace.files import frame_bytes
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
     from kaizen.tasks.workspace.settings import write_overrides
 
     root = init_workspace(work / "ws").root

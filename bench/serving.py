@@ -43,9 +43,11 @@ def pings(port: int) -> bool:
 def fresh_workspace(work: Path):
     """A new workspace whose champion is MiniLM with a new head, logged and registered as the loop does it."""
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.training.train import load_for_training, resolve_backbone
+    from kaizen.tasks.training.train import resolve_backbone
+    from kaizen.tasks.training.train_job import load_for_training
     from kaizen.tasks.workspace.environment import apply_environment
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     shutil.rmtree(work, ignore_errors=True)
     ws = init_workspace(work / "ws")

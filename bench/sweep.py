@@ -27,7 +27,7 @@ from kaizen.tasks.data.preprocess import draw_replay, prepare
 from kaizen.tasks.model.predict import predict
 from kaizen.tasks.training.merge import choose_merge
 from kaizen.tasks.training.train import balanced_weights, fine_tune, resolve_backbone
-from kaizen.tasks.workspace.layout import template
+from kaizen.tasks.workspace.members import template
 from kaizen.tasks.workspace.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

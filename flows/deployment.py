@@ -12,6 +12,10 @@ Kubernetes job starts them; see infra/).
 
 Beside it, each workspace gets a second deployment, `kaizen-score/<workspace>` (flows/scoring.py: batch scoring
 with the champion, on demand), and the alert automations of tasks/notify/alerts.py (when `alerts.webhook_url` is set).
+
+The parameters `run_parameters` gives a deployment fix where its runs work: whoever starts a run through the
+Prefect API may give it parameters, but a run asking for another `workspace` or `join` than its deployment's is
+refused (tasks/runtime/callers.py).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def deployment_name(ws: Workspace) -> str:
 def run_parameters(ws: Workspace, on_pool: bool) -> dict[str, str]:
     """What a run is told to work in. Served here, or on a pool with a loop on one machine: this folder. A shared
     loop on a pool: a folder of the worker's own (under its KAIZEN_HOME, else its run's new working directory),
-    which joins the loop from its database when empty, so any worker, on any disk, carries the loop on."""
+    which joins the loop from its database when empty, so any worker, on any disk, carries the loop on. Fixed for
+    every run of the deployment (tasks/runtime/callers.py refuses a run that asks for others)."""
     if on_pool and ws.shared:
         return {"workspace": f"kaizen-{ws.workspace_id}", "join": str(ws.ledger_db)}
     return {"workspace": str(ws.root)}

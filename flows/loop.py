@@ -22,9 +22,10 @@ from kaizen.tasks.operate import failures, history, recovery
 from kaizen.tasks.registry import record, tracking
 from kaizen.tasks.registry.record import Iteration, IterationSummary
 from kaizen.tasks.registry.tags import Decision
-from kaizen.tasks.runtime import zombies
+from kaizen.tasks.runtime import callers, zombies
 from kaizen.tasks.training import train
-from kaizen.tasks.workspace.layout import Workspace, hold, open_member
+from kaizen.tasks.workspace.layout import Workspace, hold
+from kaizen.tasks.workspace.members import open_member
 
 
 def step(fn):
@@ -71,6 +72,7 @@ def iteration(workspace: str = ".", files: list[str] | None = None, force_train:
     `join`: the database of a shared loop; an empty `workspace` folder joins it first (a worker's new disk), and a
     relative one lies under KAIZEN_HOME when the worker sets it.
     """
+    callers.deployed(iteration, workspace=workspace, join=join)  # a deployed run works where it was deployed
     ws = open_member(workspace, join)
     if deployment.id:  # which process runs this, so that a `kaizen serve` started later can tell it died
         zombies.note_process(ws, str(flow_run.id))

@@ -1,7 +1,7 @@
 """Batch scoring as a Prefect flow: the second deployment of a workspace (flows/deployment.py), run from the
 Prefect UI or API with a `source` and an `out` (`prefect deployment run 'kaizen-score/<workspace>' -p
-source=... -p out=...`). The work is tasks/serving/scoring.py's, as under `kaizen score`; the run shows a progress
-artifact while it goes and a markdown artifact with the outcome.
+source=... -p out=...`), each under `serving.roots`. The work is tasks/serving/scoring.py's, as under `kaizen
+score`; the run shows a progress artifact while it goes and a markdown artifact with the outcome.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from kaizen.tasks.runtime import callers
 from kaizen.tasks.runtime.progress import RunProgress
 from kaizen.tasks.serving import scoring
-from kaizen.tasks.workspace.layout import Workspace, open_member
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import open_member
 
 
 @task(name="score", cache_policy=NO_CACHE)
@@ -24,8 +26,13 @@ def score_with_progress(ws: Workspace, source: str, out: str) -> scoring.ScoreRe
 @flow(name="kaizen-score", log_prints=True)
 def score(source: str, out: str, workspace: str = ".", join: str | None = None) -> dict:
     """Label every text of `source` (a file, a folder or an fsspec URL) with the champion into the Parquet `out`.
-    `join`: as for the loop's runs (flows/loop.py), a worker's empty folder joins the shared loop first."""
+    `join`: as for the loop's runs (flows/loop.py), a worker's empty folder joins the shared loop first.
+    A deployed run works in its deployment's folder, and reads and writes only under `serving.roots`
+    (tasks/runtime/callers.py); there a relative `source` or `out` is taken in the workspace."""
+    deployed = callers.deployed(score, workspace=workspace, join=join)
     ws = open_member(workspace, join)
+    if deployed:
+        source, out = callers.scoring_locations(ws, source, out)
     result = score_with_progress(ws, source, out)
     problems = "".join(f"- {problem}\n" for problem in result.problems)
     create_markdown_artifact(

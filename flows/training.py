@@ -10,12 +10,19 @@ from pathlib import Path
 
 from prefect import flow
 
+from kaizen.tasks.runtime import callers
 from kaizen.tasks.training import jobs
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import workspace_folder
 
 
 @flow(name="kaizen-train", log_prints=True)
-def train_job(job: str, processes: int = 1) -> None:
+def train_job(job: str, processes: int = 1, workspace: str = ".") -> None:
     """Run the training job that tasks/train.fine_tune wrote into the folder `job`, on this machine; the loop
-    that started this run follows its epochs in the same folder and registers the model when it is done."""
+    that started this run follows its epochs in the same folder and registers the model when it is done.
+    `workspace`: the loop's folder as this machine sees it (relative: under KAIZEN_HOME). A deployed run takes
+    its deployment's, and works only on a job in that workspace's jobs folder (tasks/runtime/callers.py)."""
+    if callers.deployed(train_job, workspace=workspace):
+        job = str(callers.job_folder(Workspace.open(workspace_folder(workspace)), job))
     jobs.run_here(Path(job), processes)
     print(f"training job {job}: done")

@@ -34,7 +34,8 @@ hypothesis_settings.register_profile("dev", parent=hypothesis_settings.get_profi
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.data.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
-from kaizen.tasks.workspace.layout import Workspace, init_workspace  # noqa: E402
+from kaizen.tasks.workspace.layout import Workspace  # noqa: E402
+from kaizen.tasks.workspace.members import init_workspace  # noqa: E402
 from tests.support.workspaces import FAST, REPO, write_params  # noqa: E402
 
 
@@ -143,7 +144,7 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     import torch
 
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.training.train import load_for_training
+    from kaizen.tasks.training.train_job import load_for_training
     from tests.support.files import sample
 
     root = tmp_path_factory.mktemp("champion") / "ws"
@@ -174,8 +175,9 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
 # The test files that take minutes (chains of `kaizen run`, served deployments, the real MiniLM), longest first.
 # `make test` runs the files on two workers, a file at a time each: started first, these overlap with the many
 # short files instead of leaving one worker alone at the end. Only the order changes, never what runs.
-LONGEST_FIRST = ("operate/test_recovery.py", "flows/test_cli_servers.py", "flows/test_workers.py", "evaluation/test_promote_real.py",
-                 "registry/test_registry.py", "flows/test_loop.py", "flows/test_shared.py", "notify/test_alerts.py",
+LONGEST_FIRST = ("operate/test_recovery.py", "flows/test_cli_servers.py", "flows/test_workers.py",
+                 "evaluation/test_promote_real.py", "registry/test_registry.py", "flows/test_loop.py",
+                 "flows/test_loop_corrections.py", "flows/test_shared.py", "notify/test_alerts.py",
                  "operate/test_operations.py", "evaluation/test_screening.py", "ingest/test_collect_properties.py",
                  "serving/test_serving.py", "operate/test_failures.py", "training/test_train_real.py")
 

@@ -34,7 +34,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make into a w
     --dvc-remote); the options set params.yaml's `storage` section. Credentials come from the environment.
     With --join, the folder carries on an existing shared loop (the other options override its settings here)."""
     from kaizen.tasks.workspace.identity import ForeignLoop, NoLoop
-    from kaizen.tasks.workspace.layout import init_workspace
+    from kaizen.tasks.workspace.members import init_workspace
     from kaizen.tasks.workspace.settings import SettingsError
 
     chosen = {"storage.tracking_uri": tracking_uri, "storage.artifacts": artifacts, "storage.dvc_remote": dvc_remote,

@@ -25,11 +25,15 @@ def serve_model(workspace: WorkspaceOpt = Path("."),
                 host: Annotated[str | None, typer.Option(help="Default: servers.host")] = None,
                 version: Annotated[str | None, typer.Option(help="Serve this version, not the champion.")] = None,
                 ) -> None:
-    """Serve the champion over HTTP with `mlflow models serve` (POST /invocations, GET /ping)."""
+    """Serve the champion over HTTP with `mlflow models serve` (POST /invocations, GET /ping). Off loopback it
+    needs MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, as `kaizen up` does; with them set, every caller
+    must send them (HTTP basic auth)."""
     from mlflow.exceptions import MlflowException
 
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.serving.champion import serve_command
+    from kaizen.tasks.runtime.security import Unprotected
+    from kaizen.tasks.serving.champion import ServingError, serve_command
+    from kaizen.tasks.serving.guarded import MODEL_FOLDER
 
     ws = open_workspace(workspace)
     client = tracking.connect(ws)
@@ -42,8 +46,12 @@ def serve_model(workspace: WorkspaceOpt = Path("."),
     if served is None:
         raise fail("nothing to serve:", ValueError("there is no champion yet: run the loop first"), 2)
     host, port = host or ws.settings.servers.host, port or ws.settings.serving.port
-    command, env = serve_command(ws, port, host, version)
-    console.print(f"serving {name} v{served.version} at http://{host}:{port}/invocations "
+    try:
+        command, env = serve_command(ws, port, host, version)
+    except (Unprotected, ServingError) as exc:
+        raise fail("cannot serve:", exc, 2) from exc
+    guard = " behind basic auth (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)" if MODEL_FOLDER in env else ""
+    console.print(f"serving {name} v{served.version} at http://{host}:{port}/invocations{guard} "
                   f"(`{' '.join(command[2:])}`); a later promotion is served after a restart")
     os.execve(command[0], command, env)  # the server replaces this process: signals reach it directly
 

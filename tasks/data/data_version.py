@@ -17,10 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from kaizen.tasks.ingest.corrections import corrections, mark_applied, write_correction_files
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.objects import md5_of
 from kaizen.tasks.workspace.repo import configure_remote, dvc_command, write_stage_vars, write_trust_file
 
 
@@ -80,6 +82,8 @@ def build_data_version(ws: Workspace, learning: str) -> DataVersion:
     stage_vars = load_yaml(write_stage_vars(ws.root, learning).read_text(encoding="utf-8"))
     with Ledger(ws.ledger_db) as ledger:
         write_trust_file(ws.trust_file, ledger.suspect_batches())
+        write_correction_files(ws, ledger, stage_vars["batches"])
+        _check_pipeline_reads_corrections(ws, ledger)
     reproduce(ws, stage_vars["batches"])
     kill_point("preprocess:reproduced")
     run_dvc(ws, "push")
@@ -87,7 +91,20 @@ def build_data_version(ws: Workspace, learning: str) -> DataVersion:
     version = read_data_version(lock)
     with Ledger(ws.ledger_db) as ledger:  # where the next iteration, on any machine, finds the pipeline's state
         ledger.record_data_version(learning, version.prepared_md5, lock)
+        mark_applied(ledger, stage_vars["batches"], learning)  # the corrections this version is the first with
     return version
+
+
+CORRECTIONS_DEP = "data/corrections/${item}.parquet"  # the `split` stage's input of corrected labels (dvc.yaml)
+
+
+def _check_pipeline_reads_corrections(ws: Workspace, ledger: Ledger) -> None:
+    """A workspace made before corrections existed keeps its dvc.yaml, whose stages would never see them: refused,
+    saying how to fix it, rather than training on labels the ledger says are wrong."""
+    if CORRECTIONS_DEP not in (ws.root / "dvc.yaml").read_text(encoding="utf-8") and corrections(ledger):
+        raise RuntimeError(f"the ledger holds label corrections, but {ws.root / 'dvc.yaml'} does not list "
+                           f"{CORRECTIONS_DEP} among the `split` stage's deps, so they would never be applied: add it "
+                           "(kaizen's template, kaizen/templates/dvc.yaml, has it)")
 
 
 def reproduce(ws: Workspace, batches: list[str]) -> None:
@@ -101,11 +118,20 @@ def reproduce(ws: Workspace, batches: list[str]) -> None:
     and rebuilds what is stale, replay included."""
     locked = split_stages(ws)
     new = [f"split@{b}" for b in batches if f"split@{b}" not in locked]
-    if new and all(out_intact(ws, stage) for stage in locked.values()):
-        run_dvc(ws, "repro", "--single-item", *new, "replay")
+    corrected = [f"split@{b}" for b in batches if f"split@{b}" in locked and _corrections_changed(ws, b, locked)]
+    if (new or corrected) and all(out_intact(ws, stage) for stage in locked.values()):
+        run_dvc(ws, "repro", "--single-item", *new, *corrected, "replay")
         if len({_recipe(name, stage) for name, stage in split_stages(ws).items()}) == 1:
             return
     run_dvc(ws, "repro")
+
+
+def _corrections_changed(ws: Workspace, batch: str, locked: dict[str, dict]) -> bool:
+    """The batch's corrections are not those its split was locked with, or a split locked before corrections
+    existed (a small file: hashed, not stat'd)."""
+    path, dep = ws.corrections_file(batch), CORRECTIONS_DEP.replace("${item}", batch)
+    md5s = [d.get("md5") for d in locked[f"split@{batch}"].get("deps", []) if d["path"] == dep]
+    return not md5s or md5s[0] != (md5_of(path) if path.exists() else None)
 
 
 def split_stages(ws: Workspace) -> dict[str, dict]:
@@ -117,7 +143,7 @@ def _recipe(name: str, stage: dict) -> str:
     """How a split stage was made, without what names its batch: command, parameters and code dependencies."""
     batch = name.removeprefix("split@")
     deps = sorted((d["path"], d.get("md5")) for d in stage.get("deps", [])
-                  if d["path"] != f"data/accepted/{batch}.parquet")
+                  if d["path"] not in (f"data/accepted/{batch}.parquet", CORRECTIONS_DEP.replace("${item}", batch)))
     return json.dumps([stage["cmd"].removesuffix(batch), stage.get("params"), deps], sort_keys=True)
 
 

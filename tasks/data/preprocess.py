@@ -8,7 +8,9 @@ rebuilt byte for byte.
 
 Output: `data/prepared/<batch>/{train,val,test}.parquet` per batch, and `data/replay/replay.parquet`: the sample
 of earlier trusted batches' train splits that the batch being learned is mixed with. Duplicates across batches
-never reach here: collect refuses a row whose text an earlier file already brought (the same `text_key`).
+never reach here: collect refuses a row whose text an earlier file already brought (the same `text_key`). A
+batch's labels are split as corrected: `data/corrections/<batch>.parquet` (tasks/ingest/corrections.py) gives
+the latest label of each corrected text, applied before the split; the accepted batch stays as ingested.
 """
 
 from __future__ import annotations
@@ -100,6 +102,21 @@ def draw_replay(pool: dict[str, pd.DataFrame], n_rows: int, seed: int) -> pd.Dat
     return replay.iloc[rng.permutation(len(replay))].reset_index(drop=True)
 
 
+def corrected(batch: pd.DataFrame, corrections: pd.DataFrame) -> pd.DataFrame:
+    """The batch with the label of each corrected text replaced, the text matched by its dedup key as collect
+    matched it (corrections: key, label)."""
+    if corrections.empty:
+        return batch
+    labels = batch["text"].map(text_key).map(dict(zip(corrections["key"], corrections["label"], strict=True)))
+    return batch.assign(label=labels.fillna(batch["label"]))
+
+
+def read_corrections(path: Path) -> pd.DataFrame:
+    """A batch's corrections as the loop wrote them for this stage (none in a workspace whose pipeline predates
+    them: its stage does not list the file)."""
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["key", "label"])
+
+
 def split_one(batch: pd.DataFrame, batch_id: str, pre: PreprocessSettings) -> dict[str, pd.DataFrame]:
     """One accepted batch -> its train, val and test splits: texts normalised, duplicates within it dropped."""
     frame = batch[["text", "label"]].copy()
@@ -163,7 +180,8 @@ def main(argv: list[str]) -> None:
     if stage == "split":
         out = ws.prepared_dir / batch_id
         shutil.rmtree(out, ignore_errors=True)  # DVC owns this folder: rebuild it whole
-        write_splits(split_one(pd.read_parquet(ws.batch_file(batch_id)), batch_id, pre), out)
+        batch = corrected(pd.read_parquet(ws.batch_file(batch_id)), read_corrections(ws.corrections_file(batch_id)))
+        write_splits(split_one(batch, batch_id, pre), out)
     else:
         # Only batches still accepted: a batch set aside as failed leaves its old split folder behind (DVC keeps
         # the outputs of a stage that is gone), and its rows must not come back through replay.

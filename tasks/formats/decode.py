@@ -5,6 +5,10 @@ Memory stays that of one piece, whatever the file's size. Read strictly (collect
 claims to be raises BadFile naming where (the byte, the line), however late in the file the fault lies: what one
 whole-file decode would have said. Read leniently (scoring), UTF-8 text decodes whole and `undecoded` names the
 lines whose bytes were not UTF-8, so that each costs only itself.
+
+What a file may cost is counted as it is read (`Meter`, the workspace's `limits`): bytes unpacked, against the
+file's size too, rows and seconds; and no line is held beyond `limits.max_text_bytes`. A file past a limit stops
+there with BadFile naming the limit, in memory bounded by the limits and time linear in what was read.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import codecs
 import io
 import re
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, BinaryIO
@@ -20,6 +25,8 @@ from kaizen.tasks.workspace.files import compression
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
+
+    from kaizen.tasks.workspace.settings import LimitsSettings
 
 PIECE = 1 << 20  # bytes decompressed or decoded at a time
 # UTF-32 first: its little-endian mark starts with UTF-16's. Each mark's codec reads what follows the mark.
@@ -35,6 +42,41 @@ class BadFile(ValueError):
     """The file as a whole cannot be parsed; the message says why and where."""
 
 
+class Meter:
+    """What reading one file (`stored` bytes as kept; 0: unknown) has cost so far, each count checked against
+    `limits` as it grows: bytes unpacked (by what unpacked them: decompressed, a Parquet file's values decoded),
+    rows and seconds."""
+
+    def __init__(self, limits: LimitsSettings, stored: int) -> None:
+        self.limits, self.stored = limits, stored
+        self.began = time.monotonic()
+        self.unpacked: dict[str, int] = {}
+        self.rows = 0
+
+    def add_bytes(self, count: int, what: str = "decompressed") -> None:
+        total = self.unpacked[what] = self.unpacked.get(what, 0) + count
+        limits = self.limits
+        if total > limits.max_file_bytes:
+            raise BadFile(f"file too large: {what} beyond limits.max_file_bytes = {limits.max_file_bytes} bytes")
+        # Only past a floor: a small file may compress as well as it likes.
+        if 0 < self.stored * limits.max_compression_ratio < total and total > limits.ratio_checked_after_bytes:
+            raise BadFile(f"file too large for its size: {what} beyond limits.max_compression_ratio = "
+                          f"{limits.max_compression_ratio:g} times its {self.stored} bytes (past "
+                          f"limits.ratio_checked_after_bytes = {limits.ratio_checked_after_bytes})")
+        self.check_time()
+
+    def add_rows(self, count: int) -> None:
+        self.rows += count
+        if self.rows > self.limits.max_file_rows:
+            raise BadFile(f"file too long: more rows than limits.max_file_rows = {self.limits.max_file_rows}")
+        self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() - self.began > self.limits.max_read_seconds:
+            raise BadFile(f"file too slow to read: longer than limits.max_read_seconds = "
+                          f"{self.limits.max_read_seconds:g} s")
+
+
 def _corrupt() -> tuple[type[BaseException], ...]:
     import lzma
     import zipfile
@@ -47,8 +89,8 @@ class _Pieces(io.RawIOBase):
     """A stream read in whole pieces; a decompressor's failures (`ending` names it), wherever in the file they are
     met, are BadFile. Without an ending a failure is the disk's or the network's, not the file's: it stays itself."""
 
-    def __init__(self, inner: SupportsRead[bytes], ending: str | None) -> None:
-        self._inner, self._ending = inner, ending
+    def __init__(self, inner: SupportsRead[bytes], ending: str | None, meter: Meter) -> None:
+        self._inner, self._ending, self._meter = inner, ending, meter
 
     def readable(self) -> bool:
         return True
@@ -59,11 +101,12 @@ class _Pieces(io.RawIOBase):
             while filled < len(buffer) and (piece := self._inner.read(len(buffer) - filled)):
                 buffer[filled: filled + len(piece)] = piece
                 filled += len(piece)
-            return filled
         except _corrupt() as exc:
             if self._ending is None:
                 raise
             raise corrupt(self._ending, exc) from exc
+        self._meter.add_bytes(filled, "decompressed" if self._ending else "read")
+        return filled
 
 
 def corrupt(ending: str, exc: BaseException) -> BadFile:
@@ -71,17 +114,19 @@ def corrupt(ending: str, exc: BaseException) -> BadFile:
 
 
 @contextmanager
-def opened(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[io.BufferedReader, tuple[str, ...]]]:
-    """The bytes of `raw` (an open file of `size` bytes, a local one or an fsspec one), decompressed as its name's
-    ending says, and the remark that says so."""
+def opened(raw: BinaryIO, name: str, meter: Meter) -> Iterator[tuple[io.BufferedReader, tuple[str, ...]]]:
+    """The bytes of `raw` (an open file of `meter.stored` bytes, a local one or an fsspec one), decompressed as its
+    name's ending says and counted by `meter`, and the remark that says so."""
     import bz2
     import gzip
     import lzma
     import zipfile
 
     ending = compression(name)
-    if ending is None or size == 0:  # nothing at all is empty, compressed or not
-        yield raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Pieces(raw, None), PIECE), ()
+    if ending is None or meter.stored == 0:  # nothing at all is empty, compressed or not
+        if ending is None and meter.stored > meter.limits.max_file_bytes:  # refused before a byte is read
+            meter.add_bytes(meter.stored, "read")
+        yield io.BufferedReader(_Pieces(raw, None, meter), PIECE), ()
         return
     with ExitStack() as stack:
         inner: SupportsRead[bytes]  # a member of the zip, or the decompressing file
@@ -91,6 +136,9 @@ def opened(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[io.BufferedRea
                 members = [m for m in archive.infolist() if not m.is_dir()]
                 if len(members) != 1:
                     raise BadFile(f"unreadable zip file: it holds {len(members)} files, not one")
+                if compression(members[0].filename) is not None:  # never unpacked twice: say so, not "not UTF-8"
+                    raise BadFile(f"unreadable zip file: it holds {members[0].filename!r}, itself compressed "
+                                  "(archives within archives are not read): zip the file itself")
                 inner = stack.enter_context(archive.open(members[0]))
             else:
                 inner = (gzip.GzipFile(fileobj=raw) if ending == ".gz" else
@@ -99,7 +147,7 @@ def opened(raw: BinaryIO, name: str, size: int) -> Iterator[tuple[io.BufferedRea
             if isinstance(exc, BadFile):
                 raise
             raise corrupt(ending, exc) from exc
-        yield io.BufferedReader(_Pieces(inner, ending), PIECE), (f"decompressed ({ending[1:]})",)
+        yield io.BufferedReader(_Pieces(inner, ending, meter), PIECE), (f"decompressed ({ending[1:]})",)
 
 
 def drain(pieces: Iterator[object]) -> None:
@@ -109,11 +157,8 @@ def drain(pieces: Iterator[object]) -> None:
         pass
 
 
-def text_lines(binary: io.BufferedReader, kind: str, universal: bool,
-               strict: bool = True) -> tuple[Iterator[str], tuple[str, ...]]:
-    """The text's lines, as it is decoded, and a remark when a byte-order mark chose the encoding.
-    `universal`: lines end at \\n, \\r\\n or \\r and keep their ending (what csv needs: io's newline="");
-    otherwise they end at \\n alone and lose it (a JSON string may hold \\r or U+2028).
+def text_pieces(binary: io.BufferedReader, kind: str, strict: bool = True) -> tuple[Iterator[str], tuple[str, ...]]:
+    """The text in pieces, as it is decoded, and a remark when a byte-order mark chose the encoding.
     Not `strict`: UTF-8 text decodes whatever it holds (see `undecoded`)."""
     head = binary.peek(4)[:4]
     bom, codec, label = next(((b, c, n) for b, c, n in BOMS if head.startswith(b)), (b"", "utf-8", None))
@@ -122,7 +167,14 @@ def text_lines(binary: io.BufferedReader, kind: str, universal: bool,
     # Only UTF-8 is read leniently: surrogateescape stands in for bytes from 0x80 up, and those are all the bytes
     # UTF-8 refuses (UTF-16 refuses lower ones too).
     errors = "strict" if strict or codec != "utf-8" else "surrogateescape"
-    return _lines(_decoded(binary, kind, codec, bom, label, errors), universal), remarks
+    return _decoded(binary, kind, codec, bom, label, errors), remarks
+
+
+def text_lines(binary: io.BufferedReader, kind: str, universal: bool, strict: bool,
+               limit: int) -> tuple[Iterator[str], tuple[str, ...]]:
+    """The text's lines (`lines_of`), as it is decoded, and the remark of `text_pieces`."""
+    pieces, remarks = text_pieces(binary, kind, strict)
+    return lines_of(pieces, kind, universal, limit), remarks
 
 
 def undecoded(line: str) -> UnicodeDecodeError | None:
@@ -170,25 +222,55 @@ def _decoded(binary: io.BufferedReader, kind: str, codec: str, bom: bytes, label
             raise BadFile(f"unreadable {kind} file: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
                           f"{line}); {hint}") from exc
         if not piece:
+            if text:  # read leniently, the bytes of a character cut short at the very end
+                yield text
             return
         done += len(piece)
         newlines += piece.count(b"\n")
         yield text
 
 
-def _lines(texts: Iterator[str], universal: bool) -> Iterator[str]:
-    """Lines across pieces: the unfinished end of one piece waits for the next (a \\r, too: \\n may follow)."""
-    rest = ""
+def lines_of(texts: Iterator[str], kind: str, universal: bool, limit: int) -> Iterator[str]:
+    """The lines of text arriving in pieces. `universal`: lines end at \\n, \\r\\n or \\r and keep their ending
+    (what csv needs: io's newline=""); otherwise they end at \\n alone and lose it (a JSON string may hold \\r or
+    U+2028). The unfinished end of a piece waits as a list of pieces, joined once when its line ends (a \\r's
+    too: \\n may follow), so time stays linear in the text; a line longer than `limit` characters (each one byte
+    or more) is BadFile before it is held whole."""
+    held: list[str] = []  # the unfinished line, in pieces
+    size = ended = 0  # its length; the lines ended before it
     for text in texts:
-        if universal:
-            lines = io.StringIO(rest + text, newline="").readlines()
-            rest = lines.pop() if lines else ""
-            if rest.endswith("\n"):  # a whole line after all
-                lines.append(rest)
-                rest = ""
-        else:
-            lines = (rest + text).split("\n")
-            rest = lines.pop()
-        yield from lines
-    if rest or not universal:  # str.split's last piece: "" after a final \n, a line without one otherwise
-        yield rest
+        if universal and held and held[-1].endswith("\r"):  # that line ended, at \r or at the \r\n now met
+            if text.startswith("\n"):
+                held.append("\n")
+                text = text[1:]
+            yield "".join(held)
+            held, size, ended = [], 0, ended + 1
+        lines = io.StringIO(text, newline="").readlines() if universal else text.split("\n")
+        rest = lines.pop() if lines else ""
+        if universal and rest.endswith("\n"):  # a whole line after all
+            lines.append(rest)
+            rest = ""
+        if lines:
+            if size + len(lines[0]) > limit:
+                raise too_long(kind, ended + 1, limit)
+            held.append(lines[0])
+            lines[0] = "".join(held)
+            held, size = [], 0
+            # Only a piece longer than the limit can hold a line too long: the lines before it go first.
+            if len(text) > limit and (over := next((i for i, line in enumerate(lines) if len(line) > limit),
+                                                   None)) is not None:
+                yield from lines[:over]
+                raise too_long(kind, ended + over + 1, limit)
+            yield from lines
+            ended += len(lines)
+        if rest:
+            held.append(rest)
+            size += len(rest)
+            if size > limit:
+                raise too_long(kind, ended + 1, limit)
+    if held or not universal:  # str.split's last piece: "" after a final \n, a line without one otherwise
+        yield "".join(held)
+
+
+def too_long(kind: str, number: int, limit: int) -> BadFile:
+    return BadFile(f"unreadable {kind} file: line {number} is longer than limits.max_text_bytes = {limit}")

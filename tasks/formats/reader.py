@@ -13,46 +13,53 @@ fault that leaves the rest of the file unknown ends the file with a last chunk t
 before it. Plain text files (`.txt`) are read too, one text per line.
 
 Both read the same formats the same way (tasks/workspace/files.py names them, compressed or not; decode.py
-decompresses and decodes; rows.py and `_parquet` make rows), so a file scores as it would be collected. CSV,
-TSV, JSON Lines and Parquet stream, a JSON array is read whole: memory follows the chunk, not the file.
+decompresses and decodes; rows.py, json_rows.py and parquet_rows.py make rows), so a file scores as it would be
+collected, within the same limits (the workspace's `limits`: a file past one is refused, or stops there when
+scored). Every format streams: memory follows the chunk, not the file.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import ExitStack, closing
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from kaizen.tasks.formats.decode import PIECE, BadFile, drain, opened, text_lines
-from kaizen.tasks.formats.rows import Chunk, ColumnsGrew, RawRow, csv_chunks, json_chunks, line_chunks
+from kaizen.tasks.formats.decode import PIECE, BadFile, Meter, drain, opened, text_lines, text_pieces
+from kaizen.tasks.formats.json_rows import json_chunks
+from kaizen.tasks.formats.parquet_rows import parquet_chunks
+from kaizen.tasks.formats.rows import Chunk, ColumnsGrew, RawRow, csv_chunks, line_chunks
 from kaizen.tasks.workspace.files import UNFINISHED, UnsupportedFormat, compression, file_kind, inner_name
+from kaizen.tasks.workspace.settings import LimitsSettings
 
 __all__ = ["BadFile", "Chunk", "ColumnsGrew", "RawRow", "encodable", "input_files", "plain", "read_chunks",
            "read_leniently", "short"]
 
 TEXT_LINES = (".txt",)  # one text per line: read leniently only (collect needs a label beside each text)
+DEFAULT_LIMITS = LimitsSettings()
 
 
 def read_chunks(path: Path, name: str, required: Sequence[str] = (), size: int = 100_000,
-                columns: list[str] | None = None) -> Iterator[Chunk]:
-    """The rows of the file at `path`, landed as `name` (its ending says the format), `size` at a time, strictly.
-    `required` columns let a CSV with the wrong delimiter be read all the same; `columns` are those a JSON
-    Lines file turned out to have (ColumnsGrew, raised when a column first appears after the first chunk)."""
+                columns: list[str] | None = None, limits: LimitsSettings = DEFAULT_LIMITS) -> Iterator[Chunk]:
+    """The rows of the file at `path`, landed as `name` (its ending says the format), `size` at a time, strictly,
+    within `limits`. `required` columns let a CSV with the wrong delimiter be read all the same; `columns` are
+    those a JSON Lines file turned out to have (ColumnsGrew, raised when a column first appears after the first
+    chunk)."""
     try:
         kind = file_kind(name)
     except UnsupportedFormat as exc:
         raise BadFile(str(exc)) from exc
     with open(path, "rb", buffering=PIECE) as raw:
-        yield from _chunks(raw, name, kind, path.stat().st_size, required, size, columns, strict=True)
+        yield from _chunks(raw, name, kind, Meter(limits, path.stat().st_size), required, size, columns,
+                           strict=True)
 
 
-def read_leniently(fs: Any, path: str, text_column: str, size: int) -> Iterator[Chunk]:
-    """The rows of the file at `path` on the fsspec filesystem `fs`, `size` at a time, leniently: each chunk's
-    `done` is set, and a last chunk's `problem` says why the file, or the rest of it, was not read."""
+def read_leniently(fs: Any, path: str, text_column: str, size: int,
+                   limits: LimitsSettings = DEFAULT_LIMITS) -> Iterator[Chunk]:
+    """The rows of the file at `path` on the fsspec filesystem `fs`, `size` at a time, leniently, within `limits`:
+    each chunk's `done` is set, and a last chunk's `problem` says why the file, or the rest of it, was not read."""
     name = PurePosixPath(path).name
     kind = kind_of(name)
     if kind is None:
@@ -61,8 +68,8 @@ def read_leniently(fs: Any, path: str, text_column: str, size: int) -> Iterator[
     length = fs.size(path) or 0
     held: Chunk | None = None  # each chunk waits for the next, so that the last can say the file is done, however
     read = 0  # many bytes are left after its rows (a zip's directory)
-    with fs.open(path, "rb") as raw, closing(_chunks(raw, name, kind, length, (text_column,), size, None,
-                                                     strict=False, text_column=text_column)) as chunks:
+    with fs.open(path, "rb") as raw, closing(_chunks(raw, name, kind, Meter(limits, length), (text_column,), size,
+                                                     None, strict=False, text_column=text_column)) as chunks:
         try:
             for chunk in chunks:
                 if held is not None:
@@ -93,26 +100,36 @@ def kind_of(name: str) -> str | None:
         return None
 
 
-def _chunks(raw: BinaryIO, name: str, kind: str, length: int, required: Sequence[str], size: int,
+def _chunks(raw: BinaryIO, name: str, kind: str, meter: Meter, required: Sequence[str], size: int,
             columns: list[str] | None, *, strict: bool, text_column: str = "") -> Generator[Chunk, None, None]:
-    """The rows of the open file `raw` (`length` bytes), as `name` and `kind` say, in either mode; `text_column`
-    names a plain text file's one column."""
+    """The rows of the open file `raw` (`meter.stored` bytes), as `name` and `kind` say, in either mode, counted by
+    `meter`; `text_column` names a plain text file's one column."""
     compressed = compression(name) is not None
-    with opened(raw, name, length) as (binary, remarks):
+    limit = meter.limits.max_text_bytes
+    with opened(raw, name, meter) as (binary, remarks):
         # Collect names a file that holds nothing as such; a scorer lets each format say what it misses.
         if strict and not binary.peek(1):
             raise BadFile(f"unreadable {kind} file: it is empty (0 bytes)")
         inner = inner_name(name).lower()
+        chunks: Iterator[Chunk]
         if kind == "parquet":  # read in place unless compressed: its footer comes last
-            chunks = _parquet(binary if compressed else raw, compressed, size, remarks, strict)
+            chunks = parquet_chunks(binary if compressed else raw, compressed, size, remarks, strict, meter)
+        elif kind == "jsonl":
+            pieces, decoded = text_pieces(binary, kind, strict)
+            chunks = json_chunks(pieces, inner.endswith(".json"), size, remarks + decoded, columns, strict, limit)
         else:
-            lines, decoded = text_lines(binary, "text" if kind == "lines" else kind, kind == "csv", strict)
-            remarks += decoded
-            chunks = (csv_chunks(lines, "\t" if inner.endswith(".tsv") else ",", required, size, remarks, strict)
-                      if kind == "csv" else
-                      json_chunks(lines, inner.endswith(".json"), size, remarks, columns, strict)
-                      if kind == "jsonl" else line_chunks(lines, text_column, size, remarks))
-        yield from _names_stripped(chunks)
+            lines, decoded = text_lines(binary, "text" if kind == "lines" else kind, kind == "csv", strict, limit)
+            chunks = (csv_chunks(lines, "\t" if inner.endswith(".tsv") else ",", required, size, remarks + decoded,
+                                 strict, limit)
+                      if kind == "csv" else line_chunks(lines, text_column, size, remarks + decoded))
+        yield from _names_stripped(_counted(chunks, meter))
+
+
+def _counted(chunks: Iterator[Chunk], meter: Meter) -> Iterator[Chunk]:
+    """Each chunk's rows counted against limits.max_file_rows (and the clock) before it goes on."""
+    for chunk in chunks:
+        meter.add_rows(len(chunk.rows))
+        yield chunk
 
 
 def _names_stripped(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -133,68 +150,6 @@ def _names_stripped(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
         shown = ", ".join(f"{old!r} -> {new!r}" for old, new in renamed.items())
         yield replace(chunk, columns=stripped, rows=rows,
                       remarks=chunk.remarks + (f"column names stripped of spaces: {shown}",))
-
-
-def _parquet(binary: BinaryIO, compressed: bool, size: int, remarks: tuple[str, ...],
-             strict: bool) -> Iterator[Chunk]:
-    """Parquet's rows by record batch. Its footer comes last, so a compressed file is first decompressed to
-    an unnamed temporary file (gone with the process, however it ends). Read strictly, a fault in its rows is
-    raised once the rest of the file is known not to be corrupt (which would come first)."""
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def corrupt(exc: BaseException) -> BadFile:
-        return BadFile(f"unreadable parquet file (corrupt or truncated): {type(exc).__name__}: {str(exc)[:300]}")
-
-    with ExitStack() as stack:
-        if compressed:
-            plain_file = stack.enter_context(tempfile.TemporaryFile())
-            shutil.copyfileobj(binary, plain_file, PIECE)
-            plain_file.seek(0)
-            binary = plain_file
-        try:
-            source = pq.ParquetFile(binary, buffer_size=PIECE)  # buffered: a huge row group is read in pieces
-            names = source.schema_arrow.names  # decoded here: a name that is not UTF-8 raises UnicodeDecodeError
-            total = max(source.metadata.num_rows, 1)
-            batches = _batches(source, size)
-        except (pa.ArrowException, OSError, ValueError) as exc:  # corrupt or truncated: footer, schema
-            raise corrupt(exc) from exc
-        duplicated = sorted({c for c in names if names.count(c) > 1})
-        fault = (BadFile(f"unreadable parquet file: column(s) {duplicated} appear more than once")
-                 if duplicated else None)  # rows as dicts would silently keep only one of them
-        start = 1
-        while True:
-            if fault is not None and not strict:
-                raise fault
-            try:
-                batch = next(batches, None)
-            except (pa.ArrowException, OSError, ValueError) as exc:  # a corrupt page, wherever it lies
-                raise corrupt(exc) from exc
-            if batch is None:
-                break
-            if fault is not None or not batch.num_rows:
-                continue
-            try:
-                records = batch.to_pylist()
-            except (pa.ArrowException, ValueError, OverflowError) as exc:  # values Python cannot hold (odd dates)
-                fault = BadFile(f"unreadable parquet file: {type(exc).__name__}: {str(exc)[:300]}")
-                continue
-            rows = [RawRow(record, None, number) for number, record in enumerate(records, start)]
-            start += len(records)
-            yield Chunk(list(names), rows, start - len(records), remarks, done=(start - 1) / total)
-        if fault is not None:
-            raise fault
-        if start == 1:
-            raise BadFile("empty parquet file: no rows")
-
-
-def _batches(source: Any, size: int) -> Iterator[Any]:
-    """Record batches of at most `size` rows, a row group at a time: memory stays one row group, where
-    `iter_batches` keeps what it has read until the file is closed (100 MB per million short texts)."""
-    for group in range(source.num_row_groups):
-        yield from source.read_row_group(group).to_batches(max_chunksize=size)
 
 
 def input_files(source: str) -> tuple[Any, str, list[str]]:

@@ -1,6 +1,6 @@
-"""rows: the lines of a CSV, JSON Lines or plain text file -> its rows, a chunk at a time, with no judgement of
-their values yet. A JSON array (a `.json` file holding one array) is read whole: its end must be found before its
-first item is known to be one.
+"""rows: the lines of a CSV or plain text file -> its rows, a chunk at a time, with no judgement of their values
+yet (JSON's are in json_rows.py); the rows and chunks every reader makes. No CSV field is held beyond `limit`
+characters (limits.max_text_bytes; decode.py bounds each line).
 
 Read strictly (collect), a fault of the format (a malformed quote, a line that is not a JSON object) refuses the
 whole file, naming the line; it is reported only once the rest of the file has been decoded, since bytes that are
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -95,8 +93,11 @@ def _head(lines: Iterator[str]) -> tuple[list[str], str, bool]:
 
 
 def csv_chunks(lines: Iterator[str], expected: str, required: Sequence[str], size: int,
-               remarks: tuple[str, ...], strict: bool = True) -> Iterator[Chunk]:
-    """A CSV's rows; `required` columns let a file with the wrong delimiter be read all the same."""
+               remarks: tuple[str, ...], strict: bool, limit: int) -> Iterator[Chunk]:
+    """A CSV's rows; `required` columns let a file with the wrong delimiter be read all the same. A quoted field
+    may span lines: csv's own limit keeps it to `limit` characters (a line alone is bounded by `lines_of`)."""
+    # Process-wide: each read sets its own before it starts, and the readers of a process share one workspace's.
+    csv.field_size_limit(limit)
     lines = lines if strict else up_to_undecoded(lines, "csv")
     head, first, blank = _head(lines)
     if blank:
@@ -104,9 +105,6 @@ def csv_chunks(lines: Iterator[str], expected: str, required: Sequence[str], siz
         raise BadFile(f"unreadable csv file: no header row ({held})")
     delimiter, said = _delimiter(first, expected, required)
     remarks += said
-    # One field can be as long as the file (a line of megabytes): the row is judged for length later, not
-    # refused here. The limit is process-wide, so it is only ever raised.
-    csv.field_size_limit(sys.maxsize)
     reader = csv.reader(itertools.chain(head, lines), delimiter=delimiter, strict=True)
     header: list[str] = []
     rows: list[RawRow] = []
@@ -135,9 +133,13 @@ def csv_chunks(lines: Iterator[str], expected: str, required: Sequence[str], siz
                 start, rows = start + size, []
     except csv.Error as exc:
         hint = " (a quote opened and never closed?)" if "end of data" in str(exc) else ""
-        error = BadFile(f"unreadable csv file: malformed CSV on line {reader.line_num}: {exc}{hint}")
+        too_big = "field larger than field limit" in str(exc)  # nothing to drain: the file is refused for it
+        error = (BadFile(f"unreadable csv file: a field ending on line {reader.line_num} is longer than "
+                         f"limits.max_text_bytes = {limit}") if too_big else
+                 BadFile(f"unreadable csv file: malformed CSV on line {reader.line_num}: {exc}{hint}"))
         if strict:
-            drain(lines)
+            if not too_big:
+                drain(lines)
             raise error from exc
         if rows:  # read leniently, the rows before the fault are used
             yield Chunk(header, rows, start, remarks)
@@ -163,126 +165,6 @@ def _csv_row(header: list[str], fields: list[str], number: int, strict: bool) ->
     problem = (f"row has {len(fields)} field(s), the header has {len(header)}{hint}" if strict else
                f"line {number}: {len(fields)} fields where the header has {len(header)}")
     return RawRow(record, problem, number)
-
-
-def json_chunks(lines: Iterator[str], array_allowed: bool, size: int, remarks: tuple[str, ...],
-                columns: list[str] | None, strict: bool = True) -> Iterator[Chunk]:
-    """A JSON Lines file's objects; or, when `array_allowed` and the text starts with `[`, one JSON array's.
-    `columns`: every column, when known from an earlier read (ColumnsGrew, raised only when `strict`)."""
-    blank: list[str] = []
-    for line in lines:
-        if line.strip():
-            break
-        blank.append(line)
-    else:
-        raise BadFile("empty jsonl file: no rows")
-    if array_allowed and line.lstrip().startswith("["):
-        yield from _array("\n".join(itertools.chain(blank, [line], lines)), size, remarks, strict)
-    else:
-        yield from _objects(itertools.chain(blank, [line], lines), size, remarks, columns, strict)
-
-
-def _objects(lines: Iterator[str], size: int, remarks: tuple[str, ...], known: list[str] | None,
-             strict: bool) -> Iterator[Chunk]:
-    columns: dict[str, None] = dict.fromkeys(known or ())
-    rows: list[RawRow] = []  # the objects as read: each gets every column when its chunk is made
-    start, where = 1, "the array"
-    fault: BadFile | None = None  # the first line that is no object: said once every line is known to be JSON
-    grew = False  # a column first seen after a chunk was yielded: the rest is only read for its columns
-    try:
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"line {i}"
-            if not strict:
-                rows.append(_lenient_object(line, i))
-            else:
-                obj = json.loads(line)
-                if fault is None and not isinstance(obj, dict):
-                    fault = BadFile(f"unreadable jsonl file: {where} is a JSON {_json_type(obj)}, not an object")
-                if fault is not None:
-                    continue
-                rows.append(RawRow(obj, None, i))
-            if len(rows) == size:  # read leniently, a chunk has the columns seen so far: nothing is read twice
-                grew = (_widen(columns, rows, start > 1) and strict) or grew
-                if not grew:
-                    yield _json_chunk(list(columns), rows, start, remarks)
-                start, rows = start + size, []
-    except BadFile:
-        raise
-    except json.JSONDecodeError as exc:
-        drain(lines)
-        raise BadFile(f"unreadable jsonl file: not valid JSON ({exc.msg}; {where}, column {exc.colno})") from exc
-    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting too deep
-        drain(lines)
-        raise BadFile(f"unreadable jsonl file: {where}: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    if fault is not None:
-        raise fault
-    if start == 1 and not rows:
-        raise BadFile("empty jsonl file: no rows")
-    if (_widen(columns, rows, start > 1) and strict) or grew:
-        raise ColumnsGrew(list(columns))
-    if rows:
-        yield _json_chunk(list(columns), rows, start, remarks)
-
-
-def _lenient_object(line: str, number: int) -> RawRow:
-    """One line read alone: an object, or a row whose problem says why the line is none."""
-    bad = undecoded(line)
-    if bad is not None:
-        return RawRow({}, f"line {number}: {bad}", number)
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError) as exc:  # JSON's errors are ValueErrors
-        return RawRow({}, f"line {number}: {exc}", number)
-    if not isinstance(obj, dict):
-        return RawRow({}, f"line {number}: the line is a JSON {type(obj).__name__}, not an object", number)
-    return RawRow(obj, None, number)
-
-
-def _widen(columns: dict[str, None], rows: list[RawRow], late: bool) -> bool:
-    """Add the objects' keys to `columns`; True when that adds one and chunks were yielded before."""
-    before = len(columns)
-    for row in rows:
-        columns.update(dict.fromkeys(row.record))
-    return late and len(columns) > before
-
-
-def _json_chunk(columns: list[str], rows: list[RawRow], start: int, remarks: tuple[str, ...]) -> Chunk:
-    return Chunk(columns, [RawRow({c: row.record.get(c) for c in columns}, row.problem, row.number) for row in rows],
-                 start, remarks)
-
-
-def _array(text: str, size: int, remarks: tuple[str, ...], strict: bool) -> Iterator[Chunk]:
-    if not strict and (bad := undecoded(text)) is not None:  # a line of an array is no row: the file stops
-        raise BadFile(f"unreadable jsonl file: not UTF-8 text ({bad})")
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadFile(f"unreadable jsonl file: not valid JSON ({exc.msg}; line {exc.lineno}, column "
-                      f"{exc.colno})") from exc
-    except (ValueError, RecursionError) as exc:
-        raise BadFile(f"unreadable jsonl file: the array: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    del text
-    columns: dict[str, None] = {}
-    rows: list[RawRow] = []
-    for i, item in enumerate(items, 1):
-        if isinstance(item, dict):
-            rows.append(RawRow(item, None, i))
-        elif strict:
-            raise BadFile(f"unreadable jsonl file: item {i} is a JSON {_json_type(item)}, not an object")
-        else:
-            rows.append(RawRow({}, f"item {i} is a JSON {type(item).__name__}, not an object", i))
-    del items
-    if not rows:
-        raise BadFile("empty jsonl file: no rows")
-    _widen(columns, rows, False)
-    for start in range(0, len(rows), size):
-        yield _json_chunk(list(columns), rows[start: start + size], start + 1, remarks)
-
-
-def _json_type(value: Any) -> str:
-    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def line_chunks(lines: Iterator[str], column: str, size: int, remarks: tuple[str, ...]) -> Iterator[Chunk]:

@@ -10,17 +10,29 @@ then they wait, whatever their number. `recover` clears what a killed run left h
 A file of any size is read in chunks (tasks/ingest/ingest_file.py): it is copied from the landing zone and hashed in
 pieces, then read, judged and written `chunk_rows` rows at a time into temporaries that are committed, in the
 order above, only once the whole file has been read. Memory follows the chunk, not the file.
+
+Files under the landing zone's `corrections/` are corrected labels (tasks/ingest/corrections.py), collected the
+same way after the data files, whose rows they may correct.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import fsspec
+import yaml
 
 from kaizen.tasks.ingest import landing
+from kaizen.tasks.ingest.corrections import (
+    FOLDER,
+    applied_path,
+    correction_files,
+    ingest_corrections,
+    write_correction_files,
+)
 from kaizen.tasks.ingest.ingest_file import (
     CHUNK_ROWS,
     FileOutcome,
@@ -55,6 +67,7 @@ class CollectResult:
     new_batches: list[str]
     skipped: list[Skipped] = field(default_factory=list)  # landed entries not read this run, and why
     held_rows: int = 0  # accepted rows waiting in staging for `min_batch_rows`
+    corrections: list[FileOutcome] = field(default_factory=list)  # correction files; rows_accepted: rows applied
 
     @property
     def rows_accepted(self) -> int:
@@ -75,21 +88,25 @@ class CollectResult:
 
     def describe(self) -> list[str]:
         """One line per file and per skipped entry, then the staging state: the run's summary in words."""
-        lines = []
-        for f in self.files:
-            why = "; ".join(f"{n} x {reason}" for reason, n in f.reasons.items())
-            line = f"{f.name}: {f.note}" if f.note != "ingested" else (
-                f"{f.name}: {f.rows_accepted} of {f.rows_in} rows accepted" + (f", quarantined: {why}" if why else ""))
-            lines.append(line + "".join(f" ({remark})" for remark in f.remarks))
+        lines = [_line(f, "rows accepted") for f in self.files] + [_line(f, "labels corrected") for f in self.corrections]
         lines += [f"{s.name}: not collected: {s.reason}" for s in self.skipped]
         if self.held_rows:
             lines.append(f"{self.held_rows} accepted rows wait in staging for enough to form a batch")
         return lines
 
 
+def _line(f: FileOutcome, done: str) -> str:
+    why = "; ".join(f"{n} x {reason}" for reason, n in f.reasons.items())
+    line = f"{f.name}: {f.note}" if f.note != "ingested" else (
+        f"{f.name}: {f.rows_accepted} of {f.rows_in} {done}" + (f", quarantined: {why}" if why else ""))
+    return line + "".join(f" ({remark})" for remark in f.remarks)
+
+
 def landed_files(ws: Workspace) -> list[str]:
-    """Files waiting in the landing zone, oldest name first; hidden and partial files are not ready yet."""
-    return [f.path for f in landing.survey(ws.landing, settle_seconds=0)[0]]
+    """The names of the files waiting in the landing zone, oldest name first, then of the correction files waiting
+    in its `corrections/`; hidden and partial files are not ready yet."""
+    return ([f.name for f in landing.survey(ws.landing, settle_seconds=0)[0]] +
+            [f"{FOLDER}/{f.name}" for f in landing.survey(ws.corrections_landing, settle_seconds=0)[0]])
 
 
 def form_batches(ws: Workspace, ledger: Ledger) -> list[str]:
@@ -166,13 +183,15 @@ def recover(ws: Workspace, ledger: Ledger) -> None:
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
     keys_path(ws).unlink(missing_ok=True)
+    applied_path(ws).unlink(missing_ok=True)
     files = {f.sha256[:16]: f.batch_id for f in ledger.files()}
     waiting = {stem for stem, batch_id in files.items() if batch_id is None}
     for staged in ws.staged_dir.glob("*.parquet"):
         if staged.stem not in waiting:
             staged.unlink()
+    corrected = {f.sha256[:16] for f in correction_files(ledger)}
     for record in ws.quarantine_dir.glob("*.jsonl"):
-        if record.stem not in files:
+        if record.stem not in files and record.stem not in corrected:
             record.unlink()
     batches = {b.batch_id for b in ledger.batches()}
     for batch in ws.accepted_dir.glob("batch-*.parquet"):
@@ -181,30 +200,43 @@ def recover(ws: Workspace, ledger: Ledger) -> None:
 
 
 def collect(ws: Workspace, chunk_rows: int = CHUNK_ROWS) -> CollectResult:
-    """Ingest every file ready in the landing zone, then form the batches that have enough rows. Files are read
-    `chunk_rows` rows at a time: memory follows the chunk, not the file."""
-    fs, _ = fsspec.core.url_to_fs(ws.landing)
+    """Ingest every file ready in the landing zone, then every correction file under its `corrections/` (after the
+    rows they may correct), then form the batches that have enough rows. Files are read `chunk_rows` rows at a
+    time: memory follows the chunk, not the file."""
     with hold(ws, "collect", wait=False), Ledger(ws.ledger_db) as ledger:
         recover(ws, ledger)
-        ready, skipped = landing.survey(ws.landing, ws.settings.data.settle_seconds)
-        outcomes = []
-        for file in ready:
-            incoming = incoming_path(ws)  # copied first: the bytes read are the bytes archived, hashed and parsed
-            try:
-                sha, size = landing.fetch(fs, file, incoming)
-            except landing.NotReady as exc:  # left in place and reported; the next run tries again
-                incoming.unlink(missing_ok=True)
-                skipped.append(Skipped(file.name, str(exc)))
-                continue
-            outcome = ingest_copy(ws, ledger, file.name, incoming, sha, size, chunk_rows)
-            kill_point("collect:recorded")
-            problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
-            kill_point("collect:removed")
-            outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
+        outcomes, skipped = _ingest_landed(ws, ledger, ws.landing, "", ingest_copy, chunk_rows)
+        fixes, skipped_fixes = _ingest_landed(ws, ledger, ws.corrections_landing, f"{FOLDER}/", ingest_corrections,
+                                              chunk_rows)
         batches = form_batches(ws, ledger)
-        write_stage_vars(ws.root)  # the DVC stages list every accepted batch, for the loop and a `dvc repro` alike
+        # The DVC stages list every accepted batch and read its corrections, for the loop and a `dvc repro` alike
+        stage_vars = yaml.safe_load(write_stage_vars(ws.root).read_text(encoding="utf-8"))
+        write_correction_files(ws, ledger, stage_vars["batches"])
         held = sum(f.rows_accepted for f in ledger.unbatched_files())
-        return CollectResult(outcomes, batches, skipped, held)
+        return CollectResult(outcomes, batches, skipped + skipped_fixes, held, fixes)
+
+
+def _ingest_landed(ws: Workspace, ledger: Ledger, zone: str, prefix: str, ingest: Callable[..., FileOutcome],
+                   chunk_rows: int) -> tuple[list[FileOutcome], list[Skipped]]:
+    """Each file ready in `zone` ingested by `ingest` (its name shown with `prefix`), then removed from it."""
+    fs, _ = fsspec.core.url_to_fs(zone)
+    ready, skipped = landing.survey(zone, ws.settings.data.settle_seconds)
+    skipped = [replace(s, name=prefix + s.name) for s in skipped]
+    outcomes = []
+    for file in ready:
+        incoming = incoming_path(ws)  # copied first: the bytes read are the bytes archived, hashed and parsed
+        try:
+            sha, size = landing.fetch(fs, file, incoming)
+        except landing.NotReady as exc:  # left in place and reported; the next run tries again
+            incoming.unlink(missing_ok=True)
+            skipped.append(Skipped(prefix + file.name, str(exc)))
+            continue
+        outcome = ingest(ws, ledger, prefix + file.name, incoming, sha, size, chunk_rows)
+        kill_point("collect:recorded")
+        problem = landing.remove(fs, file)  # only now: its rows are durably staged and in the ledger
+        kill_point("collect:removed")
+        outcomes.append(replace(outcome, remarks=outcome.remarks + (problem,)) if problem else outcome)
+    return outcomes, skipped
 
 
 def nothing_new(ws: Workspace) -> bool:

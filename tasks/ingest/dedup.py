@@ -19,8 +19,8 @@ PROBE = 500  # keys per lookup query (SQLite's default limit on variables is far
 # The Bloom filter: a byte per slot, not a bit (setting bits of shared bytes cannot be vectorised without losing
 # some), at most 64 MiB; 4 slots a key: with 10M keys, one new key in 20 is a false "maybe" that SQLite answers.
 MAX_SLOTS = 1 << 26
-# The keys as the ledger stores them, in key order, over this file attached as schema `incoming`.
-KEYS_QUERY = "SELECT lower(hex(key)) AS k, row AS r FROM incoming.seen ORDER BY key"
+# The keys as the ledger stores them, with their rows and labels, in key order, over this file attached as `incoming`.
+KEYS_QUERY = "SELECT lower(hex(key)) AS k, row AS r, label AS l FROM incoming.seen ORDER BY key"
 HASHES = 4
 
 
@@ -102,7 +102,8 @@ class FileKeys:
         self._pending.clear()
 
     def source(self) -> tuple[Path, str]:
-        """This file and the query (over it attached as `incoming`) yielding every key and its row, in key order."""
+        """This file and the query (over it attached as `incoming`) yielding every key, its row and its label, in key
+        order."""
         self.flush()
         return self.path, KEYS_QUERY
 
@@ -117,9 +118,9 @@ class FileKeys:
         """False for a key certainly never added; True for one that may have been (rarely one that was not)."""
         return self._slots[self._positions(keys)].all(axis=1)
 
-    def keys(self) -> Iterator[tuple[str, int]]:
-        """Every key with its row, in key order, streamed."""
+    def keys(self) -> Iterator[tuple[str, int, str]]:
+        """Every key with its row and label, in key order, streamed."""
         self.flush()
-        cursor = self._db.execute("SELECT key, row FROM seen ORDER BY key")
+        cursor = self._db.execute("SELECT key, row, label FROM seen ORDER BY key")
         while rows := cursor.fetchmany(10_000):
-            yield from ((key.hex(), row) for key, row in rows)
+            yield from ((key.hex(), row, label) for key, row, label in rows)

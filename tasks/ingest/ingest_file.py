@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 from kaizen.tasks.formats.reader import BadFile, ColumnsGrew, read_chunks
 from kaizen.tasks.ingest import landing
@@ -26,9 +27,13 @@ from kaizen.tasks.workspace.files import commit_file, json_line, temporary
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.objects import md5_of
 
+if TYPE_CHECKING:
+    from kaizen.tasks.workspace.settings import LimitsSettings
+
 logger = logging.getLogger(__name__)
 
-CHUNK_ROWS = 100_000  # rows judged and written at a time: ~100 MB of Python objects for short texts
+CHUNK_ROWS = 50_000  # rows judged and written at a time: ~50 MB of Python objects for short texts
+SUMMARY_REASONS = 100  # reasons named in the record of rows not copied (each row's reason may differ)
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def ingest_copy(ws: Workspace, ledger: Ledger, name: str, incoming: Path, sha: s
     staged, quarantine = staged_path(ws, sha), quarantine_path(ws, sha)
     for folder in (ws.staged_dir, ws.quarantine_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    with FileKeys(keys_path(ws), size, pending=4 * chunk_rows) as seen:
+    with FileKeys(keys_path(ws), size, pending=2 * chunk_rows) as seen:
         tally = read_rows(ws, ledger, name, sha, incoming, seen, chunk_rows)
         archived = archive_path(ws, sha, name)
         commit_file(incoming, archived)
@@ -172,8 +177,9 @@ def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: 
     tally = Tally()
     writer: pq.ParquetWriter | None = None
     try:
-        with open(temporary(quarantine_path(ws, sha)), "w", encoding="utf-8", newline="\n") as out:
-            for chunk in read_chunks(path, name, (settings.text_column, settings.label_column), chunk_rows, columns):
+        with QuarantineFile(temporary(quarantine_path(ws, sha)), name, sha, ws.settings.limits) as out:
+            for chunk in read_chunks(path, name, (settings.text_column, settings.label_column), chunk_rows, columns,
+                                     ws.settings.limits):
                 verdict = judge(chunk, name, settings, ledger, seen)
                 if len(verdict.accepted) + len(verdict.quarantined) != len(chunk.rows):  # every row gets a verdict
                     raise RuntimeError(f"{len(chunk.rows)} rows read, but {len(verdict.accepted)} accepted and "
@@ -182,7 +188,7 @@ def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: 
                     table = pa.Table.from_pandas(verdict.accepted, preserve_index=False)
                     writer = writer or pq.ParquetWriter(staged, table.schema)
                     writer.write_table(table)
-                _quarantine(out, name, sha, verdict.quarantined, tally)
+                out.add(verdict.quarantined, tally)
                 tally.accepted += len(verdict.accepted)
                 for pair, n in verdict.mappings.items():
                     tally.mappings[pair] = tally.mappings.get(pair, 0) + n
@@ -193,18 +199,67 @@ def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: 
     return tally
 
 
-def _quarantine(out: IO[str], name: str, sha: str, records: list[dict[str, Any]], tally: Tally) -> None:
-    for q in records:
-        out.write(json_line({"file": name, "sha256": sha, **q}) + "\n")
-        tally.reasons[q["reason"]] = tally.reasons.get(q["reason"], 0) + 1
-    tally.quarantined += len(records)
-
-
 def _refused(ws: Workspace, name: str, sha: str, seen: FileKeys, reason: str) -> Tally:
     """The whole file as one quarantined unit: no row of it is kept, whatever was read before the fault."""
     temporary(staged_path(ws, sha)).unlink(missing_ok=True)
     seen.clear()
     tally = Tally()
-    with open(temporary(quarantine_path(ws, sha)), "w", encoding="utf-8", newline="\n") as out:
-        _quarantine(out, name, sha, [{"row": 0, "reason": reason, "record": None}], tally)
+    with QuarantineFile(temporary(quarantine_path(ws, sha)), name, sha, ws.settings.limits) as out:
+        out.add([{"row": 0, "reason": reason, "record": None}], tally)
     return tally
+
+
+class QuarantineFile:
+    """A file's quarantine records, proportional to what was landed rather than to what it unpacks to: each long
+    text cell keeps a prefix (`limits.quarantine_text_chars`) with its length and sha256 (the archive holds the
+    whole file), and past `limits.max_quarantine_bytes` rows are counted, not copied; one last record says how
+    many and why. Every row still counts in the tally: rows in = accepted + quarantined."""
+
+    def __init__(self, path: Path, name: str, sha: str, limits: LimitsSettings) -> None:
+        self.path, self.name, self.sha = path, name, sha
+        self.text_chars, self.max_bytes = limits.quarantine_text_chars, limits.max_quarantine_bytes
+        self.written = 0
+        self.first_not_copied: int | None = None
+        self.not_copied: Counter[str] = Counter()
+
+    def __enter__(self) -> QuarantineFile:
+        self.out = open(self.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 (closed by __exit__)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.out:
+            if self.not_copied and exc[0] is None:
+                self.out.write(json_line(self._summary()) + "\n")
+
+    def add(self, records: list[dict[str, Any]], tally: Tally) -> None:
+        for q in records:
+            tally.reasons[q["reason"]] = tally.reasons.get(q["reason"], 0) + 1
+            if self.first_not_copied is None:
+                line = json_line({"file": self.name, "sha256": self.sha, **self._cut(q)}) + "\n"
+                size = len(line.encode("utf-8"))
+                if self.written + size <= self.max_bytes:
+                    self.out.write(line)
+                    self.written += size
+                    continue
+                self.first_not_copied = q["row"]
+            self.not_copied[q["reason"]] += 1
+        tally.quarantined += len(records)
+
+    def _cut(self, q: dict[str, Any]) -> dict[str, Any]:
+        """The record with each text cell longer than the prefix cut to it; `truncated` gives each cut cell's
+        length in characters and the sha256 of its UTF-8, to find the row in the archived file."""
+        record = q["record"]
+        long = [k for k, v in (record or {}).items() if isinstance(v, str) and len(v) > self.text_chars]
+        if not long:
+            return q
+        truncated = {k: {"chars": len(record[k]), "sha256": hashlib.sha256(record[k].encode("utf-8")).hexdigest()}
+                     for k in long}
+        kept = {k: v[: self.text_chars] if k in long else v for k, v in record.items()}
+        return {**q, "record": kept, "truncated": truncated}
+
+    def _summary(self) -> dict[str, Any]:
+        n = sum(self.not_copied.values())
+        return {"file": self.name, "sha256": self.sha, "row": None, "record": None, "not_copied": n,
+                "reason": f"{n} more quarantined rows (from row {self.first_not_copied}) counted, not copied: this "
+                          f"quarantine file reached limits.max_quarantine_bytes ({self.max_bytes:,} bytes)",
+                "reasons": dict(self.not_copied.most_common(SUMMARY_REASONS))}

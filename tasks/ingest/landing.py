@@ -1,10 +1,10 @@
 """The landing zone: which entries are ready to be read, which are not yet, and which never will be.
 
-A file is read only when it is a regular file directly in the landing zone (never through a link: no name
-can steer collect outside the landing zone), its name does not mark it as unfinished (hidden, `.part`, `.tmp`), and its
-size and modification time have held still for `data.settle_seconds`; it is read whole, and dropped if it
-changed while it was read. Writers that can should still write under a hidden or `.part` name and rename:
-a writer that pauses longer than the settle time cannot be told from a finished file.
+A file is read only when it is a regular file directly in the landing zone (never through a link, symbolic or
+hard: no name can steer collect outside the landing zone), its name does not mark it as unfinished (hidden,
+`.part`, `.tmp`), and its size and modification time have held still for `data.settle_seconds`; it is read
+whole, and dropped if it changed while it was read. Writers that can should still write under a hidden or
+`.part` name and rename: a writer that pauses longer than the settle time cannot be told from a finished file.
 Nothing outside the landing zone is ever read or removed.
 
 On an object store (`s3://bucket/landing`, through fsspec) no decision rests on a cached answer: fsspec keeps
@@ -104,10 +104,14 @@ def survey(landing: str, settle_seconds: float) -> tuple[list[Landed], list[Skip
         if base.startswith(".") or base.endswith(UNFINISHED):
             continue  # still being written, by the convention writers follow
         if entry["type"] == "directory":
-            skipped.append(Skipped(name, "a folder: only files directly in the landing zone are collected"))
+            if base != "corrections":  # label corrections, collected on their own (Workspace.corrections_landing)
+                skipped.append(Skipped(name, "a folder: only files directly in the landing zone are collected"))
             continue
         if local and entry.get("islink"):
             skipped.append(_link(path, root, name))
+            continue
+        if local and entry.get("nlink", 1) > 1:
+            skipped.append(Skipped(name, _hard_link(entry["nlink"])))
             continue
         if entry["type"] != "file":
             skipped.append(Skipped(name, f"not a regular file ({entry['type']}: a pipe, socket or device?): not read"))
@@ -131,6 +135,13 @@ def _link(path: str, root: str, name: str) -> Skipped:
         return Skipped(name, f"a broken link to {destination!r}: not followed")
     return Skipped(name, f"a link to {destination!r}: links are not followed; a file inside the landing zone "
                          "is collected on its own, put others in as files")
+
+
+def _hard_link(names: int) -> str:
+    """A file with other names may be one outside the landing zone: read through this name, collect would read
+    (and archive) bytes nobody landed, so it is refused like a symbolic link."""
+    return (f"a hard link ({names} names for one file, the others possibly outside the landing zone): links are "
+            "not followed; put the file in as a copy of its own")
 
 
 def look(fs: Any, file: Landed) -> tuple[Any, ...]:
@@ -206,9 +217,10 @@ def _opened(fs: Any, file: Landed) -> BinaryIO:
         return fs.open(file.path, "rb")
     # O_NOFOLLOW: a link swapped in since the survey is refused; O_NONBLOCK: a FIFO never hangs us.
     source = os.fdopen(os.open(file.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
-    if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+    info = os.fstat(source.fileno())
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a FIFO, or a hard link made since the survey
         source.close()
-        raise NotReady("not a regular file: not read")
+        raise NotReady(_hard_link(info.st_nlink) if stat.S_ISREG(info.st_mode) else "not a regular file: not read")
     return source
 
 

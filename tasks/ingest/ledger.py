@@ -41,12 +41,23 @@ CREATE TABLE IF NOT EXISTS data_versions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, prepared_md5 TEXT NOT NULL, lock TEXT NOT NULL,
     made_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS correction_files (
+    sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, size INTEGER NOT NULL, ingested_at TEXT NOT NULL,
+    rows_in INTEGER NOT NULL, rows_applied INTEGER NOT NULL, rows_quarantined INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS corrections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, text TEXT NOT NULL, source_sha256 TEXT NOT NULL,
+    old_label TEXT, new_label TEXT NOT NULL, file_sha256 TEXT NOT NULL, file_name TEXT NOT NULL,
+    row INTEGER NOT NULL, at TEXT NOT NULL, applied_in TEXT
+);
+CREATE INDEX IF NOT EXISTS corrections_by_key ON corrections (key);
 """
 # Columns added after the first release: a ledger written before them gets them on open.
 ADDED_COLUMNS = {
     "batches": {"trust": "TEXT NOT NULL DEFAULT 'trusted'", "trust_reason": "TEXT", "trust_by": "TEXT",
                 "md5": "TEXT"},  # the accepted batch file's md5 (its md5 in dvc.lock), to verify a restored copy
     "files": {"staged_md5": "TEXT"},  # the staged rows' md5, to verify a copy fetched from the object store
+    "row_keys": {"label": "TEXT"},  # the label the row was accepted with (NULL: ingested before kaizen kept it)
 }
 TRUSTED, SUSPECT = "trusted", "suspect"
 
@@ -109,6 +120,10 @@ class Ledger:
         with self._db.transaction() as db:
             yield db
 
+    def read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """The rows of a query, for the module that owns a table of this ledger (tasks/ingest/corrections.py)."""
+        return self._db.execute(sql, args).fetchall()
+
     # --- files and rows ---------------------------------------------------------------------------
     def file(self, sha256: str) -> FileRecord | None:
         row = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE sha256=?", (sha256,)).fetchone()
@@ -116,19 +131,25 @@ class Ledger:
 
     def known_keys(self, keys: list[str]) -> dict[str, str]:
         """The keys among `keys` already ingested, with the file (sha256) that brought each."""
-        found: dict[str, str] = {}
+        return {key: sha for key, (sha, _) in self.key_origins(keys).items()}
+
+    def key_origins(self, keys: list[str]) -> dict[str, tuple[str, str | None]]:
+        """The keys among `keys` already ingested, with the file (sha256) that brought each and the label it has
+        now: the latest correction's, else the one it was accepted with (None when the ledger predates labels)."""
+        found: dict[str, tuple[str, str | None]] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, sha in self._db.execute(f"SELECT key, sha256 FROM row_keys WHERE key IN ({marks})", chunk):
-                found[key] = sha
+            query = ("SELECT r.key, r.sha256, COALESCE((SELECT c.new_label FROM corrections c WHERE c.key = r.key "
+                     f"ORDER BY c.id DESC LIMIT 1), r.label) FROM row_keys r WHERE r.key IN ({','.join('?' * len(chunk))})")
+            found.update((key, (sha, label)) for key, sha, label in self._db.execute(query, chunk))
         return found
 
-    def record_file(self, record: FileRecord, size: int, row_keys: Iterable[tuple[str, int]],
+    def record_file(self, record: FileRecord, size: int, row_keys: Iterable[tuple[str, int] | tuple[str, int, str]],
                     attach: tuple[Path, str] | None = None) -> None:
         """The file, its keys (streamed: a large file's do not fit in memory) and its delivery, in one commit.
-        `attach`: a SQLite file and a query over it (as schema `incoming`) yielding the same keys and rows; a
-        SQLite ledger copies them SQLite to SQLite, ten million keys never crossing into Python one by one."""
+        `row_keys`: (key, row) or (key, row, label). `attach`: a SQLite file and a query over it (as schema
+        `incoming`) yielding the same keys (k), rows (r) and labels (l); a SQLite ledger copies them SQLite to
+        SQLite, ten million keys never crossing into Python one by one."""
         # (the SQLite ledger, the file, the query) when copied SQLite to SQLite, else None
         copied = (self._db, *attach) if attach is not None and isinstance(self._db, databases.SQLite) else None
         with ExitStack() as stack:
@@ -143,11 +164,12 @@ class Ledger:
                      record.rows_quarantined, record.staged_md5),
                 )
                 if copied:
-                    db.execute(f"INSERT INTO row_keys (key, sha256, row) SELECT k, ?, r FROM ({copied[2]})",
+                    db.execute(f"INSERT INTO row_keys (key, sha256, row, label) SELECT k, ?, r, l FROM ({copied[2]})",
                                (record.sha256,))
                 else:
-                    db.executemany("INSERT INTO row_keys VALUES (?,?,?)",
-                                   ((key, record.sha256, row) for key, row in row_keys))
+                    db.executemany("INSERT INTO row_keys (key, sha256, row, label) VALUES (?,?,?,?)",
+                                   ((key, record.sha256, row, label[0] if label else None)
+                                    for key, row, *label in row_keys))
                 db.execute(
                     "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
                     (record.sha256, record.name, now(), "ingested"),
@@ -219,6 +241,7 @@ class Ledger:
 
     def suspect_batches(self) -> list[str]:
         return [b.batch_id for b in self.batches() if b.trust == SUSPECT]
+
     # --- failed attempts (tasks/operate/failures.py) --------------------------------------------------------
     def record_attempt(self, batch_id: str, outcome: str, error: str | None = None) -> None:
         """An attempt at a batch that failed ("failed": counted, "unreachable": a server was down, not counted)

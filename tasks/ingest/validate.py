@@ -56,31 +56,44 @@ def row_problem(text: object, label: object, settings: DataSettings) -> str | No
     return None
 
 
-def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen: FileKeys) -> Verdict:
-    """Accept the rows of a chunk a model can learn from, once each; quarantine every other row with its reason.
-    `seen` holds the rows this file accepted in earlier chunks, and gets this chunk's."""
-    columns = (settings.text_column, settings.label_column)
-    missing = [c for c in columns if c not in chunk.columns]
-    if missing:
-        reason = f"missing column(s) {missing}; the file has {short(chunk.columns, 300)}"
-        if any(d in c for c in chunk.columns for d in ",;\t|"):
-            reason += " (wrong delimiter? a column name holds a delimiter)"
-        return Verdict(pd.DataFrame(), [{"row": i, "reason": reason, "record": _raw(r)}
-                                        for i, r in enumerate(chunk.rows, chunk.start)])
+def missing_columns(chunk: Chunk, settings: DataSettings) -> str | None:
+    """Why no row of the chunk can be judged: the text or label column is missing (None when both are there)."""
+    missing = [c for c in (settings.text_column, settings.label_column) if c not in chunk.columns]
+    if not missing:
+        return None
+    reason = f"missing column(s) {missing}; the file has {short(chunk.columns, 300)}"
+    if any(d in c for c in chunk.columns for d in ",;\t|"):
+        reason += " (wrong delimiter? a column name holds a delimiter)"
+    return reason
 
+
+def usable_rows(chunk: Chunk, settings: DataSettings) -> tuple[list[tuple[int, str, str, str]], list[dict]]:
+    """The rows of a chunk whose text and label a model can learn from, as (row, text, label, dedup key), and
+    every other row with its reason, judged each on its own (the columns are there)."""
     candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
     quarantined: list[dict] = []
     for i, raw in enumerate(chunk.rows, chunk.start):
         text, label = raw.record[settings.text_column], mapped(raw.record[settings.label_column], settings.label_map)
         problem = raw.problem or row_problem(text, label, settings)
         if problem:
-            quarantined.append({"row": i, "reason": problem, "record": _raw(raw)})
+            quarantined.append({"row": i, "reason": problem, "record": raw_record(raw)})
         else:
             assert isinstance(label, str), "row_problem passes only a label of data.labels"
             candidates.append((i, text, label, text_key(text)))
+    return candidates, quarantined
 
+
+def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen: FileKeys) -> Verdict:
+    """Accept the rows of a chunk a model can learn from, once each; quarantine every other row with its reason.
+    `seen` holds the rows this file accepted in earlier chunks, and gets this chunk's."""
+    missing = missing_columns(chunk, settings)
+    if missing:
+        return Verdict(pd.DataFrame(), [{"row": i, "reason": missing, "record": raw_record(r)}
+                                        for i, r in enumerate(chunk.rows, chunk.start)])
+
+    candidates, quarantined = usable_rows(chunk, settings)
     keys = [key for *_, key in candidates]
-    already = ledger.known_keys(keys)
+    already = ledger.key_origins(keys)
     earlier = seen.lookup(keys)  # accepted in an earlier chunk of this file
     fresh: dict[str, tuple[int, str]] = {}  # accepted in this chunk
     accepted: dict[str, list] = {c: [] for c in ACCEPTED_COLUMNS}  # by column: a frame of lists is built fast
@@ -91,8 +104,7 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
             reason = f"duplicate of row {first[0]} of this file"
             reason += f", with another label ({short(first[1])} there)" if label != first[1] else ""
         elif key in already:
-            origin = ledger.file(already[key])
-            reason = f"duplicate of a row already ingested from {origin.name if origin else already[key]}"
+            reason = already_ingested(ledger, already[key][0], already[key][1], label)
         else:
             fresh[key] = (row, label)
             given = str(plain(chunk.rows[row - chunk.start].record[settings.label_column]))
@@ -101,13 +113,25 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
             if given != label:
                 counts[(given, label)] = counts.get((given, label), 0) + 1
             continue
-        quarantined.append({"row": row, "reason": reason, "record": _raw(chunk.rows[row - chunk.start])})
+        quarantined.append({"row": row, "reason": reason, "record": raw_record(chunk.rows[row - chunk.start])})
     seen.add([(key, row, label) for key, (row, label) in fresh.items()])
     quarantined.sort(key=lambda q: q["row"])
     return Verdict(pd.DataFrame(accepted, columns=ACCEPTED_COLUMNS), quarantined, counts)
 
 
-def _raw(row: RawRow) -> dict:
+def already_ingested(ledger: Ledger, sha: str, there: str | None, here: str) -> str:
+    """Why a row whose text an earlier file brought is refused: a repeat, or a label that disagrees, which only a
+    correction file changes (tasks/ingest/corrections.py)."""
+    origin = ledger.file(sha)
+    reason = f"duplicate of a row already ingested from {origin.name if origin else sha}"
+    if there is not None and there != here:
+        reason += (f", with a different label ({short(there)} there, {short(here)} here): land it under "
+                   "corrections/ to correct it")
+    return reason
+
+
+def raw_record(row: RawRow) -> dict:
+    """A row's cells as its quarantine record keeps them."""
     return {k: plain(v) for k, v in row.record.items()}
 
 

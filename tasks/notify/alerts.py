@@ -3,15 +3,15 @@
 The loop emits a Prefect event (tasks/notify/events.py) for each thing worth hearing about, with the workspace, the
 batch, the model versions, the reasons and links to the MLflow and Prefect runs in its payload, and a ready
 message (Slack mrkdwn) in `payload.message`. `kaizen serve` and `kaizen deploy` create one Prefect automation per
-kind of event that sends that message to a notification block: a webhook (`alerts.webhook_url`) receiving
-Slack's incoming-webhook payload `{"text": ...}`. The automations live on the Prefect server, so the UI shows,
-pauses and edits them like any other.
+kind of event that sends that message to a notification block: a webhook (`alerts.webhook_url`, given as
+`env:NAME` or `secret:BLOCK` and kept among the block's secrets) receiving Slack's incoming-webhook payload
+`{"text": ...}`. The automations live on the Prefect server, so the UI shows, pauses and edits them like any other.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from kaizen.tasks.notify import events
 from kaizen.tasks.notify.events import APPROVAL, DRIFT, FAILED, PROMOTED, REJECTED, SUSPECT
@@ -134,14 +134,34 @@ def announce_drift(ws: Workspace, it: Iteration, drift) -> str | None:
 
 
 def webhook_url(ws: Workspace) -> str | None:
-    """`alerts.webhook_url`, read from the environment when it says `env:NAME` (a Slack URL is a secret)."""
+    """The URL `alerts.webhook_url` names: `env:NAME` reads that variable, `secret:BLOCK` that Prefect Secret block
+    (a webhook URL holds its key, so params.yaml names where it is rather than holding it)."""
     value = ws.settings.alerts.webhook_url
-    if value.startswith("env:"):
-        resolved = os.environ.get(value.removeprefix("env:"))
+    if not value:
+        return None
+    kind, _, name = value.partition(":")
+    resolved: object
+    if kind == "env":
+        resolved = os.environ.get(name)
         if not resolved:
             raise AlertsError(f"alerts.webhook_url is {value!r} but that variable is not set")
-        return resolved
-    return value or None
+    elif kind == "secret":
+        resolved = _secret_block(name)
+    else:
+        return value  # a URL without a secret in it (settings.AlertsSettings refuses any other)
+    if not isinstance(resolved, str) or not resolved.startswith(("https://", "http://")):
+        raise AlertsError(f"alerts.webhook_url is {value!r}, which does not hold an http(s) URL")  # never shown
+    return resolved
+
+
+def _secret_block(name: str) -> object:
+    from prefect.blocks.system import Secret
+
+    try:
+        return cast(Secret, Secret.load(name)).get()  # a sync call: load returns the block, not a coroutine
+    except ValueError as exc:  # Prefect's words for a block that is not there
+        raise AlertsError(f"alerts.webhook_url is 'secret:{name}' but the Prefect server has no such Secret block "
+                          f"({exc})") from exc
 
 
 def automation_name(ws: Workspace, event: str) -> str:
@@ -163,7 +183,10 @@ def ensure_automations(ws: Workspace) -> list[str]:
                 client.delete_automation(old.id)
         if url is None:
             return []
-        block = CustomWebhookNotificationBlock(name=f"kaizen alerts ({ws.workspace_id})", url=url,
+        # The URL (its key in its path) goes in the block's secrets, which Prefect's API and UI show as ********;
+        # the block's url names it, filled in when a message is sent.
+        block = CustomWebhookNotificationBlock(name=f"kaizen alerts ({ws.workspace_id})", url="{{webhook_url}}",
+                                               secrets={"webhook_url": url},
                                                json_data={"text": "{{body}}"})  # Slack's incoming-webhook payload
         block_id = block.save(f"kaizen-alerts-{ws.workspace_id}", overwrite=True)
         for event, what in ALERTS.items():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.notify import events
+from kaizen.tasks.operate.operations import BATCH_WAIT_SECONDS, between_iterations
 from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.workspace.files import move_if_present
 from kaizen.tasks.workspace.layout import Workspace
@@ -122,9 +123,10 @@ def _close_runs(ws: Workspace, batch_id: str, error: str) -> None:
             client.set_terminated(run.info.run_id, "FAILED")
 
 
-def retry(ws: Workspace, batch_id: str) -> None:
-    """Put a failed batch back: pending again, its rows back in the DVC stage's input, its count started over."""
-    with Ledger(ws.ledger_db) as ledger:
+def retry(ws: Workspace, batch_id: str, wait_seconds: float = BATCH_WAIT_SECONDS) -> None:
+    """Put a failed batch back: pending again, its rows back in the DVC stage's input, its count started over.
+    Between iterations only: a running one is waited for, a while (operations.between_iterations)."""
+    with between_iterations(ws, wait_seconds), Ledger(ws.ledger_db) as ledger:
         status = {b.batch_id: b.status for b in ledger.batches()}
         if batch_id not in status:
             raise BatchError(f"no batch {batch_id!r} in {ws.root} (batches: {', '.join(status) or 'none yet'})")

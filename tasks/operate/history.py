@@ -4,9 +4,8 @@ read back from the iteration record (tasks/registry/record.py) and the ledger.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from kaizen.tasks.ingest.ledger import Ledger
+from kaizen.tasks.ingest.corrections import Correction, correction_files, corrections
+from kaizen.tasks.ingest.ledger import FileRecord, Ledger
 from kaizen.tasks.operate.failures import failed_batches
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.record import IterationSummary, batches_seen, decided_runs, summary_from_run
@@ -18,7 +17,40 @@ def history(ws: Workspace) -> list[IterationSummary]:
     """Every decided iteration (and rollback), oldest first, read back from the MLflow runs; then every batch set
     aside as failed, with its error (tasks/operate/failures.py)."""
     decided = [summary_from_run(run, ws.settings.gate.metric) for run in decided_runs(ws)]
-    return decided + [failed_summary(ws, f) for f in failed_batches(ws)]
+    return with_corrections(ws, decided) + [failed_summary(ws, f) for f in failed_batches(ws)]
+
+
+def with_corrections(ws: Workspace, decided: list[IterationSummary]) -> list[IterationSummary]:
+    """The iterations with a line per correction file (tasks/ingest/corrections.py) just before the iteration
+    whose data version first applied it; those no iteration has applied yet come last."""
+    with Ledger(ws.ledger_db) as ledger:
+        files, made = correction_files(ledger), corrections(ledger)
+    by_file: dict[str, list[Correction]] = {}
+    for c in made:
+        by_file.setdefault(c.file_sha256, []).append(c)
+    waiting: dict[str | None, list[IterationSummary]] = {}
+    for f in files:
+        first = min((c.applied_in for c in by_file.get(f.sha256, []) if c.applied_in), default=None)
+        waiting.setdefault(first, []).append(correction_summary(f, by_file.get(f.sha256, []), first))
+    lines: list[IterationSummary] = []
+    for summary in decided:
+        lines += waiting.pop(summary.batch, []) + [summary]
+    return lines + [line for group in waiting.values() for line in group]
+
+
+def correction_summary(f: FileRecord, made: list[Correction], applied_in: str | None) -> IterationSummary:
+    per_batch: dict[str, int] = {}
+    for c in made:
+        per_batch[c.batch_id or "staged rows"] = per_batch.get(c.batch_id or "staged rows", 0) + 1
+    when = f"first applied by the data version of the iteration on {applied_in}" if applied_in else \
+        "applied by the next iteration's data version"
+    counts = ", ".join(f"{b}: {n}" for b, n in sorted(per_batch.items()))
+    return IterationSummary(
+        batch=", ".join(sorted(b for b in per_batch if b.startswith("batch-"))) or None, files=1,
+        rows_accepted=f.rows_accepted, rows_quarantined=f.rows_quarantined, drift_share=None, champion_score=None,
+        challenger_score=None, decision=Decision.CORRECTED, champion_version=None,
+        reasons=[f"{f.name} (sha256 {f.sha256[:12]}): {f.rows_accepted} labels corrected ({counts or 'none'}), "
+                 f"{f.rows_quarantined} rows quarantined; {when}"])
 
 
 def failed_summary(ws: Workspace, failed: dict) -> IterationSummary:
@@ -98,5 +130,5 @@ def workspace_status(ws: Workspace) -> dict:
         "batches": batches,
         "failed": failed_batches(ws),
         "staged_rows": staged,
-        "landing": [Path(p).name for p in landed_files(ws)],
+        "landing": landed_files(ws),
     }

@@ -9,6 +9,9 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,10 @@ from kaizen.tasks.ingest.ledger import now
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.record import ForeignModel, claim_model
 from kaizen.tasks.registry.tags import TAG, Decision
+from kaizen.tasks.workspace.files import Busy
 from kaizen.tasks.workspace.layout import Workspace, hold
+
+BATCH_WAIT_SECONDS = 30.0  # how long an operator's batch command waits for a running iteration, by default
 
 
 class OperationError(RuntimeError):
@@ -73,6 +79,26 @@ def _rollback(ws: Workspace, reason: str, to: str | None) -> Rollback:
     return Rollback(current.version, target.version, reason, who, when, run.info.run_id)
 
 
+@contextmanager
+def between_iterations(ws: Workspace, wait_seconds: float = BATCH_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the loop's own lock (the one an iteration holds while it works: layout.hold "loop", in the ledger's
+    database for a shared loop), so that an operator's change to a batch never lands inside an iteration. A
+    running one is waited for up to `wait_seconds` (an iteration takes minutes: an operator at a terminal should
+    not wait blind), then files.Busy names the holder and what to do."""
+    deadline = time.monotonic() + wait_seconds
+    with ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(hold(ws, "loop", wait=False))
+                break
+            except Busy as exc:
+                if time.monotonic() >= deadline:
+                    raise Busy(f"{exc}. An iteration holds the workspace while it works; waited {wait_seconds:g} s "
+                               "for it to end: try again when it has ended, or wait longer (--wait)") from exc
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        yield
+
+
 @dataclass(frozen=True)
 class TrustChange:
     batch_id: str
@@ -81,15 +107,16 @@ class TrustChange:
     note: str  # what the operator should know next
 
 
-def set_batch_trust(ws: Workspace, batch_id: str, trusted: bool, reason: str) -> TrustChange:
+def set_batch_trust(ws: Workspace, batch_id: str, trusted: bool, reason: str,
+                    wait_seconds: float = BATCH_WAIT_SECONDS) -> TrustChange:
     """An operator overrules the loop on a batch's labels. Trusting a suspect batch queues it to be learned
     from; distrusting one keeps it out of training, replay and every later gate (a model already trained on it
-    stays what it is: roll back to undo that)."""
+    stays what it is: roll back to undo that). Between iterations only (`between_iterations`)."""
     from kaizen.tasks.ingest.ledger import SUSPECT, TRUSTED, Ledger
 
     if not reason.strip():
         raise OperationError("overruling the loop needs a reason (--reason)")
-    with Ledger(ws.ledger_db) as ledger:
+    with between_iterations(ws, wait_seconds), Ledger(ws.ledger_db) as ledger:
         record = next((b for b in ledger.batches() if b.batch_id == batch_id), None)
         if record is None:
             known = ", ".join(b.batch_id for b in ledger.batches()) or "none yet"

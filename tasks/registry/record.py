@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kaizen.tasks.ingest.corrections import Correction, corrections
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.tags import MLFLOW_TAG, TAG, Decision
@@ -24,6 +25,7 @@ from kaizen.tasks.workspace.redact import redact, redact_value
 BATCH_METRICS = ("batch.files", "batch.rows_accepted", "batch.rows_quarantined")
 DRIFT_SHARE = "drift.share"
 SETTINGS_FILE = "settings.json"  # every setting of the iteration, whole (a param longer than MLflow takes is cut)
+CORRECTIONS_FILE = "data/corrections.json"  # the label corrections the iteration's data version first applied
 LOOP_RUN = "kaizen-loop"  # the parent run that groups every iteration of one workspace
 
 
@@ -88,6 +90,26 @@ def lineage_tags(ws: Workspace, batch_id: str, data_version, champion, flow_run_
             TAG["flow_run_id"]: flow_run_id, TAG["workspace"]: ws.workspace_id}
 
 
+def correction_tags(applied: list[Correction]) -> dict[str, str]:
+    """The label corrections a data version is the first to apply: how many, and the files that made them (on
+    the run and its model version; every row in CORRECTIONS_FILE)."""
+    if not applied:
+        return {}
+    files = "\n".join(sorted({f"{c.file_name} ({c.file_sha256[:12]})" for c in applied}))
+    return {TAG["corrections"]: str(len(applied)),
+            TAG["correction_files"]: tracking.fit_lines(files, tracking.RUN_TAG_CHARS, CORRECTIONS_FILE)}
+
+
+def corrections_record(applied: list[Correction]) -> dict:
+    """Every corrected row, per batch: its text, old and new label, and the correction file, row and time."""
+    batches: dict[str, list[dict]] = {}
+    for c in applied:
+        batches.setdefault(c.batch_id or "staged", []).append(
+            {"text": c.text, "old_label": c.old_label, "new_label": c.new_label, "file": c.file_name,
+             "file_sha256": c.file_sha256, "row": c.row, "at": c.at})
+    return {"corrections": len(applied), "batches": batches}
+
+
 class ForeignModel(RuntimeError):
     """The registered model belongs to another workspace on the same tracking server."""
 
@@ -144,8 +166,13 @@ def start_iteration(ws: Workspace, batch_id: str, batches: list[str], data_versi
     experiment = tracking.experiment_id(client, ws)
     loop_run = loop_run_id(client, experiment, ws)
     lineage = lineage_tags(ws, batch_id, data_version, champion, flow_run_id)
+    with Ledger(ws.ledger_db) as ledger:
+        applied = corrections(ledger, applied_in=batch_id)
+    lineage.update(correction_tags(applied))
     run = client.create_run(experiment, run_name=f"iteration-{batch_id}",
                             tags={MLFLOW_TAG["parent_run"]: loop_run, **lineage})
+    if applied:
+        client.log_dict(run.info.run_id, corrections_record(applied), CORRECTIONS_FILE)
     # credentials in a URL (storage.landing) masked, in the params and in the settings file alike
     settings = {section: {k: redact_value(v) for k, v in values.items()}
                 for section, values in ws.settings.model_dump(mode="json").items()}

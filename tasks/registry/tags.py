@@ -27,6 +27,7 @@ class Decision(StrEnum):
     PENDING = "pending"  # on a freshly registered challenger, until the gate decides
     ORPHANED = "orphaned"  # a killed attempt, redone by a later run
     ROLLBACK = "rollback"  # an operator's `kaizen rollback` (a run of its own)
+    CORRECTED = "corrected"  # a correction file's labels, a line of `kaizen history` (never recorded on a run)
 
 
 # kaizen's own tags, on the model version and on the iteration's run (lineage, decision, rollback).
@@ -53,6 +54,9 @@ TAG = {
     "device": "kaizen.device",
     "remarks": "kaizen.remarks",  # what the screening of the batch noticed without stopping it
     "merge_alpha": "kaizen.merge_alpha",
+    # The label corrections the iteration's data version is the first to apply (tasks/ingest/corrections.py).
+    "corrections": "kaizen.corrections",  # how many
+    "correction_files": "kaizen.correction_files",  # which files, one a line: name (sha256 prefix)
     "error": "kaizen.error",  # on the run of a failed attempt: what it failed with (tasks/operate/failures.py)
     # An operator's rollback: on the restored version, the replaced one, and a run of its own.
     "rollback_from": "kaizen.rollback.from",

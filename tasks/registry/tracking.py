@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,20 +78,12 @@ def model_version(client, name: str, version: str) -> ModelRef:
 
 
 def download_model(client, name: str, version: str, dest: Path) -> Path:
-    """The model version's files as one folder for from_pretrained (weights, config and tokenizer).
-
-    Assembled in a temporary folder beside `dest` and renamed into place whole, so that a kill, Ctrl-C or a full
-    disk never leaves a `dest` that looks complete: a folder at `dest` is always a whole download."""
-    if dest.is_dir():
-        return dest
+    """The model version's files as one folder for from_pretrained (weights, config and tokenizer), assembled
+    whole (see download_whole)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(dest)
-    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    def assemble(partial: Path) -> Path:
         uri = client.get_model_version_download_uri(name, version)
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
@@ -108,7 +101,31 @@ def download_model(client, name: str, version: str, dest: Path) -> Path:
             for path in folder.iterdir():
                 shutil.copy2(path, files / path.name)
                 kill_point("download:copied")
-        os.rename(files, dest)  # the commit point: atomic on one filesystem
+        return files
+
+    return download_whole(dest, assemble)
+
+
+def download_whole(dest: Path, assemble: Callable[[Path], Path]) -> Path:
+    """`dest`, unless there already: `assemble(partial)` builds it in a folder of this process's own beside it and
+    returns the built folder, which is renamed into place whole. A kill, Ctrl-C or a full disk never leaves a
+    `dest` that looks complete, and two processes downloading at once never share a folder: a `dest` is always one
+    whole download (the first renamed; the other's copy is dropped)."""
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(dest)
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        built = assemble(partial)
+        try:
+            os.rename(built, dest)  # the commit point: atomic on one filesystem
+        except OSError:
+            if not dest.is_dir():
+                raise
+            # Another process renamed its whole download first (a folder is never renamed over a full one).
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return dest

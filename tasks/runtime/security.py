@@ -7,7 +7,9 @@ credentials once they listen beyond this machine.
   MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's own) in the environment, `kaizen up` starts the
   Prefect server with that auth string and MLflow's basic-auth app with that admin (no permission for anyone
   else); every kaizen command, MLflow client and Prefect client of that environment then sends them.
-- With `servers.host` other than a loopback address, `kaizen up` refuses to start without both.
+- With `servers.host` other than a loopback address, `kaizen up` refuses to start without both, or with a password
+  (Prefect's after the colon, MLflow's) of fewer than 12 characters; `kaizen serve-model` off loopback refuses
+  likewise without MLflow's pair, which its auth front then asks of every caller (tasks/serving/guarded.py).
 Credentials stay in the environment: never in params.yaml (committed), a deployment (stored on the server) or a
 log line. The auth store of MLflow's admin is `.kaizen/servers/mlflow-auth.db`; the admin's password is fixed
 the first time the server starts (MLflow's rule): change it with MLflow's update-password API.
@@ -30,15 +32,34 @@ class Unprotected(RuntimeError):
     """The servers would listen beyond this machine without authentication."""
 
 
+MIN_PASSWORD = 12  # characters: short enough to type, long enough that guessing over the network is hopeless
+
+
 @dataclass(frozen=True)
 class Credentials:
     prefect_auth: str | None  # user:password
     mlflow_user: str | None
     mlflow_password: str | None
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.prefect_auth and ":" in self.prefect_auth and self.mlflow_user and self.mlflow_password)
+    def weaknesses(self, prefect: bool = True) -> list[str]:
+        """What is missing or too short, each named by its variable (never its value); [] when they will do.
+        `prefect`: whether Prefect's auth string counts (not for the model server, which takes MLflow's pair)."""
+        problems = []
+        if prefect:
+            user, colon, password = (self.prefect_auth or "").partition(":")
+            if not self.prefect_auth:
+                problems.append(f"{PREFECT_AUTH} is not set")
+            elif not (colon and user):
+                problems.append(f"{PREFECT_AUTH} is not user:password")
+            elif len(password) < MIN_PASSWORD:
+                problems.append(f"the password in {PREFECT_AUTH} has {len(password)} characters")
+        if not self.mlflow_user:
+            problems.append(f"{MLFLOW_USER} is not set")
+        if not self.mlflow_password:
+            problems.append(f"{MLFLOW_PASSWORD} is not set")
+        elif len(self.mlflow_password) < MIN_PASSWORD:
+            problems.append(f"{MLFLOW_PASSWORD} has {len(self.mlflow_password)} characters")
+        return problems
 
 
 def credentials() -> Credentials:
@@ -55,15 +76,26 @@ def loopback(host: str) -> bool:
 
 
 def check(ws: Workspace) -> None:
-    """Refuse to open servers to the network without credentials (Unprotected names what to set)."""
-    host = ws.settings.servers.host
-    if loopback(host) or credentials().complete:
+    """Refuse to open `kaizen up`'s servers to the network without credentials (Unprotected names what to set)."""
+    _refuse_unprotected(ws.settings.servers.host, "kaizen up will not open the Prefect and MLflow servers",
+                        f"{PREFECT_AUTH}=user:password and {MLFLOW_USER}, {MLFLOW_PASSWORD}", prefect=True)
+
+
+def check_model_server(host: str) -> None:
+    """Refuse to serve a model beyond this machine without MLflow's credentials, which its callers must then send."""
+    _refuse_unprotected(host, "kaizen serve-model will not serve the model", f"{MLFLOW_USER} and {MLFLOW_PASSWORD}",
+                        prefect=False)
+
+
+def _refuse_unprotected(host: str, refusal: str, wanted: str, prefect: bool) -> None:
+    problems = credentials().weaknesses(prefect)
+    if loopback(host) or not problems:
         return
     raise Unprotected(
-        f"servers.host is {host!r}, not a loopback address: kaizen up will not open the Prefect and MLflow servers "
-        f"to the network without authentication. Set {PREFECT_AUTH}=user:password and {MLFLOW_USER}, "
-        f"{MLFLOW_PASSWORD} (at least 12 characters) in the environment of kaizen up and of every kaizen command, "
-        "worker and browser session that uses them; or keep servers.host at 127.0.0.1")
+        f"servers.host is {host!r}, not a loopback address: {refusal} to the network without authentication "
+        f"({'; '.join(problems)}). Set {wanted} (passwords of at least {MIN_PASSWORD} characters) in the "
+        "environment of this command and of every kaizen command, worker and client that uses it; or keep "
+        "servers.host at 127.0.0.1")
 
 
 def hardening(ws: Workspace, name: str, url: str) -> tuple[list[str], dict[str, str]]:

@@ -1,5 +1,6 @@
 """serving: the champion loaded for kaizen (`kaizen predict`, `kaizen score`) exactly as MLflow serves it, and
-the `mlflow models serve` command that `kaizen serve-model` runs.
+the command that `kaizen serve-model` runs: `mlflow models serve`, or with credentials set the same scoring app
+behind basic auth (tasks/serving/guarded.py).
 
 How a version is logged so that this holds is tasks/model/servable.py's.
 """
@@ -13,6 +14,8 @@ from typing import Any
 
 from kaizen.tasks.model.servable import TEXT, model_config
 from kaizen.tasks.registry import tracking
+from kaizen.tasks.runtime import security
+from kaizen.tasks.serving import guarded
 from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.layout import Workspace
 
@@ -36,22 +39,21 @@ class Classifier:
 
 
 def version_dir(ws: Workspace, version: str) -> Path:
-    """A registered version's MLflow model folder on local disk (cached: versions never change)."""
+    """A registered version's MLflow model folder on local disk, cached (versions never change): downloaded whole
+    by one process or another, never a mix of two (tracking.download_whole)."""
     dest = ws.runs_dir / "served" / f"v{version}"
-    if (dest / "MLmodel").exists():
+    if dest.is_dir():
         return dest
-    import shutil
-
     import mlflow
 
-    scratch = dest.with_name(dest.name + ".download")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    tracking.connect(ws)  # models:/ URIs resolve against the workspace's registry
     uri = f"models:/{ws.settings.model.registered_name}/{version}"
-    mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch), tracking_uri=ws.tracking_uri)
-    shutil.rmtree(dest, ignore_errors=True)
-    scratch.rename(dest)  # whole or not at all: a half download is never taken for the model
-    return dest
+
+    def download(partial: Path) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "model"),
+                                                        tracking_uri=ws.tracking_uri))
+
+    return tracking.download_whole(dest, download)
 
 
 def load_version(ws: Workspace, version: str) -> Classifier:
@@ -63,7 +65,6 @@ def load_version(ws: Workspace, version: str) -> Classifier:
 
     from kaizen.tasks.model.predict import pick_device
 
-    tracking.connect(ws)  # models:/ URIs resolve against the workspace's registry
     folder = version_dir(ws, version)
     device = pick_device(ws.settings.train.device)
     if "max_length" in (Model.load(folder).flavors.get("python_function", {}).get("config") or {}):
@@ -79,21 +80,37 @@ def load_version(ws: Workspace, version: str) -> Classifier:
 
 
 def load_champion(ws: Workspace) -> Classifier:
-    client = tracking.connect(ws)
-    champion = tracking.model_by_alias(client, ws.settings.model.registered_name, tracking.CHAMPION)
+    return load_version(ws, champion_version(ws))
+
+
+def champion_version(ws: Workspace) -> str:
+    champion = tracking.model_by_alias(tracking.connect(ws), ws.settings.model.registered_name, tracking.CHAMPION)
     if champion is None:
         raise ServingError("there is no champion yet: run the loop first")
-    return load_version(ws, champion.version)
+    return champion.version
 
 
 def serve_command(ws: Workspace, port: int | None = None, host: str | None = None,
                   version: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """`mlflow models serve` of the champion (or `version`) from the workspace's registry, in this environment
-    (`--env-manager local`: it already holds the pinned packages), and the environment to run it with."""
-    name = ws.settings.model.registered_name
-    uri = f"models:/{name}/{version}" if version else f"models:/{name}@{tracking.CHAMPION}"
+    """The command that serves the champion (or `version`) from the workspace's registry, in this environment
+    (`--env-manager local`: it already holds the pinned packages), and the environment to run it with.
+
+    Without credentials, `mlflow models serve` itself, on loopback only (security.check_model_server refuses
+    another host). With MLflow's credentials set, as for `kaizen up`, the same scoring app behind basic auth
+    (tasks/serving/guarded.py): whoever may use the tracking server may use the model, nobody else."""
+    host, port = host or ws.settings.servers.host, port or ws.settings.serving.port
+    security.check_model_server(host)
     # MLflow starts `uvicorn` by name: child_environment puts this environment's bin/ first on PATH.
     env = child_environment(ws, tracking=True)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-               "-h", host or ws.settings.servers.host, "-p", str(port or ws.settings.serving.port)]
-    return command, env
+    name = ws.settings.model.registered_name
+    given = security.credentials()
+    if not (given.mlflow_user and given.mlflow_password):
+        uri = f"models:/{name}/{version}" if version else f"models:/{name}@{tracking.CHAMPION}"
+        return [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                "-h", host, "-p", str(port)], env
+    if version is None:
+        version = champion_version(ws)
+    env[guarded.MODEL_FOLDER] = str(version_dir(ws, version))
+    return [sys.executable, "-m", "uvicorn", "--factory", f"{guarded.__name__}:app", "--host", host,
+            "--port", str(port)], env
+

@@ -170,7 +170,8 @@ def score(ws: Workspace, source: str, out: str, progress: Progress | None = None
     problems: list[str] = []
     for index, path in enumerate(files):
         name = str(PurePosixPath(path).relative_to(PurePosixPath(root))) if path != root else PurePosixPath(path).name
-        for chunk in read_leniently(fs, path, ws.settings.data.text_column, ws.settings.serving.chunk_rows):
+        for chunk in read_leniently(fs, path, ws.settings.data.text_column, ws.settings.serving.chunk_rows,
+                                    ws.settings.limits):
             frame = _scored(chunk, name, classifier, output)
             output.write(frame)
             rows += len(frame)

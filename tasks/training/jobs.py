@@ -1,6 +1,6 @@
-"""Running the training job (tasks/training/train_job.py) and following it: on this machine as a process of its own
-(`accelerate launch` past one process), or elsewhere as a run of a Prefect deployment (`train.deployment`,
-for example a Kubernetes Job on a GPU node that mounts the loop's folder: a volume both share).
+"""Running the training job (tasks/training/train_job.py) and following it: on this machine (in this process, or
+in processes of their own through `accelerate launch` past one), or elsewhere as a run of a Prefect deployment
+(`train.deployment`, for example a Kubernetes Job on a GPU node that mounts the loop's folder: a volume both share).
 
 Either way the job's folder is the whole interface: this side writes the inputs, reads `epochs.jsonl` as the
 job appends to it (each epoch is logged while training goes on) and `result.json` at the end.
@@ -40,8 +40,13 @@ def _log_tail(job: Path, lines: int = 40) -> str:
 
 
 def run_here(job: Path, processes: int, follow: Callable[[], None] = lambda: None) -> None:
-    """Run the job on this machine and wait, calling `follow` meanwhile. If this process is stopped, the job
-    is stopped with it (and on Linux the job dies with this process even on SIGKILL: train_job.py)."""
+    """Run the job on this machine and wait, calling `follow` as epochs end. One process: in this one, which has
+    torch and transformers imported already (a process of its own would spend 6 to 10 s of CPU importing them
+    again, every iteration). Several: a process of its own through accelerate launch; if this process is
+    stopped, the job is stopped with it (and on Linux the job dies with this process even on SIGKILL)."""
+    if processes == 1:
+        _run_in_process(job, follow)
+        return
     # A kill point reached inside the job stands for the whole machine dying: it takes this process too.
     env = child_environment(None, extra={KILL_ALSO: str(os.getpid())})
     with open(job / "train.log", "wb") as log:
@@ -57,6 +62,25 @@ def run_here(job: Path, processes: int, follow: Callable[[], None] = lambda: Non
         raise
     if proc.returncode != 0:
         raise JobFailed(f"the training job failed (exit {proc.returncode}); {_log_tail(job)}")
+
+
+def _run_in_process(job: Path, follow: Callable[[], None]) -> None:
+    """The job's own code in this process, its output in `train.log` as from a process of its own. A stop from
+    outside (the iteration's timeout, Ctrl-C) passes through as it is; any other failure is the job's."""
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from kaizen.tasks.training import train_job
+
+    with open(job / "train.log", "w", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            train_job.run(job, after_epoch=follow)
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            log.write(f"{type(exc).__name__}: {exc}\n")
+            log.flush()
+            raise JobFailed(f"the training job failed: {type(exc).__name__}: {str(exc)[:500]}; "
+                            f"{_log_tail(job)}") from exc
 
 
 def _run_deployment(job: Path, deployment: str, processes: int, follow: Callable[[], None]) -> None:

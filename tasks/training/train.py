@@ -47,18 +47,6 @@ def resolve_backbone(backbone: str) -> str:
     return backbone
 
 
-def load_for_training(start: str, labels: Sequence[str]):
-    """Model and tokenizer from a folder or hub id; a new classification head when the labels differ."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    id2label = dict(enumerate(labels))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        start, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        ignore_mismatched_sizes=True, use_safetensors=True,  # never unpickle weights
-    )
-    return model, AutoTokenizer.from_pretrained(start)
-
-
 def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequence[str], *, model: ModelSettings,
               train_settings: TrainSettings, epochs: int, out_dir: Path,
               log_epoch: EpochLogger | None = None, teacher_logits: np.ndarray | None = None,

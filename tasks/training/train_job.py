@@ -1,12 +1,12 @@
-"""The training job: one fine-tune in its own process, or in several with `accelerate launch` (DDP: one process
-per GPU; gloo on a CPU), started by tasks/train.fine_tune, which waits for it and keeps everything after it.
+"""The training job: one fine-tune, in the loop's own process, or in several processes with `accelerate launch`
+(DDP: one process per GPU; gloo on a CPU), started by tasks/train.fine_tune, which keeps everything after it.
 
 The job's interface is its folder: `spec.json` (what to train and how), `train.parquet`, `val.parquet` and
 `teacher.npy`; it writes `epochs.jsonl` (a line per epoch as it ends, which the caller logs live), the
 checkpoints and `model/` (safetensors and tokenizer) in the output folder, and `result.json` last. Nothing
 else passes between the two, so the job could as well run on another machine that sees the folder.
 
-    python -m kaizen.tasks.training.train_job JOB                   # one process
+    python -m kaizen.tasks.training.train_job JOB                   # one process of its own
     python -m kaizen.tasks.training.train_job JOB --processes N     # N processes through accelerate launch
 """
 
@@ -16,15 +16,27 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kaizen.tasks.model.predict import pick_device, scores
-from kaizen.tasks.training.train import load_for_training
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.settings import ModelSettings, TrainSettings
+
+
+def load_for_training(start: str, labels: Sequence[str]):
+    """Model and tokenizer from a folder or hub id; a new classification head when the labels differ."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    id2label = dict(enumerate(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        start, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True, use_safetensors=True,  # never unpickle weights
+    )
+    return model, AutoTokenizer.from_pretrained(start)
 
 
 class _Encoded:
@@ -104,8 +116,9 @@ def launch(job: Path, processes: int) -> None:
     launch_command(args)
 
 
-def run(job: Path) -> None:
-    """Train as `job/spec.json` says; every rank runs this, the main one writes what the caller reads."""
+def run(job: Path, after_epoch: Callable[[], None] = lambda: None) -> None:
+    """Train as `job/spec.json` says; every rank runs this, the main one writes what the caller reads.
+    `after_epoch` is called once an epoch's line is written (run in the caller's process: it logs the line)."""
     import torch
     from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments, set_seed
 
@@ -115,8 +128,10 @@ def run(job: Path) -> None:
     train, val = pd.read_parquet(job / "train.parquet"), pd.read_parquet(job / "val.parquet")
     teacher = np.load(job / "teacher.npy") if (job / "teacher.npy").exists() else None
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    print(f"training job: rank {rank} of {world} processes on {device}, {len(train)} rows, {spec['epochs']} epochs",
-          flush=True)
+    # Written, not printed: in a Prefect run print goes to the run's log, and train.log is where the caller looks.
+    sys.stdout.write(f"training job: rank {rank} of {world} processes on {device}, {len(train)} rows, "
+                     f"{spec['epochs']} epochs\n")
+    sys.stdout.flush()
     set_seed(settings.seed)
     net, tokenizer = load_for_training(spec["start"], labels)
 
@@ -131,6 +146,7 @@ def run(job: Path) -> None:
                 row["train_loss"] = float(losses[-1])
             with (job / "epochs.jsonl").open("a", encoding="utf-8") as out:
                 out.write(json.dumps({"epoch": int(round(state.epoch or 0)), **row}) + "\n")
+            after_epoch()
 
         def on_save(self, args, state, control, **kwargs):
             kill_point("train:checkpoint")  # tests: the next run must resume from this checkpoint

@@ -15,6 +15,8 @@ import yaml
 
 from kaizen.tasks.data.data_version import build_data_version, read_data_version, restore_data_version
 from kaizen.tasks.data.preprocess import prepare, write_prepared
+from kaizen.tasks.ingest.corrections import write_correction_files
+from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.repo import write_stage_vars
 from tests.support.files import digests
@@ -22,13 +24,15 @@ from tests.support.workspaces import REPO
 
 
 def write_batch(ws: Workspace, batch_id: str, rows: pd.DataFrame) -> None:
-    """An accepted batch as collect writes it (text, label, source, source_row), and the stage list updated, as
-    collect updates it when a batch forms."""
+    """An accepted batch as collect writes it (text, label, source, source_row), and the stage list and the batch's
+    corrections (none) updated, as collect updates them when a batch forms."""
     batch = rows[["text", "label"]].reset_index(drop=True)
     batch = batch.assign(source=f"{batch_id}.csv", source_row=range(1, len(batch) + 1))
     ws.accepted_dir.mkdir(parents=True, exist_ok=True)
     batch.to_parquet(ws.batch_file(batch_id), index=False)
     write_stage_vars(ws.root)
+    with Ledger(ws.ledger_db) as ledger:
+        write_correction_files(ws, ledger, [batch_id])
 
 
 def real_rows(domains: dict[str, pd.DataFrame], name: str, n: int, seed: int) -> pd.DataFrame:

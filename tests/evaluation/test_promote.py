@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from kaizen.tasks.evaluation.promote import PairedPredictions, promotion_gate
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.tags import TAG
-from kaizen.tasks.workspace.layout import template
+from kaizen.tasks.workspace.members import template
 from kaizen.tasks.workspace.settings import GateSettings, load_settings
 
 GATE = GateSettings(metric="accuracy", min_improvement=0.01, max_regression=0.02, min_score=0.6,
@@ -113,7 +113,8 @@ def test_a_gain_exactly_at_min_improvement_passes() -> None:
 @pytest.fixture(scope="module")
 def registry_template(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
     """A workspace whose registry holds two versions of the tiny model (logging a model costs seconds: once)."""
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
     from tests.support.workspaces import FAST, write_params
 
     root = init_workspace(tmp_path_factory.mktemp("registered") / "ws").root

@@ -19,7 +19,8 @@ FLIP = {"positive": "negative", "negative": "positive"}
 
 
 def test_new_domain_promoted_flipped_and_random_labels_never(tmp_path, domains, prefect_server) -> None:
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     root = tmp_path / "ws"
     init_workspace(root)

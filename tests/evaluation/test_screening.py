@@ -18,7 +18,8 @@ from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.notify.alerts import SUSPECT as SUSPECT_EVENT
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.tags import TAG
-from kaizen.tasks.workspace.layout import Workspace, init_workspace
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import init_workspace
 from tests.support.files import land, sample
 from tests.support.workspaces import FAST, OPEN_GATE, write_params
 

@@ -31,7 +31,8 @@ from tests.support.workspaces import FAST, OPEN_GATE, write_params
 @pytest.fixture(scope="module")
 def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """Run the iterations once for the whole module; each test inspects what they left."""
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     root = tmp_path_factory.mktemp("loop") / "ws"
     init_workspace(root)
@@ -167,7 +168,8 @@ def test_the_default_gate_decides_a_real_iteration(loop_state, domains, tmp_path
     """The other iterations here open the gate wide: this one runs the gate of params.yaml as shipped."""
     import shutil
 
-    from kaizen.tasks.workspace.layout import Workspace, template
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import template
     from kaizen.tasks.workspace.settings import load_settings
 
     ws, _, _ = loop_state

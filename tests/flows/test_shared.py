@@ -25,7 +25,8 @@ from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.runtime import servers
 from kaizen.tasks.workspace import identity
-from kaizen.tasks.workspace.layout import Workspace, init_workspace
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import init_workspace
 from kaizen.tasks.workspace.objects import MissingFromStores, md5_of
 from tests.support.files import digests, sample
 from tests.support.processes import cli_env, kaizen

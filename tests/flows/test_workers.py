@@ -21,7 +21,8 @@ import psutil
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.tags import TAG
-from kaizen.tasks.workspace.layout import Workspace, init_workspace, open_member
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import init_workspace, open_member
 from tests.support.files import sample
 from tests.support.processes import cli_env, kaizen, start, stop, wait_until
 from tests.support.services import FINAL, mlflow_server, prefect, run_filter, runs_of

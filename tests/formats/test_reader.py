@@ -85,3 +85,11 @@ def test_read_leniently_says_why_a_file_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "lines.txt.gz").write_bytes(gzip.compress(b"first text\n\n  \nsecond\r\n"))
     rows = [row for chunk in leniently(tmp_path / "lines.txt.gz") for row in chunk.rows]
     assert [(row.number, row.record) for row in rows] == [(1, {"text": "first text"}), (4, {"text": "second"})]
+
+
+def test_read_leniently_a_character_cut_short_at_the_end_is_a_problem_not_lost(tmp_path: Path) -> None:
+    (tmp_path / "cut.txt").write_bytes(b"one\ncaf\xc3")  # the last byte of a two-byte character missing
+    rows = [row for chunk in leniently(tmp_path / "cut.txt") for row in chunk.rows]
+    assert [(row.record, row.problem) for row in rows] == [
+        ({"text": "one"}, None),
+        ({}, "line 2: 'utf-8' codec can't decode byte 0xc3 in position 3: unexpected end of data")]

@@ -19,7 +19,7 @@ import yaml
 from kaizen.tasks.notify import arrivals
 from kaizen.tasks.notify.events import ARRIVED
 from kaizen.tasks.workspace.environment import OFFLINE_ENV
-from kaizen.tasks.workspace.layout import template, workspace_folder
+from kaizen.tasks.workspace.members import template, workspace_folder
 from kaizen.tasks.workspace.settings import load_settings
 from tests.support.workspaces import REPO
 

@@ -258,7 +258,8 @@ def test_a_quarantined_row_keeps_what_it_held(new_ws) -> None:
     by_row = {q["row"]: q["record"] for q in quarantine_records(ws, cases["lone-surrogate.jsonl"].data)}
     assert by_row[1] == {"text": "bad \\ud800 half", "label": "positive"}  # escaped: the file stays valid UTF-8
     by_row = {q["row"]: q["record"] for q in quarantine_records(ws, cases["megabyte-line.csv"].data)}
-    assert by_row[2] == {"text": MEGABYTE, "label": "positive"}
+    # A prefix of a long text, with its length and sha256 (tests/ingest/test_quarantine_limits.py)
+    assert by_row[2] == {"text": MEGABYTE[: ws.settings.limits.quarantine_text_chars], "label": "positive"}
 
 
 # --- across files ---------------------------------------------------------------------------------------
@@ -334,7 +335,7 @@ def test_a_file_still_being_written_is_never_half_read(new_ws) -> None:
 
 
 def test_a_writer_that_pauses_mid_file_is_not_ingested_half_written_at_the_default_settle_time(new_ws) -> None:
-    from kaizen.tasks.workspace.layout import template
+    from kaizen.tasks.workspace.members import template
     from kaizen.tasks.workspace.settings import load_settings
 
     default = load_settings(template("params.yaml")).data.settle_seconds

@@ -29,7 +29,8 @@ from kaizen.tasks.ingest.collect import KILL_POINTS, collect, ingest_file
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.ingest.validate import NA_MARKERS
 from kaizen.tasks.workspace.faults import ENV
-from kaizen.tasks.workspace.layout import Workspace, init_workspace, template
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import init_workspace, template
 from kaizen.tasks.workspace.settings import load_settings
 from tests.support.files import csv_bytes, parquet_bytes
 from tests.support.workspaces import REPO, write_params

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 from kaizen.tasks.ingest.ledger import FileRecord, Ledger
-from kaizen.tasks.workspace.layout import hold, init_workspace, open_member
+from kaizen.tasks.workspace.layout import hold
+from kaizen.tasks.workspace.members import init_workspace, open_member
 from kaizen.tasks.workspace.objects import md5_of
 from tests.support.files import sample
 

@@ -75,8 +75,44 @@ def test_the_webhook_can_come_from_the_environment(copy_workspace, monkeypatch) 
         alerts.webhook_url(ws)
     monkeypatch.setenv("KAIZEN_TEST_HOOK", "https://hooks.example/T/B/C")
     assert alerts.webhook_url(ws) == "https://hooks.example/T/B/C"
+    monkeypatch.setenv("KAIZEN_TEST_HOOK", "hooks.example/T/B/no-scheme-key")
+    with pytest.raises(alerts.AlertsError, match="does not hold an http") as caught:
+        alerts.webhook_url(ws)
+    assert "no-scheme-key" not in str(caught.value)
     assert alerts.webhook_url(Workspace(ws.root, ws.settings.with_overrides({"alerts.webhook_url": ""}))) is None
 
+
+
+def test_a_webhook_from_a_secret_block_is_kept_among_the_alert_blocks_secrets(copy_workspace, prefect_server) -> None:
+    """`secret:BLOCK` reads a Prefect Secret block; the alert block holds the URL where Prefect masks it, and sends
+    to it all the same."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import SendNotification
+
+    hook = "https://hooks.slack.com/services/T000/B000/XXXX"
+    ws = copy_workspace({}, alerts__webhook_url="secret:kaizen-test-hook")
+    with pytest.raises(alerts.AlertsError, match="no such Secret block"):
+        alerts.webhook_url(ws)
+    Secret(value=hook).save("kaizen-test-hook", overwrite=True)
+    names = alerts.ensure_automations(ws)
+    try:
+        with get_client(sync_client=True) as client:
+            (automation,) = client.read_automations_by_name(names[0])
+            (action,) = automation.actions
+            assert isinstance(action, SendNotification)
+            block_id = action.block_document_id
+            shown = client.read_block_document(block_id, include_secrets=False)  # as the API and UI show it
+            stored = client.read_block_document(block_id)
+        assert "XXXX" not in shown.model_dump_json() and shown.data["url"] == "{{webhook_url}}"
+        assert stored.data["secrets"] == {"webhook_url": hook}
+        block = CustomWebhookNotificationBlock.load(f"kaizen-alerts-{ws.workspace_id}")
+        assert isinstance(block, CustomWebhookNotificationBlock)
+        sent = block._build_request_args("hello", "kaizen")
+        assert sent["url"] == hook and sent["json"] == {"text": "hello"}
+    finally:
+        assert alerts.ensure_automations(Workspace(ws.root, ws.settings.with_overrides({"alerts.webhook_url": ""}))) == []
 
 # --- the served route --------------------------------------------------------------------------------------
 
@@ -184,7 +220,8 @@ def test_serve_creates_the_alert_automations_and_the_scoring_deployment(served, 
             assert automation.trigger.match.model_dump()["prefect.resource.id"] == f"kaizen.workspace.{ws.workspace_id}"
             (action,) = automation.actions
             block = client.read_block_document(action.block_document_id)
-        assert block.data["url"] == receiver.url and block.data["json_data"] == {"text": "{{body}}"}
+        assert block.data["url"] == "{{webhook_url}}" and block.data["json_data"] == {"text": "{{body}}"}
+        assert block.data["secrets"] == {"webhook_url": receiver.url}  # read with secrets: what is sent
         assert client.read_deployment_by_name(f"kaizen-score/{ws.workspace_id}").parameters == {
             "workspace": str(ws.root)}
 

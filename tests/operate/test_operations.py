@@ -35,7 +35,8 @@ def get_json(url: str) -> dict:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """A real MLflow server, and a workspace that ran bootstrap plus two iterations against it."""
-    from kaizen.tasks.workspace.layout import Workspace, init_workspace
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
 
     store = tmp_path_factory.mktemp("mlflow-server")
     with mlflow_server(f"sqlite:///{store}/mlflow.db", str(store / "artifacts"), store / "server.log",
@@ -173,3 +174,55 @@ def test_the_model_page_shows_the_champion_alias(served, tmp_path: Path) -> None
     assert shot.stat().st_size > 10_000
     if keep:
         shutil.copy(shot, Path(keep) / "mlflow-model-page.png")
+
+
+def test_a_batch_operation_waits_for_a_running_iteration_then_gives_up(copy_workspace) -> None:
+    """retry, trust and distrust take the loop's own lock: while an iteration holds it they wait, a bounded time,
+    then refuse and say why; once it is released they go on."""
+    import threading
+    import time
+
+    from kaizen.tasks.ingest.ledger import Ledger
+    from kaizen.tasks.operate.failures import retry
+    from kaizen.tasks.operate.operations import set_batch_trust
+    from kaizen.tasks.workspace.files import Busy
+    from kaizen.tasks.workspace.layout import hold
+
+    ws = copy_workspace({})
+    with Ledger(ws.ledger_db) as ledger:
+        ledger.record_batch("batch-0001", 10, [])
+        ledger.set_status("batch-0001", "failed", "failed")
+
+    def status() -> list[tuple[str, str]]:
+        with Ledger(ws.ledger_db) as ledger:
+            return [(b.status, b.trust) for b in ledger.batches()]
+
+    before = status()
+
+    with hold(ws, "loop", wait=False):  # an iteration runs
+        began = time.monotonic()
+        with pytest.raises(Busy, match=r"another loop is running .* waited 0\.5 s for it to end"):
+            retry(ws, "batch-0001", wait_seconds=0.5)
+        assert time.monotonic() - began >= 0.5
+        with pytest.raises(Busy, match="waited 0 s"):
+            set_batch_trust(ws, "batch-0001", False, "labels from a broken export", wait_seconds=0)
+        result = CliRunner().invoke(app, ["batch", "distrust", "batch-0001", "--reason", "broken", "--wait", "0",
+                                          "-w", str(ws.root)])
+        assert result.exit_code == 1 and "cannot distrust batch-0001:" in result.output, result.output
+        assert status() == before  # nothing changed under the iteration
+
+    held = threading.Event()
+
+    def iterate() -> None:  # a second iteration, which ends 0.5 s after the operator asked
+        with hold(ws, "loop", wait=False):
+            held.set()
+            time.sleep(0.5)
+
+    worker = threading.Thread(target=iterate)
+    worker.start()
+    held.wait(10)
+    began = time.monotonic()
+    retry(ws, "batch-0001", wait_seconds=30)
+    assert time.monotonic() - began >= 0.3  # it waited for the iteration, then went on
+    worker.join()
+    assert status() == [("pending", before[0][1])]

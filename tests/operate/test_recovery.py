@@ -140,3 +140,65 @@ def test_two_workspaces_on_one_tracking_store_never_touch_each_others_runs(make_
     b_as_a = Workspace(b.root, b.settings.with_overrides({"model.registered_name": a.settings.model.registered_name}))
     with pytest.raises(ForeignModel, match=rf"'kaizen-sentiment' .* belongs to workspace '{a.workspace_id}'"):
         start_iteration(b_as_a, "batch-0001", ["batch-0001"], data)
+
+
+KILLED_AFTER_THE_MOVE = """
+import pickle, sys
+from kaizen.tasks.evaluation.promote import GateDecision, decide
+from kaizen.tasks.workspace.layout import Workspace
+
+it = pickle.loads(open(sys.argv[2], "rb").read())
+decide(Workspace.open(sys.argv[1]), it, sys.argv[3], None, GateDecision(True, ["better"], "promoted: better"))
+"""
+
+
+def test_a_promotion_rolled_back_after_a_kill_is_finished_as_promoted_not_retrained(make_workspace,
+                                                                                   tmp_path) -> None:
+    """Killed after the champion alias moved, before the decision was recorded; an operator rolls the new champion
+    back before the next run. The next run's recovery records the promotion, leaves the rollback standing, and
+    trains nothing again."""
+    import pickle
+    from types import SimpleNamespace
+
+    from kaizen.tasks.operate.operations import rollback
+    from kaizen.tasks.operate.recovery import recover_interrupted
+    from kaizen.tasks.registry.record import start_iteration
+
+    ws = make_workspace()
+    client, name = tracking.connect(ws), ws.settings.model.registered_name
+    data = SimpleNamespace(prepared_md5="md5", accepted_md5="md5", lock="stages: {}\n")
+    with Ledger(ws.ledger_db) as ledger:
+        ledger.record_batch("batch-0001", 10, [])
+    first = start_iteration(ws, "batch-0001", ["batch-0001"], data)  # registers the model, claimed for `ws`
+    v1 = client.create_model_version(name, str(tmp_path / "v1"), run_id=first.run_id).version
+    client.set_terminated(first.run_id, "FINISHED")
+    tracking.move_champion(client, name, str(v1), started_from=None)
+    with Ledger(ws.ledger_db) as ledger:
+        ledger.finish_batch("batch-0001", run_id=first.run_id, model_version=str(v1), decision="promoted")
+        ledger.record_batch("batch-0002", 10, [])
+    it = start_iteration(ws, "batch-0002", ["batch-0001", "batch-0002"], data)
+    v2 = str(client.create_model_version(name, str(tmp_path / "v2"), run_id=it.run_id).version)
+    (tmp_path / "it.pickle").write_bytes(pickle.dumps(it))
+
+    env = {**{k: v for k, v in os.environ.items() if k != ENV}, ENV: "promote:moved"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_MOVE, str(ws.root), str(tmp_path / "it.pickle"),
+                             v2], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert tracking.model_by_alias(client, name, tracking.CHAMPION).version == v2  # committed, not recorded
+    assert TAG["decision"] not in client.get_run(it.run_id).data.tags
+    rollback(ws, "v2 mislabels refunds")
+
+    summary = recover_interrupted(ws, "batch-0002")  # the next run's first step
+
+    assert summary is not None and summary.decision == "promoted"  # finished, so nothing is trained again
+    assert tracking.model_by_alias(client, name, tracking.CHAMPION).version == str(v1)  # the rollback stands
+    assert tracking.model_by_alias(client, name, tracking.PREVIOUS).version == v2
+    run = client.get_run(it.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[TAG["decision"]] == "promoted"
+    assert run.data.tags[TAG["champion_version"]] == str(v1)
+    assert run.data.tags[TAG["recovered"]].startswith(f"promoted: completed after a kill; v{v2} rolled back ")
+    assert run.data.tags[TAG["recovered"]].endswith(": v2 mislabels refunds")
+    tags = tracking.model_version(client, name, v2).tags
+    assert tags[TAG["decision"]] == "promoted" and TAG["rolled_back"] in tags
+    with Ledger(ws.ledger_db) as ledger:
+        assert [(b.status, b.decision, b.model_version) for b in ledger.batches()][1] == ("done", "promoted", v2)

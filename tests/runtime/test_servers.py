@@ -177,7 +177,8 @@ def test_kaizen_ui_runs_mlflow_as_lean_as_the_server_of_kaizen_up(tmp_path, monk
     from kaizen.flows.cli import app
     from kaizen.flows.cli import inspect as inspect_cli
     from kaizen.tasks.runtime import servers
-    from kaizen.tasks.workspace.layout import Workspace, template
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import template
     from kaizen.tasks.workspace.settings import load_settings
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

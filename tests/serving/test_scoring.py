@@ -137,3 +137,24 @@ def test_a_compressed_file_scores_as_its_plain_self_and_predict_is_the_same_scor
     assert list(predicted["text"]) == texts and list(predicted["id"]) == list(scored["id"])
     assert list(predicted["prediction"]) == list(scored["prediction"])
     assert (predicted["p_positive"] - scored["p_positive"]).abs().max() < 1e-6
+
+
+def test_a_long_field_scores_and_a_field_past_the_limit_stops_the_file_with_a_reason(champion_ws, domains,
+                                                                                      tmp_path: Path) -> None:
+    """A field over csv's default 128 KiB is a text like any other; one past limits.max_text_bytes (the same reader
+    as collect's, the same limits) stops its file with a reason after the rows before it, never silently."""
+    from kaizen.tasks.workspace.layout import Workspace
+
+    texts = sample(domains["amazon"], 6, seed=3)["text"].tolist()
+    rows = [texts[0], "long " * 40_000, texts[1], texts[2], "longer " * 60_000, texts[3], texts[4]]  # 200, 420 KB
+    (tmp_path / "long.csv").write_text(pd.DataFrame({"text": rows}).to_csv(index=False), encoding="utf-8")
+    small = Workspace(root=champion_ws.root, settings=champion_ws.settings.with_overrides(
+        {"limits.max_text_bytes": 256 * 1024}))
+    result = scoring.score(small, str(tmp_path / "long.csv"), str(tmp_path / "scored.parquet"))
+    scored = pd.read_parquet(tmp_path / "scored.parquet")
+    assert list(scored["row"].astype("float").fillna(0)) == [2, 3, 4, 5, 0]  # every row read, then the reason
+    assert scored["prediction"].notna().sum() == 4 == result.labelled
+    reason = "cannot read on from here: unreadable csv file: line 6 is longer than limits.max_text_bytes = 262144"
+    assert scored["reason"].iloc[-1] == reason and result.problems == [f"long.csv: {reason}"]
+    result = scoring.score(champion_ws, str(tmp_path / "long.csv"), str(tmp_path / "all.parquet"))
+    assert (result.rows, result.labelled, result.problems) == (7, 7, [])  # within the default limits: every row

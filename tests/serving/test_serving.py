@@ -183,3 +183,92 @@ def test_serve_model_with_no_champion_says_so(make_workspace) -> None:
     ws = make_workspace("empty")
     result = CliRunner().invoke(app, ["serve-model", "-w", str(ws.root)])
     assert result.exit_code == 2 and "no champion yet" in result.output
+
+
+# A racer: it downloads the version as kaizen does, and holds before its rename until every racer has downloaded,
+# so the downloads overlap and the renames meet on every run, not by luck.
+RACE = """
+import os, sys, time
+from pathlib import Path
+import mlflow.artifacts
+from kaizen.tasks.serving import champion
+from kaizen.tasks.workspace.layout import Workspace
+ws, gate, racers = Workspace.open(Path(sys.argv[1])), Path(sys.argv[2]), int(sys.argv[3])
+download = mlflow.artifacts.download_artifacts
+
+def held(**kwargs):
+    local = download(**kwargs)
+    (gate / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60  # a racer that failed never arrives
+    while len(list(gate.iterdir())) < racers and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return local
+
+mlflow.artifacts.download_artifacts = held
+print(champion.version_dir(ws, "1"))
+"""
+
+
+def test_processes_downloading_a_version_at_once_leave_one_whole_copy(champion_ws, tmp_path: Path) -> None:
+    """Each process downloads into a folder of its own and renames it into place: the first rename wins, the other
+    copy is dropped, neither fails, and the cache holds exactly the registry's files (no mix, nothing left over)."""
+    import shutil
+
+    import mlflow
+
+    from tests.support.files import digests
+
+    shutil.rmtree(champion_ws.runs_dir / "served", ignore_errors=True)
+    (tmp_path / "gate").mkdir()
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(champion_ws.root), str(tmp_path / "gate"), "2"],
+                               env=cli_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outcomes = [racer.communicate(timeout=300) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], [err[-2000:] for _, err in outcomes]
+    cached = champion_ws.runs_dir / "served" / "v1"
+    assert {out.strip() for out, _ in outcomes} == {str(cached)}
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["v1"]  # no partial or scratch folder left
+    tracking.connect(champion_ws)  # models:/ resolves against this workspace's registry
+    reference = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{champion_ws.settings.model.registered_name}/1", dst_path=str(tmp_path / "ref"),
+        tracking_uri=champion_ws.tracking_uri)
+    assert digests(cached) == digests(Path(reference)) and (cached / "MLmodel").exists()
+
+
+USER, PASSWORD = "kaizen-admin", "mlflow-secret-4711"
+
+
+def test_with_credentials_the_model_server_answers_only_those_who_send_them(champion_ws, texts, monkeypatch) -> None:
+    """MLflow's own scoring app, from the same cached model folder, behind basic auth with MLflow's credentials:
+    the command `kaizen serve-model` runs then (never showing the password), and that app answering."""
+    from starlette.testclient import TestClient
+
+    from kaizen.tasks.serving import guarded
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    command, env = champion.serve_command(champion_ws, port=5009, host="0.0.0.0")
+    assert command[1:] == ["-m", "uvicorn", "--factory", "kaizen.tasks.serving.guarded:app", "--host", "0.0.0.0",
+                           "--port", "5009"]
+    assert env[guarded.MODEL_FOLDER] == str(champion.version_dir(champion_ws, "1"))
+    monkeypatch.setenv(guarded.MODEL_FOLDER, env[guarded.MODEL_FOLDER])
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "false")  # MLflow's app sets it: undone after the test
+    body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts[:4]]}}
+    with TestClient(guarded.app()) as client:
+        refused = client.post("/invocations", json=body)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+        assert client.post("/invocations", json=body, auth=(USER, "mlflow-secret-4712")).status_code == 401
+        assert client.post("/invocations", json=body, headers={"Authorization": "Basic !!"}).status_code == 401
+        answered = client.post("/invocations", json=body, auth=(USER, PASSWORD))
+        assert client.get("/ping").status_code == 200  # a load balancer's health check needs no password
+    assert answered.status_code == 200, answered.text
+    local = champion.load_champion(champion_ws).predict(texts[:4])
+    assert [p["prediction"] for p in answered.json()["predictions"]] == list(local["prediction"])
+
+
+def test_serve_model_off_loopback_without_credentials_refuses(champion_ws, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "short")
+    result = CliRunner().invoke(app, ["serve-model", "--host", "0.0.0.0", "-w", str(champion_ws.root)])
+    assert result.exit_code == 2 and "not a loopback address" in result.output, result.output
+    assert "MLFLOW_TRACKING_USERNAME is not set" in result.output and "MLFLOW_TRACKING_PASSWORD has 5" in result.output

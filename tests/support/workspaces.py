@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kaizen.tasks.workspace.layout import Workspace, init_workspace
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import init_workspace
 from kaizen.tasks.workspace.settings import write_overrides
 from tests.support.processes import free_ports
 

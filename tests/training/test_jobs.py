@@ -4,6 +4,7 @@ deployment of flows/training.py (served here, standing for a worker on a GPU nod
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -26,21 +27,26 @@ def rows(domains):
 
 def test_a_failing_job_says_why_with_its_log(tmp_path: Path, rows) -> None:
     train, val = rows
-    with pytest.raises(JobFailed, match=r"the training job failed \(exit 1\); .*train\.log ends:(.|\n)*no-such-model"):
-        fine_tune(str(tmp_path / "no-such-model"), train, val, LABELS, model=MODEL, train_settings=TRAIN, epochs=1,
-                  out_dir=tmp_path / "out")
+    with pytest.raises(JobFailed, match=r"the training job failed.*; .*train\.log ends:(.|\n)*no-such-model"):
+        fine_tune(str(tmp_path / "no-such-model"), train, val, LABELS, model=MODEL,
+                  train_settings=TRAIN, epochs=1, out_dir=tmp_path / "out")
 
 
 def test_training_runs_as_a_run_of_its_deployment(tiny_backbone: Path, rows, tmp_path: Path, prefect_server) -> None:
     from prefect.settings import PREFECT_API_URL
 
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import template
     from tests.support.services import prefect
 
     name = f"test-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
-    served = start([sys.executable, "-c", f"from kaizen.flows.training import train_job; train_job.serve(name={name!r})"],
-                   log, env)
+    (tmp_path / "ws").mkdir()  # the loop's folder as the GPU machine sees it: a deployed run's jobs lie in it
+    shutil.copy(template("params.yaml"), tmp_path / "ws" / "params.yaml")
+    out = Workspace.open(tmp_path / "ws").runs_dir / "batch-0001"
+    served = start([sys.executable, "-c", "from kaizen.flows.training import train_job; "
+                    f"train_job.serve(name={name!r}, parameters={{'workspace': {str(tmp_path / 'ws')!r}}})"], log, env)
     try:
         with prefect(PREFECT_API_URL.value()) as client:
             wait_until("the served deployment", lambda: _exists(client, f"kaizen-train/{name}"), 120, every=1,
@@ -49,14 +55,15 @@ def test_training_runs_as_a_run_of_its_deployment(tiny_backbone: Path, rows, tmp
         logged: list[int] = []
         settings = TRAIN.model_copy(update={"deployment": f"kaizen-train/{name}"})
         result = fine_tune(str(tiny_backbone), train, val, LABELS, model=MODEL, train_settings=settings, epochs=2,
-                           out_dir=tmp_path / "out", log_epoch=lambda e, m: logged.append(e))
+                           out_dir=out, log_epoch=lambda e, m: logged.append(e))
         with prefect(PREFECT_API_URL.value()) as client:  # it ran over there, as a run of the deployment
             (run,) = runs_of(client, client.read_deployment_by_name(f"kaizen-train/{name}").id)
     finally:
         stop(served)
-    assert run.state.is_completed() and run.parameters == {"job": str(tmp_path / "out" / "job"), "processes": 1}
+    assert run.state.is_completed() and run.parameters == {"job": str(out / "job"), "processes": 1,
+                                                           "workspace": str(tmp_path / "ws")}
     assert logged == [1, 2] and (result.model_dir / "model.safetensors").exists()
-    assert "rank 0 of 1 processes on cpu" in (tmp_path / "out" / "job" / "train.log").read_text()
+    assert "rank 0 of 1 processes on cpu" in (out / "job" / "train.log").read_text()
 
 
 def _exists(client, name: str) -> bool:

@@ -20,7 +20,7 @@ from tests.support.training import LABELS, MODEL
 @pytest.fixture(scope="module")
 def two_models(tiny_backbone: Path, domains, tmp_path_factory) -> tuple[Path, Path, dict]:
     """A champion fine-tuned on movie reviews, and that champion fine-tuned further on Amazon reviews."""
-    from kaizen.tasks.workspace.layout import template
+    from kaizen.tasks.workspace.members import template
     from kaizen.tasks.workspace.settings import load_settings
 
     train = load_settings(template("params.yaml")).train.model_copy(update={"learning_rate": 2e-3, "batch_size": 16})

@@ -96,8 +96,7 @@ def test_the_job_loss_weighs_each_row_by_its_label(tiny_backbone: Path) -> None:
     import torch
     import torch.nn.functional as F
 
-    from kaizen.tasks.training.train import load_for_training
-    from kaizen.tasks.training.train_job import distilling_trainer
+    from kaizen.tasks.training.train_job import distilling_trainer, load_for_training
 
     net, tokenizer = load_for_training(str(tiny_backbone), LABELS)
     net.eval()  # no dropout: the same logits in every call below

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from kaizen.tasks.workspace import environment
 from kaizen.tasks.workspace.environment import OFFLINE_ENV, apply_environment, child_environment
-from kaizen.tasks.workspace.layout import Workspace, template
+from kaizen.tasks.workspace.layout import Workspace
+from kaizen.tasks.workspace.members import template
 from kaizen.tasks.workspace.settings import load_settings
 
 

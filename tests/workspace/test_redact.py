@@ -23,12 +23,27 @@ LANDING = f"memory://{SECRET}@bucket/landing"
 
 
 def test_redact_masks_user_information_and_secret_query_values() -> None:
-    assert redact(f"s3://KEY:{SECRET}@bucket/x") == "s3://***@bucket/x"
+    assert redact(f"s3://KEY:{SECRET}@bucket/x") == "s3://KEY:***@bucket/x"  # a user's name stays, not its password
     assert redact("https://TOKEN@host/repo.git") == "https://***@host/repo.git"
     assert redact("gs://b/x?X-Goog-Signature=abc&generation=2") == "gs://b/x?X-Goog-Signature=***&generation=2"
     assert redact("https://h/x?token=abc#frag") == "https://h/x?token=***#frag"
     assert redact("data/landing and http://127.0.0.1:5000") == "data/landing and http://127.0.0.1:5000"
 
+
+
+def test_redact_masks_the_key_in_a_webhook_path() -> None:
+    assert redact("https://hooks.slack.com/services/T000/B000/XXXX") == "https://hooks.slack.com/services/***"
+    assert redact("https://discord.com/api/webhooks/1234/TOKEN") == "https://discord.com/api/webhooks/***"
+    assert redact("https://acme.webhook.office.com/webhookb2/a1@b2/IncomingWebhook/c3/d4") == \
+        "https://acme.webhook.office.com/webhookb2/***"
+    # any other host: from the first generated-looking segment after /services/, /webhooks/ or /hooks/
+    assert redact("https://chat.example/hooks/xk8s7d6f5g4h") == "https://chat.example/hooks/***"
+    assert redact("https://relay.example/webhooks/ops/aB3dE5gH7jK9?x=1") == "https://relay.example/webhooks/ops/***?x=1"
+    assert redact("'https://hooks.slack.com/services/T1/B2/C3'") == "'https://hooks.slack.com/services/***'"  # a repr
+    # words after the marker, and ids elsewhere in a path, are no key: a link stays whole
+    for kept in ("http://127.0.0.1:8000/hooks/kaizen", "https://mlflow.example/services/mlflow/#/runs/0123abcd4567ef",
+                 "s3://bucket/landing/2024-05-01/batch-0001.csv"):
+        assert redact(kept) == kept
 
 def test_credentials_in_the_landing_url_reach_no_param_tag_artifact_event_or_log(make_workspace, domains,
                                                                                 prefect_server, caplog,

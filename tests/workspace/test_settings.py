@@ -269,3 +269,14 @@ def test_storage_takes_urls_without_credentials(settings: Settings) -> None:
         with pytest.raises(SettingsError, match=rf"storage\.{key}: .*password.*environment") as caught:
             settings.with_overrides({f"storage.{key}": "postgresql://kaizen:hunter2@db:5432/x"})
         assert "hunter2" not in str(caught.value) and "kaizen:***@db" in str(caught.value)
+
+
+def test_a_webhook_key_in_params_is_refused_and_never_repeated(settings: Settings) -> None:
+    for url, key in (("https://hooks.slack.com/services/T000/B000/XXXX", "XXXX"),
+                     ("https://discord.com/api/webhooks/1234/TOKEN", "TOKEN"),
+                     ("https://relay.example/hook?token=abc123", "abc123")):
+        with pytest.raises(SettingsError, match=r"alerts\.webhook_url: .*env:NAME.*secret:BLOCK") as caught:
+            settings.with_overrides({"alerts.webhook_url": url})
+        assert key not in str(caught.value), caught.value
+    for where in ("", "env:SLACK_HOOK", "secret:kaizen-slack", "http://127.0.0.1:8000/hooks/kaizen"):
+        assert settings.with_overrides({"alerts.webhook_url": where}).alerts.webhook_url == where
