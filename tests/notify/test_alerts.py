@@ -266,15 +266,17 @@ def test_a_refusal_is_recorded_like_a_gate_refusal_and_announced(served, receive
     assert receiver.wait_for("batch batch-0002 drifted")
 
 
-def test_the_scoring_deployment_scores_with_the_champion(served, domains, tmp_path) -> None:
+def test_the_scoring_deployment_scores_with_the_champion(served, domains) -> None:
     ws: Workspace = served["ws"]
     texts = sample(domains["finefood"], 30, seed=6)
-    texts.to_csv(tmp_path / "reviews.csv", index=False)
-    out = tmp_path / "scored.parquet"
+    folder = ws.root / "scoring"  # a deployed run reads and writes only under serving.roots: the workspace here
+    folder.mkdir(exist_ok=True)
+    texts.to_csv(folder / "reviews.csv", index=False)
+    out = folder / "scored.parquet"
     with prefect(served["api"]) as client:
         deployment = client.read_deployment_by_name(f"kaizen-score/{ws.workspace_id}")
         run = client.create_flow_run_from_deployment(deployment.id, parameters={
-            "source": str(tmp_path / "reviews.csv"), "out": str(out)})
+            "source": str(folder / "reviews.csv"), "out": str(out)})
     done = finish(served, run.id)
     assert done.state_type.value == "COMPLETED", done.state.message
     scored = pd.read_parquet(out)

@@ -164,7 +164,7 @@ def test_up_with_credentials_lets_in_only_its_users_and_its_own_origin(tmp_path,
         with_uri = {**env, "MLFLOW_TRACKING_URI": mlflow_url.replace("://", f"://{mine[0]}:{password}@")}
         shown = kaizen("status", "--json", "-w", str(ws.root), env=with_uri).stdout
         mlflow = next(s for s in json.loads(shown)["servers"] if s["name"] == "mlflow")
-        assert mlflow["answers"] and mlflow["url"].startswith("http://***@") and password not in shown
+        assert mlflow["answers"] and mlflow["url"].startswith(f"http://{mine[0]}:***@") and password not in shown
     finally:
         kaizen("down", "-w", str(ws.root), env=env)
 
