@@ -19,12 +19,10 @@ they are the same on any machine of a shared loop.
 from __future__ import annotations
 
 import json
-import logging
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kaizen.tasks.formats.reader import BadFile, Chunk, ColumnsGrew, read_chunks, short
+from kaizen.tasks.formats.reader import Chunk, read_chunks, short
 from kaizen.tasks.ingest import landing
 from kaizen.tasks.ingest.dedup import FileKeys
 from kaizen.tasks.ingest.ingest_file import (
@@ -35,6 +33,7 @@ from kaizen.tasks.ingest.ingest_file import (
     archive_path,
     keys_path,
     quarantine_path,
+    read_or_reason,
     share,
 )
 from kaizen.tasks.ingest.ledger import FileRecord, Ledger, now
@@ -44,7 +43,6 @@ from kaizen.tasks.workspace.files import commit_file, json_line, temporary, writ
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.settings import DataSettings
 
-logger = logging.getLogger(__name__)
 FOLDER = "corrections"  # inside the landing zone (Workspace.corrections_landing)
 
 
@@ -169,27 +167,16 @@ def ingest_corrections(ws: Workspace, ledger: Ledger, name: str, incoming: Path,
 
 def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys, chunk_rows: int) -> Tally:
     """Every row applied or quarantined; a file that cannot be read is one quarantined unit, as a data file is
-    (tasks/ingest/ingest_file.py read_rows)."""
-    columns: list[str] | None = None
-    while True:
-        try:
-            return _judged(ws, ledger, name, sha, path, seen, chunk_rows, columns)
-        except ColumnsGrew as grew:  # a JSON Lines column first seen late: read again, knowing every column
-            columns = grew.columns
-            continue
-        except BadFile as exc:
-            reason = str(exc)
-        except (sqlite3.Error, OSError):  # the ledger's or the disk's trouble, not the file's: the run stops
-            raise
-        except Exception as exc:  # a reader's bug or limit met by this file's bytes
-            logger.exception("%s could not be read; quarantined whole", name)
-            reason = f"unreadable file: {type(exc).__name__}: {str(exc)[:300]}"
-        seen.clear()
-        applied_path(ws).write_text("", encoding="utf-8")
-        tally = Tally()
-        with QuarantineFile(temporary(quarantine_path(ws, sha)), name, sha, ws.settings.limits) as out:
-            out.add([{"row": 0, "reason": reason, "record": None}], tally)
-        return tally
+    (tasks/ingest/ingest_file.py read_or_reason)."""
+    read = read_or_reason(name, lambda columns: _judged(ws, ledger, name, sha, path, seen, chunk_rows, columns))
+    if isinstance(read, Tally):
+        return read
+    seen.clear()
+    applied_path(ws).write_text("", encoding="utf-8")
+    tally = Tally()
+    with QuarantineFile(temporary(quarantine_path(ws, sha)), name, sha, ws.settings.limits) as out:
+        out.add([{"row": 0, "reason": read, "record": None}], tally)
+    return tally
 
 
 def _judged(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys, chunk_rows: int,

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,23 +148,29 @@ def read_rows(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, se
     """Each row of a file accepted (to the staged temporary) or quarantined (to the quarantine temporary). A
     file that cannot be read is one quarantined unit whose reason is the error: whatever one file holds, it
     never stops the files after it nor the loop (its bytes stay in the archive, and the traceback in the log)."""
+    read = read_or_reason(name, lambda columns: _read(ws, ledger, name, sha, path, seen, chunk_rows, columns))
+    return read if isinstance(read, Tally) else _refused(ws, name, sha, seen, read)
+
+
+def read_or_reason(name: str, read: Callable[[list[str] | None], Tally]) -> Tally | str:
+    """`read(columns)` to its end, again knowing every column when a JSON Lines column turns up late; or, when
+    the file cannot be read, the reason it is quarantined whole (for data and correction files alike)."""
     columns: list[str] | None = None
     while True:
         try:
-            return _read(ws, ledger, name, sha, path, seen, chunk_rows, columns)
+            return read(columns)
         except ColumnsGrew as grew:  # a JSON Lines column first seen late: read again, knowing every column
             columns = grew.columns
             continue
         except BadFile as exc:
-            reason = str(exc)
+            return str(exc)
         except (sqlite3.Error, OSError):
             # The ledger's or our own disk's trouble, not the file's (its faults are BadFile): the run stops
             # and the file stays in the landing zone.
             raise
         except Exception as exc:  # a reader's bug or limit met by this file's bytes
             logger.exception("%s could not be read; quarantined whole", name)
-            reason = f"unreadable file: {type(exc).__name__}: {str(exc)[:300]}"
-        return _refused(ws, name, sha, seen, reason)
+            return f"unreadable file: {type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: FileKeys, chunk_rows: int,
