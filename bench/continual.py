@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +67,23 @@ def correct(model_dir: Path, ws, frames: dict[str, pd.DataFrame]) -> dict[str, n
 class HeldOut:
     """Each step's model on the held-out rows of the domains streamed so far, scored once per model (a refused
     challenger leaves the champion, and its scores, as they were). Keeps the rows each final model got right,
-    for paired differences between arms."""
+    for paired differences between arms. `sets`: held-out rows per domain, normalised here as the DVC stage
+    normalises what the model trains and is tested on."""
 
     def __init__(self, ws, sets: dict[str, pd.DataFrame]):
-        self.ws, self.sets, self.seen = ws, sets, {}
+        from kaizen.tasks.formats.text import normalize_text
 
-    def step(self, model_dir: Path, batches: list[str]) -> dict[str, np.ndarray]:
-        missing = {b: self.sets[b] for b in batches if (str(model_dir), b) not in self.seen}
-        for b, hits in (correct(model_dir, self.ws, missing) if missing else {}).items():
-            self.seen[(str(model_dir), b)] = hits
-        return {b: self.seen[(str(model_dir), b)] for b in batches}
+        lowercase = ws.settings.preprocess.lowercase
+        self.ws = ws
+        self.seen: dict[tuple[str, str], np.ndarray] = {}
+        self.sets = {name: rows.assign(text=rows["text"].map(lambda t: normalize_text(t, lowercase)))
+                     for name, rows in sets.items()}
+
+    def step(self, model_dir: Path, domains: list[str]) -> dict[str, np.ndarray]:
+        missing = {d: self.sets[d] for d in domains if (str(model_dir), d) not in self.seen}
+        for d, hits in (correct(model_dir, self.ws, missing) if missing else {}).items():
+            self.seen[(str(model_dir), d)] = hits
+        return {d: self.seen[(str(model_dir), d)] for d in domains}
 
 
 def held_out_rows(domain: pd.DataFrame, streamed: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -89,11 +97,12 @@ def held_out_rows(domain: pd.DataFrame, streamed: pd.DataFrame, n: int, seed: in
     return rest.sample(n=min(n, len(rest)), random_state=seed)[["text", "label"]]
 
 
-def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: dict[str, pd.DataFrame]) -> dict:
-    """The real loop, one batch per iteration. A step that leaves no champion (the first batch refused) scores
-    NaN on every domain: the table shows it rather than the script stopping."""
+def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: dict[str, pd.DataFrame],
+               scored_on: list[list[str]], after_step: Callable[[object, dict], dict] | None = None) -> dict:
+    """The real loop, one batch (file) per iteration, each step's champion scored on the held-out rows of the
+    domains in `scored_on[step]`. A step that leaves no champion (the first batch refused) scores NaN on every
+    domain: the table shows it rather than the script stopping. `after_step(ws, summary)` adds to a step's notes."""
     from kaizen.flows.loop import iteration
-    from kaizen.tasks.formats.text import normalize_text
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.registry.tags import TAG
     from kaizen.tasks.workspace.layout import Workspace
@@ -105,25 +114,23 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     landing = Path(ws.landing)
     landing.mkdir(parents=True, exist_ok=True)
     per_step, held_steps, samples, decisions, batches, champion, notes = [], [], 0, [], [], None, []
-    held_out = HeldOut(ws, {})  # one for every arm: models are told apart by their folders
-    for path, rows in zip(files, held.values(), strict=True):
+    held_out = HeldOut(ws, held)  # one for every arm: models are told apart by their folders
+    for path, domains in zip(files, scored_on, strict=True):
         (landing / path.name).write_bytes(path.read_bytes())
         epochs = ws.settings.train.epochs if champion else ws.settings.train.bootstrap_epochs
         summary = iteration(str(root))
         batches.append(summary["batch"])
-        # normalised as the DVC stage normalises what the model trains and is tested on
-        held_out.sets[summary["batch"]] = rows.assign(text=rows["text"].map(
-            lambda t: normalize_text(t, ws.settings.preprocess.lowercase)))
         client = tracking.connect(ws)
         champion = tracking.model_by_alias(client, ws.settings.model.registered_name, tracking.CHAMPION)
         model = tracking.local_model(ws, champion.version) if champion else None
         per_step.append(accuracies(model, ws, batches) if model else dict.fromkeys(batches, float("nan")))
-        held_steps.append(held_out.step(model, batches) if model else {})
+        held_steps.append(held_out.step(model, domains) if model else {})
         decisions.append(summary["decision"])
         run = client.get_run(summary["run_id"])
         # which mix the merge chose and what the gate said: why a step learned or refused, read from the run
         notes.append({"merge_alpha": run.data.tags.get(TAG["merge_alpha"]),
-                      "reasons": run.data.tags.get(TAG["reasons"], "")[:1000]})
+                      "reasons": run.data.tags.get(TAG["reasons"], "")[:1000]}
+                     | (after_step(ws, summary) if after_step else {}))
         if summary.get("challenger_version"):
             samples += int(run.data.metrics["train.rows"]) * epochs
         print(f"    kaizen: {summary['batch']} {summary['decision']}, champion "
@@ -147,14 +154,14 @@ def train_on(ws, start: Path, frame: pd.DataFrame, val: pd.DataFrame, epochs: in
 
 
 def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_ratio: float, gated: bool,
-                   held_out: HeldOut) -> dict:
+                   held_out: HeldOut, scored_on: list[list[str]]) -> dict:
     """naive (no replay, always promoted) or fixed-gate (replay and the old point-estimate gate, on the test
-    splits as the loop's gate was)."""
+    splits as the loop's gate was). A model of this arm that no later step needs is deleted once scored."""
     from kaizen.tasks.data.preprocess import batch_seed, draw_replay
 
     gate, epochs = FIXED_GATE, ws.settings.train.epochs
     champion, samples, decisions = bootstrap, 0, ["promoted"]
-    per_step, held_steps = [accuracies(champion, ws, batches[:1])], [held_out.step(champion, batches[:1])]
+    per_step, held_steps = [accuracies(champion, ws, batches[:1])], [held_out.step(champion, scored_on[0])]
     for k in range(1, len(batches)):
         batch, split = batches[k], (lambda b, s: pd.read_parquet(ws.split_file(b, s)))
         train = split(batch, "train")
@@ -168,45 +175,61 @@ def sequential_arm(ws, batches: list[str], bootstrap: Path, work: Path, replay_r
         new, old = accuracies(tuned, ws, batches[: k + 1]), per_step[-1] | accuracies(champion, ws, [batch])
         promote = not gated or (new[batch] >= gate["min_score"] and new[batch] - old[batch] >= gate["min_improvement"]
                                 and all(old[b] - new[b] <= gate["max_regression"] for b in batches[:k]))
-        champion = tuned if promote else champion
+        replaced, champion = (champion, tuned) if promote else (tuned, champion)
         decisions.append("promoted" if promote else "rejected")
         per_step.append(new if promote else {b: old[b] for b in batches[: k + 1]})
-        held_steps.append(held_out.step(champion, batches[: k + 1]))
+        held_steps.append(held_out.step(champion, scored_on[k]))
+        discard(replaced, work)
     return {"steps": per_step, "held_out": held_steps, "samples": samples, "decisions": decisions}
 
 
-def joint_arm(ws, batches: list[str], work: Path, held_out: HeldOut) -> dict:
+def discard(model: Path, work: Path) -> None:
+    """Delete a model's training folder (its weights and checkpoints: 90 MB and more for MiniLM) when this arm
+    made it under `work`; the bootstrap champion belongs to the kaizen arm's workspace and stays."""
+    if work.resolve() in model.resolve().parents:
+        shutil.rmtree(model.parent)
+
+
+def joint_model(ws, batches: list[str], out: Path) -> Path:
+    """Retrained from the pretrained encoder on the train splits of `batches`, validated on their val splits."""
     from kaizen.tasks.training.train import resolve_backbone
 
     trains = [pd.read_parquet(ws.split_file(b, "train")) for b in batches]
     val = pd.concat([pd.read_parquet(ws.split_file(b, "val")) for b in batches], ignore_index=True)
-    model = train_on(ws, Path(resolve_backbone(ws.settings.model.backbone)), pd.concat(trains, ignore_index=True),
-                     val, ws.settings.train.bootstrap_epochs, work / "joint", from_scratch=True)
-    return {"steps": [accuracies(model, ws, batches)], "held_out": [held_out.step(model, batches)],
+    return train_on(ws, Path(resolve_backbone(ws.settings.model.backbone)), pd.concat(trains, ignore_index=True),
+                    val, ws.settings.train.bootstrap_epochs, out, from_scratch=True)
+
+
+def joint_arm(ws, batches: list[str], work: Path, held_out: HeldOut, domains: list[str]) -> dict:
+    model = joint_model(ws, batches, work / "joint")
+    return {"steps": [accuracies(model, ws, batches)], "held_out": [held_out.step(model, domains)],
             "samples": joint_samples(ws, batches), "decisions": []}
 
 
-def joint_samples(ws, batches: list[str]) -> int:
-    """Retraining at every arrival: the samples of each retraining, though only the last one is run."""
-    rows = [len(pd.read_parquet(ws.split_file(b, "train"))) for b in batches]
-    return sum(sum(rows[: k + 1]) * ws.settings.train.bootstrap_epochs for k in range(len(rows)))
+def joint_samples(ws, batches: list[str], at: list[int] | None = None, leave_out: Collection[str] = ()) -> int:
+    """The samples of retraining on the batches so far but `leave_out` after each of the `at` arrivals (1-based;
+    default: every arrival, though continual's joint arm runs only the last)."""
+    rows = [0 if b in leave_out else len(pd.read_parquet(ws.split_file(b, "train"))) for b in batches]
+    steps = range(1, len(rows) + 1) if at is None else at
+    return sum(sum(rows[:k]) * ws.settings.train.bootstrap_epochs for k in steps)
 
 
-def summarise(result: dict, batches: list[str]) -> dict:
-    """Final accuracies, their mean and the worst forgetting, on the test splits and (under "held_out") on the
-    held-out rows, with each step's accuracies there and the rows each final model got right."""
-    def figures(steps: list[dict]) -> dict:
+def summarise(result: dict, batches: list[str], domains: list[str]) -> dict:
+    """Final accuracies, their mean and the worst forgetting, on the test splits of `batches` and (under
+    "held_out") on the held-out rows of `domains`, with each step's accuracies there and the rows each final
+    model got right."""
+    def figures(steps: list[dict], keys: list[str]) -> dict:
         final = steps[-1]
-        worst = max([0.0] + [np.nanmax([s[b] for s in steps if b in s]) - final[b] for b in batches])
-        return {"final": [final[b] for b in batches], "mean": float(np.mean([final[b] for b in batches])),
+        worst = max([0.0] + [np.nanmax([s[b] for s in steps if b in s]) - final[b] for b in keys])
+        return {"final": [final[b] for b in keys], "mean": float(np.mean([final[b] for b in keys])),
                 "forgetting": worst}
 
-    held = [{b: float(np.mean(hits)) for b, hits in step.items()} for step in result["held_out"] if step]
+    held = [{d: float(np.mean(hits)) for d, hits in step.items()} for step in result["held_out"] if step]
     last = result["held_out"][-1]  # empty when no champion was ever promoted: NaN, as on the test splits
-    nothing = {"final": [float("nan")] * len(batches), "mean": float("nan"), "forgetting": float("nan")}
-    return figures(result["steps"]) | {
-        "held_out": (figures(held) if last else nothing) | {
-            "steps": held, "correct": [last[b].astype(int).tolist() for b in batches] if last else []},
+    nothing = {"final": [float("nan")] * len(domains), "mean": float("nan"), "forgetting": float("nan")}
+    return figures(result["steps"], batches) | {
+        "held_out": (figures(held, domains) if last else nothing) | {
+            "steps": held, "correct": [last[d].astype(int).tolist() for d in domains] if last else []},
         "samples": result["samples"], "decisions": result["decisions"], "notes": result.get("notes", [])}
 
 
@@ -223,15 +246,17 @@ def one_run(work: Path, order: list[str], seed: int, rows: int, held_out: int, o
         path = work / "stream" / f"{i:02d}-{name}.csv"
         path.write_bytes(frame_bytes(frame[["text", "label"]], path.name))
         files.append(path)
-    kaizen = kaizen_arm(work / "kaizen", files, seed, overrides, held)
+    scored_on = [order[: k + 1] for k in range(len(order))]  # each step: the domains streamed so far
+    kaizen = kaizen_arm(work / "kaizen", files, seed, overrides, held, scored_on)
     ws, batches = kaizen["ws"], kaizen["batches"]
     scored = kaizen["held_out_eval"]
     arms = {"kaizen": kaizen} if kaizen_only else {
-        "naive": sequential_arm(ws, batches, kaizen["bootstrap"], work / "naive", 0.0, False, scored),
-        "fixed-gate": sequential_arm(ws, batches, kaizen["bootstrap"], work / "fixed", 0.5, True, scored),
-        "kaizen": kaizen, "joint": joint_arm(ws, batches, work, scored)}
+        "naive": sequential_arm(ws, batches, kaizen["bootstrap"], work / "naive", 0.0, False, scored, scored_on),
+        "fixed-gate": sequential_arm(ws, batches, kaizen["bootstrap"], work / "fixed", 0.5, True, scored, scored_on),
+        "kaizen": kaizen, "joint": joint_arm(ws, batches, work, scored, order)}
     joint = joint_samples(ws, batches)
-    return {name: summarise(result, batches) | {"share": result["samples"] / joint} for name, result in arms.items()}
+    return {name: summarise(result, batches, order) | {"share": result["samples"] / joint}
+            for name, result in arms.items()}
 
 
 def table(runs: list[dict[str, dict]], order: list[str], held_out: bool) -> str:
@@ -285,6 +310,23 @@ def with_other_arms(kaizen: dict[str, dict], full_run: Path) -> dict[str, dict]:
     return {arm: (kaizen["kaizen"] if arm == "kaizen" else result) for arm, result in other.items()}
 
 
+def parse_sets(items: list[str]) -> dict:
+    """`--set KEY=VALUE` options as params.yaml overrides, each value read as YAML."""
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
+def prepare_environment(work: Path) -> None:
+    """Prefect's and MLflow's environment from a workspace under `work`, before Prefect is imported."""
+    from kaizen.tasks.workspace.environment import apply_environment
+    from kaizen.tasks.workspace.layout import Workspace
+    from kaizen.tasks.workspace.members import init_workspace
+
+    work.mkdir(parents=True, exist_ok=True)
+    apply_environment(Workspace.open(init_workspace(work / "prefect-home-ws").root))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=800, help="rows per domain")
@@ -303,15 +345,8 @@ def main() -> None:
                         help="run nothing: the table of the result.json files that earlier runs left under --work")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "continual")
     args = parser.parse_args()
-    import yaml
-
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
-    from kaizen.tasks.workspace.environment import apply_environment
-    from kaizen.tasks.workspace.layout import Workspace
-    from kaizen.tasks.workspace.members import init_workspace
-
-    args.work.mkdir(parents=True, exist_ok=True)
-    apply_environment(Workspace.open(init_workspace(args.work / "prefect-home-ws").root))  # before Prefect
+    overrides = parse_sets(args.set)
+    prepare_environment(args.work)
     began, report = time.perf_counter(), []
     for order in (o.split(",") for o in args.orders.split(";")):
         runs = []

@@ -11,7 +11,9 @@ registered on a work pool by `kaizen deploy --pool` (a `prefect worker start` pr
 Kubernetes job starts them; see infra/).
 
 Beside it, each workspace gets a second deployment, `kaizen-score/<workspace>` (flows/scoring.py: batch scoring
-with the champion, on demand), and the alert automations of tasks/notify/alerts.py (when `alerts.webhook_url` is set).
+with the champion, on demand), a third, `kaizen-watch/<workspace>` (flows/watch.py: drift of the captured traffic,
+on the cron of `watch.cron`), a fourth, `kaizen-select/<workspace>` (flows/select.py: a labeling queue of a given
+`budget`, on demand), and the alert automations of tasks/notify/alerts.py (when `alerts.webhook_url` is set).
 
 The parameters `run_parameters` gives a deployment fix where its runs work: whoever starts a run through the
 Prefect API may give it parameters, but a run asking for another `workspace` or `join` than its deployment's is
@@ -29,6 +31,8 @@ from kaizen.tasks.workspace.layout import Workspace, hold
 
 FLOW_NAME = "kaizen-iteration"
 SCORING_FLOW_NAME = "kaizen-score"
+WATCH_FLOW_NAME = "kaizen-watch"
+SELECT_FLOW_NAME = "kaizen-select"
 
 
 def deployment_name(ws: Workspace) -> str:
@@ -80,8 +84,36 @@ def build_scoring(ws: Workspace, job_variables: dict | None = None, on_pool: boo
         tags=["kaizen", f"workspace:{ws.workspace_id}"], entrypoint_type=EntrypointType.MODULE_PATH)
 
 
+def build_watch(ws: Workspace, job_variables: dict | None = None, on_pool: bool = False):
+    """The RunnerDeployment of this workspace's watch on captured traffic (flows/watch.py), on `watch.cron`. No
+    concurrency limit: a watch killed with its process would hold the slot for good, and two at once only read
+    one window twice."""
+    from prefect.deployments.runner import EntrypointType
+
+    from kaizen.flows.watch import watch
+
+    return watch.to_deployment(
+        name=deployment_name(ws), cron=ws.settings.watch.cron, parameters=run_parameters(ws, on_pool),
+        job_variables=job_variables, description=f"kaizen watch of the traffic captured by {ws.root}: drift "
+        "from the champion's data", tags=["kaizen", f"workspace:{ws.workspace_id}"],
+        entrypoint_type=EntrypointType.MODULE_PATH)
+
+
+def build_select(ws: Workspace, job_variables: dict | None = None, on_pool: bool = False):
+    """The RunnerDeployment of this workspace's choice of texts to label (flows/select.py): no schedule, run on
+    demand with a `budget` (a labeler's capacity is a person's call, not a cron's)."""
+    from prefect.deployments.runner import EntrypointType
+
+    from kaizen.flows.select import select
+
+    return select.to_deployment(
+        name=deployment_name(ws), parameters=run_parameters(ws, on_pool), job_variables=job_variables,
+        description=f"kaizen: queue the texts captured by {ws.root} most worth labeling: give `budget`",
+        tags=["kaizen", f"workspace:{ws.workspace_id}"], entrypoint_type=EntrypointType.MODULE_PATH)
+
+
 def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -> list[str]:
-    """Register both deployments and the alert automations (their names go to `on_alerts`), and run the
+    """Register the four deployments and the alert automations (their names go to `on_alerts`), and run the
     deployments from this process until interrupted (Ctrl-C pauses them). A second `kaizen serve` of the
     workspace is refused: stopping either would pause the deployments under the other. Before serving, runs a
     killed earlier `kaizen serve` left Running are marked Crashed (tasks/runtime/zombies.py)."""
@@ -91,15 +123,17 @@ def serve(ws: Workspace, on_alerts: Callable[[list[str]], None] | None = None) -
         names = alerts.ensure_automations(ws)
         if on_alerts:
             on_alerts(names)
-        # Scoring first: once the loop's deployment exists, whoever waits for it (a test, an operator's script)
-        # finds the scoring one too, rather than racing prefect's serve, which applies both again.
+        # The others first: once the loop's deployment exists, whoever waits for it (a test, an operator's script)
+        # finds the other three as well, rather than racing prefect's serve, which applies all again.
         build_scoring(ws).apply()
+        build_watch(ws).apply()
+        build_select(ws).apply()
         zombies.ensure_automation(ws, build(ws).apply())
         crashed = zombies.reconcile(ws, f"{FLOW_NAME}/{deployment_name(ws)}")
         if crashed:
             print(f"marked Crashed {len(crashed)} run(s) of an earlier `kaizen serve` whose process is gone: "
                   f"{', '.join(crashed)}; the next run finishes their iteration")
-        prefect_serve(build(ws), build_scoring(ws))
+        prefect_serve(build(ws), build_scoring(ws), build_watch(ws), build_select(ws))
     return crashed
 
 
@@ -125,7 +159,7 @@ def ensure_process_pool(pool: str) -> str:
 
 
 def deploy(ws: Workspace, pool: str) -> tuple[str, list[str]]:
-    """Register both deployments on a work pool (created as a process pool if missing) and the alert
+    """Register the four deployments on a work pool (created as a process pool if missing) and the alert
     automations. Returns the loop deployment's id and the automations' names."""
     kind = ensure_process_pool(pool)
     # a worker's run gets none of this shell's environment
@@ -134,6 +168,8 @@ def deploy(ws: Workspace, pool: str) -> tuple[str, list[str]]:
         job_variables["working_dir"] = str(ws.root)
     names = alerts.ensure_automations(ws)
     build_scoring(ws, job_variables, on_pool=True).apply(work_pool_name=pool)
+    build_watch(ws, job_variables, on_pool=True).apply(work_pool_name=pool)
+    build_select(ws, job_variables, on_pool=True).apply(work_pool_name=pool)
     deployment_id = build(ws, job_variables, on_pool=True).apply(work_pool_name=pool)
     zombies.ensure_automation(ws, deployment_id)
     return str(deployment_id), names

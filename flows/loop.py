@@ -19,7 +19,7 @@ from kaizen.tasks.evaluation import approval, evaluate, promote, screening
 from kaizen.tasks.ingest import collect as ingest
 from kaizen.tasks.notify import alerts, arrivals
 from kaizen.tasks.operate import failures, history, recovery
-from kaizen.tasks.registry import record, tracking
+from kaizen.tasks.registry import lineage, record, tracking
 from kaizen.tasks.registry.record import Iteration, IterationSummary
 from kaizen.tasks.registry.tags import Decision
 from kaizen.tasks.runtime import callers, zombies
@@ -42,6 +42,7 @@ recover_interrupted = step(recovery.recover_interrupted)
 restore_inputs = step(restore.restore_inputs)
 build_data_version = step(data_version.build_data_version)
 start_iteration = step(record.start_iteration)
+labeling_lineage = step(lineage.labeling_lineage)
 local_model = step(tracking.local_model)
 screen = step(screening.screen)
 check_drift = step(evaluate.check_drift)
@@ -135,6 +136,7 @@ def learn(ws: Workspace, batch_id: str, batches: list[str], force_train: bool) -
     print(restore_inputs(ws).describe())  # this folder is a cache: the stores hold the loop's state
     version = build_data_version(ws, batch_id)
     it = start_iteration(ws, batch_id, batches, version, flow_run_id=str(flow_run.id or ""))
+    it = labeling_lineage(ws, it)  # rows labeled from `kaizen select`'s queues: which model's doubt asked for them
     champion_dir = local_model(ws, it.champion.version) if it.champion else None
     unusable = screen(ws, it)  # a batch no challenger could be judged on
     if unusable:

@@ -1,7 +1,8 @@
 """Batch scoring as a Prefect flow: the second deployment of a workspace (flows/deployment.py), run from the
 Prefect UI or API with a `source` and an `out` (`prefect deployment run 'kaizen-score/<workspace>' -p
 source=... -p out=...`), each under `serving.roots`. The work is tasks/serving/scoring.py's, as under `kaizen
-score`; the run shows a progress artifact while it goes and a markdown artifact with the outcome.
+score`, so the rows it labels are recorded in the workspace's captures alike (tasks/serving/capture.py); the run
+shows a progress artifact while it goes and a markdown artifact with the outcome.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def score(source: str, out: str, workspace: str = ".", join: str | None = None) 
         key="kaizen-scoring-summary", description=f"kaizen scoring of {source}",
         markdown=(f"# kaizen scoring\n\n`{source}` -> `{result.out}` with champion v{result.model_version}: "
                   f"{result.rows} rows from {result.files} file(s), {result.labelled} labelled, "
-                  f"{result.with_reason} with a reason, in {result.seconds:.1f} s.\n"
+                  f"{result.with_reason} with a reason, in {result.seconds:.1f} s; {result.captured} recorded in the "
+                  f"workspace's captures.\n"
                   + (f"\n## Files or parts not read\n{problems}" if problems else "")))
     print(f"wrote {result.rows} rows to {result.out} (champion v{result.model_version})")
     return result.as_dict()

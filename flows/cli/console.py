@@ -51,7 +51,8 @@ def summary_table(rows: list[dict], title: str) -> Table:
     for r in rows:
         style = styles.get(r["decision"], "dim")
         table.add_row(r["batch"] or "–", str(r["rows_accepted"]), str(r["rows_quarantined"]), fmt(r["drift_share"]),
-                      fmt(r["champion_score"]), fmt(r["challenger_score"]), f"[{style}]{r['decision']}[/]",
+                      fmt(r["champion_score"]), fmt(r["challenger_score"]),
+                      f"[{style}]{r['reasons'][0] if r['decision'] == Decision.LABELS else r['decision']}[/]",
                       r["challenger_version"] or "–", r["champion_version"] or "–")
     return table
 

@@ -96,17 +96,28 @@ def alert_lines(names: list[str]) -> str:
 @app.command()
 def serve(workspace: WorkspaceOpt = Path(".")) -> None:
     """Serve the loop's deployment from this process: the cron of params.yaml, a run per data-arrival event,
-    one run at a time; and the batch-scoring deployment. Ctrl-C stops serving (and pauses both)."""
+    one run at a time; and the batch-scoring, traffic-watch and labeling-queue deployments. Ctrl-C stops serving
+    (and pauses them)."""
     ws = open_workspace(workspace)
     _require_server(ws)
-    from kaizen.flows.deployment import FLOW_NAME, SCORING_FLOW_NAME, deployment_name, serve
+    from kaizen.flows.deployment import (
+        FLOW_NAME,
+        SCORING_FLOW_NAME,
+        SELECT_FLOW_NAME,
+        WATCH_FLOW_NAME,
+        deployment_name,
+        serve,
+    )
     from kaizen.tasks.notify.alerts import AlertsError
     from kaizen.tasks.notify.events import ARRIVED
     from kaizen.tasks.workspace.files import Busy
 
     console.print(f"serving {FLOW_NAME}/{deployment_name(ws)} on {ws.prefect_api_url}: cron "
                   f"'{ws.settings.schedule.cron}', and a run per {ARRIVED} event for this workspace; "
-                  f"and {SCORING_FLOW_NAME}/{deployment_name(ws)} (batch scoring, on demand)")
+                  f"and {SCORING_FLOW_NAME}/{deployment_name(ws)} (batch scoring, on demand), and "
+                  f"{WATCH_FLOW_NAME}/{deployment_name(ws)} (drift of the captured traffic, cron "
+                  f"'{ws.settings.watch.cron}'), and {SELECT_FLOW_NAME}/{deployment_name(ws)} (a labeling queue, on "
+                  "demand)")
     try:
         serve(ws, on_alerts=lambda names: console.print(alert_lines(names)))
     except Busy as exc:

@@ -1,4 +1,4 @@
-"""The commands that use the champion: `serve-model` (MLflow's model server), `score` (batch scoring) and
+"""The commands that use the champion: `serve-model` (MLflow's scoring server), `score` (batch scoring) and
 `predict` (a text, or a file through the same batch scorer). flows/cli/__init__.py merges them into the `kaizen`
 command; thin like every command.
 """
@@ -25,15 +25,15 @@ def serve_model(workspace: WorkspaceOpt = Path("."),
                 host: Annotated[str | None, typer.Option(help="Default: servers.host")] = None,
                 version: Annotated[str | None, typer.Option(help="Serve this version, not the champion.")] = None,
                 ) -> None:
-    """Serve the champion over HTTP with `mlflow models serve` (POST /invocations, GET /ping). Off loopback it
-    needs MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, as `kaizen up` does; with them set, every caller
-    must send them (HTTP basic auth)."""
+    """Serve the champion over HTTP with MLflow's scoring server (POST /invocations, GET /ping), recording what it
+    answers (params.yaml `capture`). Off loopback it needs MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, as
+    `kaizen up` does; with them set, every caller must send them (HTTP basic auth)."""
     from mlflow.exceptions import MlflowException
 
     from kaizen.tasks.registry import tracking
-    from kaizen.tasks.runtime.security import Unprotected
+    from kaizen.tasks.runtime.security import MLFLOW_PASSWORD, MLFLOW_USER, Unprotected
     from kaizen.tasks.serving.champion import ServingError, serve_command
-    from kaizen.tasks.serving.guarded import MODEL_FOLDER
+    from kaizen.tasks.workspace.redact import redact
 
     ws = open_workspace(workspace)
     client = tracking.connect(ws)
@@ -47,16 +47,20 @@ def serve_model(workspace: WorkspaceOpt = Path("."),
         raise fail("nothing to serve:", ValueError("there is no champion yet: run the loop first"), 2)
     host, port = host or ws.settings.servers.host, port or ws.settings.serving.port
     try:
-        command, env = serve_command(ws, port, host, version)
+        command, env = serve_command(ws, port, host, served.version)
     except (Unprotected, ServingError) as exc:
         raise fail("cannot serve:", exc, 2) from exc
-    guard = " behind basic auth (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)" if MODEL_FOLDER in env else ""
-    console.print(f"serving {name} v{served.version} at http://{host}:{port}/invocations{guard} "
+    guard = f" behind basic auth ({MLFLOW_USER} / {MLFLOW_PASSWORD})" if env.get(MLFLOW_USER) and \
+        env.get(MLFLOW_PASSWORD) else ""
+    kept = ws.settings.capture
+    captured = (f"recording {kept.sample_rate:.0%} of the texts answered{'' if kept.keep_text else ' (hashes only)'} "
+                f"in {redact(ws.captures)}") if kept.enabled else "recording nothing (capture.enabled: false)"
+    console.print(f"serving {name} v{served.version} at http://{host}:{port}/invocations{guard}, {captured} "
                   f"(`{' '.join(command[2:])}`); a later promotion is served after a restart")
     os.execve(command[0], command, env)  # the server replaces this process: signals reach it directly
 
 
-def _score_with_bar(ws: Workspace, source: str, out: str, classifier=None):
+def _score_with_bar(ws: Workspace, source: str, out: str, classifier=None, capture: bool = True):
     """tasks/serving/scoring.py's `score`, with a progress bar: under `kaizen score` and `kaizen predict FILE`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -67,7 +71,7 @@ def _score_with_bar(ws: Workspace, source: str, out: str, classifier=None):
     with Progress(*columns, console=console) as bar:
         job = bar.add_task(f"scoring {source}", total=1.0, rows=0)
         return score(ws, source, out, progress=lambda done, rows: bar.update(job, completed=done, rows=rows),
-                     classifier=classifier)
+                     classifier=classifier, capture=capture)
 
 
 @app.command()
@@ -80,6 +84,7 @@ def score(source: Annotated[str, typer.Argument(help="A CSV / JSON Lines / Parqu
     model version, and a reason for each row or file that could not be labelled."""
     from kaizen.tasks.serving.champion import ServingError
     from kaizen.tasks.serving.scoring import ScoringError
+    from kaizen.tasks.workspace.redact import redact
 
     ws = open_workspace(workspace)
     try:
@@ -87,7 +92,8 @@ def score(source: Annotated[str, typer.Argument(help="A CSV / JSON Lines / Parqu
     except (ScoringError, ServingError) as exc:
         raise fail("cannot score:", exc, 2) from exc
     console.print(f"wrote {result.rows} rows to {result.out} (champion v{result.model_version}, {result.files} "
-                  f"file(s), {result.seconds:.1f} s): {result.labelled} labelled, {result.with_reason} with a reason")
+                  f"file(s), {result.seconds:.1f} s): {result.labelled} labelled, {result.with_reason} with a reason, "
+                  f"{result.captured} recorded in {redact(ws.captures)}")
     for problem in result.problems:
         console.print(f"  [yellow]{problem}[/]")
 
@@ -111,11 +117,11 @@ def predict(source: Annotated[str, typer.Argument(help="A text, or a CSV / JSON 
             row = classifier.predict([source]).iloc[0]
             if row["reason"] is not None:
                 raise fail("cannot predict:", ValueError(f"{row['reason']} (champion v{classifier.version})"))
-            shown = ", ".join(f"{label} {row[f'p_{label}']:.3f}" for label in ws.settings.data.labels)
+            shown = ", ".join(f"{label} {row[f'p_{label}']:.3f}" for label in classifier.labels)
             console.print(f"{row['prediction']}  ({shown}; champion v{classifier.version})")
             return
         out = out or path.with_name(Path(inner_name(path.name)).stem + ".predictions.csv")
-        result = _score_with_bar(ws, str(path), str(out), classifier)
+        result = _score_with_bar(ws, str(path), str(out), classifier, capture=False)  # a person's tries: no traffic
     except (ScoringError, ServingError) as exc:
         raise fail("cannot predict:", exc) from exc
     console.print(f"wrote {result.rows} predictions (champion v{result.model_version}) to {out}"

@@ -118,8 +118,9 @@ def read_corrections(path: Path) -> pd.DataFrame:
 
 
 def split_one(batch: pd.DataFrame, batch_id: str, pre: PreprocessSettings) -> dict[str, pd.DataFrame]:
-    """One accepted batch -> its train, val and test splits: texts normalised, duplicates within it dropped."""
-    frame = batch[["text", "label"]].copy()
+    """One accepted batch -> its train, val and test splits: texts normalised, duplicates within it dropped. A
+    batch that keeps capture ids (rows labeled from a queue of `kaizen select`) keeps them in its splits."""
+    frame = batch[[c for c in ("text", "label", "capture_id") if c in batch.columns]].copy()
     frame["text"] = frame["text"].map(lambda t: normalize_text(t, pre.lowercase))
     frame = frame[~frame["text"].map(text_key).duplicated()].reset_index(drop=True)
     return split_batch(frame, pre, batch_seed(pre.seed, batch_id))

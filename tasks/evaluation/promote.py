@@ -6,7 +6,9 @@ The gate judges champion and challenger on the same rows (tasks/evaluation/stats
   McNemar test at `improvement_alpha` (without it, that test is only reported);
 - on every trusted earlier batch, on all of them pooled, and (without `require_improvement`) on the new batch,
   it is refused only when a loss beyond `max_regression` is shown: a one-sided paired-bootstrap test per
-  batch, Holm-corrected over those checks at `alpha`.
+  batch, Holm-corrected over those checks at `alpha`; with `judge_against_best`, the same test against the best
+  model each earlier batch has had, where that is not the champion, joins them (tasks/evaluation/best.py: no
+  ratchet of losses each within the margin).
 Why a new batch need not show a gain by default: the challenger was trained on it, and its test split is too
 small to see a gain of a few points (bench/README.md: two challengers in eighteen refused, both better held out).
 Every check is recorded with its estimate, interval and verdict, on the model version and the iteration's run,
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kaizen.tasks.evaluation import stats
+from kaizen.tasks.evaluation.best import record_promotion
+from kaizen.tasks.evaluation.paired import PairedPredictions
 from kaizen.tasks.model.predict import scores
 from kaizen.tasks.registry import tags
 from kaizen.tasks.registry.tags import TAG
@@ -30,18 +34,6 @@ from kaizen.tasks.workspace.settings import GateSettings
 
 if TYPE_CHECKING:
     from kaizen.tasks.registry.record import Iteration
-
-
-@dataclass(frozen=True)
-class PairedPredictions:
-    """One batch's test split, labelled by the champion and by the challenger."""
-
-    labels: tuple[str, ...]
-    challenger: tuple[str, ...]
-    champion: tuple[str, ...] | None  # None at bootstrap
-
-    def correct(self, model: str) -> np.ndarray:
-        return np.asarray(getattr(self, model)) == np.asarray(self.labels)
 
 
 @dataclass(frozen=True)
@@ -93,20 +85,26 @@ def _loss_checks(judged: dict[str, PairedPredictions], new_batch: str,
     if len(earlier) > 1:
         groups["all earlier batches pooled"] = (np.concatenate([groups[b][0] for b in earlier]),
                                                 np.concatenate([groups[b][1] for b in earlier]))
+    rival = dict.fromkeys(groups, "champion")  # whom each check compares the challenger with
+    for name in [b for b in earlier if judged[b].best is not None and gate.judge_against_best]:
+        best = f"v{judged[name].best_version}"  # in the same Holm family, so that alpha still holds
+        check = f"{name} against the best model {best} it has had"
+        groups[check], rival[check] = (judged[name].correct("best"), judged[name].correct("challenger")), best
     diffs, p_values = {}, {}
-    for name, (champion, challenger) in groups.items():
-        diffs[name], draws = stats.paired_difference(champion, challenger, confidence=1 - gate.alpha,
+    for name, (baseline, challenger) in groups.items():
+        diffs[name], draws = stats.paired_difference(baseline, challenger, confidence=1 - gate.alpha,
                                                      resamples=gate.resamples)
         p_values[name] = stats.regression_p_value(draws, gate.max_regression)
     shown = stats.holm(p_values, gate.alpha)
     failed: list[str] = []
     passed: list[str] = []
     for name in groups:
+        where = ("the new batch " if name == new_batch else
+                 "earlier " if name in earlier or rival[name] != "champion" else "")
         (failed if shown[name] else passed).append(
-            f"accuracy on {'the new batch ' if name == new_batch else 'earlier ' if name in earlier else ''}{name}: "
-            f"challenger minus champion {diffs[name].describe()}; a loss beyond max_regression "
-            f"{gate.max_regression:g} is {'shown' if shown[name] else 'not shown'} (p={p_values[name]:.3f}, "
-            f"Holm over {len(groups)} tests at alpha {gate.alpha:g})")
+            f"accuracy on {where}{name}: challenger minus {rival[name]} {diffs[name].describe()}; a loss beyond "
+            f"max_regression {gate.max_regression:g} is {'shown' if shown[name] else 'not shown'} "
+            f"(p={p_values[name]:.3f}, Holm over {len(groups)} tests at alpha {gate.alpha:g})")
     return failed, passed
 
 
@@ -174,6 +172,10 @@ def decide(ws: Workspace, it: Iteration, challenger_version: str, evaluation,
         try:
             with hold(ws, "champion", wait=True):  # a rollback and this move take turns
                 previous = tracking.move_champion(client, name, challenger_version, started_from)  # the commit point
+                # Under the same hold, so that two promotions never both read the records before either writes.
+                # Without an evaluation (a caller's own verdict) there are no judged rows to record.
+                if evaluation is not None:
+                    record_promotion(ws, challenger_version, started_from, evaluation.paired)
         except tracking.ChampionMoved as exc:  # refused, and recorded why: the operator's move stands
             gate = GateDecision(False, [str(exc), *gate.reasons], f"{tags.Decision.REJECTED}: {exc}")
             reasons = "\n".join(gate.reasons)

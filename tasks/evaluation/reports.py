@@ -1,9 +1,9 @@
 """The checks of one iteration, each a real Evidently report saved as HTML beside the numbers read from it.
 
 `drift_check`: has the new batch drifted from the champion's training data (text content, text length, word
-count, label balance)? `quality_check`: accuracy and macro F1 of the challenger, and of the champion on the
-same rows. Evidently is imported inside the functions: importing it costs about 5 s, which the CLI must not
-pay for `--help`.
+count, label balance)? `drift_report` is that report on any columns: the watch on captured traffic uses it too.
+`quality_check`: accuracy and macro F1 of the challenger, and of the champion on the same rows. Evidently is
+imported inside the functions: importing it costs about 5 s, which the CLI must not pay for `--help`.
 """
 
 from __future__ import annotations
@@ -49,12 +49,26 @@ class QualityResult:
 def drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, text_column: str, label_column: str,
                 text_method: str, threshold: float, html_path: Path) -> DriftResult:
     """Compare `current` (the new batch) with `reference` (the champion's training data)."""
-    if text_column == label_column or {text_column, label_column} & {LENGTH_COLUMN, WORDS_COLUMN}:
-        raise ValueError(f"drift check: text and label columns must differ and not be named {LENGTH_COLUMN}/{WORDS_COLUMN}")
+    if text_column == label_column:
+        raise ValueError("drift check: text and label columns must differ")
+    return drift_report(reference, current, text=text_column, categorical=(label_column,), text_method=text_method,
+                        threshold=threshold, html_path=html_path)
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, *, text: str | None = None,
+                 categorical: Sequence[str] = (), numerical: Sequence[str] = (), text_method: str, threshold: float,
+                 html_path: Path) -> DriftResult:
+    """Evidently's DataDriftPreset on the named columns of `current` against `reference`: a `text` column (its
+    content, and its length and word count as descriptors), categorical and numerical columns. The loop's drift
+    check (drift_check) and the watch on captured traffic (tasks/serving/watch.py) are both this report."""
+    named = ([text] if text else []) + list(categorical) + list(numerical)
+    if not named or len(set(named)) != len(named) or set(named) & {LENGTH_COLUMN, WORDS_COLUMN}:
+        raise ValueError(f"drift check: the columns {named} must be distinct, at least one, and not named "
+                         f"{LENGTH_COLUMN}/{WORDS_COLUMN}")
     for name, frame in (("reference", reference), ("current", current)):
         if frame.empty:
             raise ValueError(f"drift check: the {name} data is empty")
-        missing = [c for c in (text_column, label_column) if c not in frame.columns]
+        missing = [c for c in named if c not in frame.columns]
         if missing:
             raise ValueError(f"drift check: the {name} data lacks column(s) {missing}; has {list(frame.columns)}")
 
@@ -62,16 +76,18 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, text_column: 
     from evidently.descriptors import TextLength, WordCount
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(text_columns=[text_column], categorical_columns=[label_column])
+    definition = DataDefinition(text_columns=[text] if text else [], categorical_columns=list(categorical),
+                                numerical_columns=list(numerical))
+    descriptors = [TextLength(text, alias=LENGTH_COLUMN), WordCount(text, alias=WORDS_COLUMN)] if text else []
 
     def dataset(frame: pd.DataFrame) -> Any:
-        # Only the two checked columns: anything else in the frame would be inferred and checked too.
-        data = pd.DataFrame({text_column: frame[text_column].astype(str).to_numpy(),
-                             label_column: frame[label_column].astype(str).to_numpy()})
-        descriptors = [TextLength(text_column, alias=LENGTH_COLUMN), WordCount(text_column, alias=WORDS_COLUMN)]
+        # Only the checked columns: anything else in the frame would be inferred and checked too.
+        data = pd.DataFrame({c: frame[c].astype(str).to_numpy() for c in [*([text] if text else []), *categorical]})
+        for c in numerical:
+            data[c] = frame[c].astype(float).to_numpy()
         return Dataset.from_pandas(data, data_definition=definition, descriptors=descriptors)
 
-    checked = [text_column, LENGTH_COLUMN, WORDS_COLUMN, label_column]
+    checked = ([text, LENGTH_COLUMN, WORDS_COLUMN] if text else []) + list(categorical) + list(numerical)
     # include_tests: the per-column pass/fail verdicts only exist as tests, and the HTML shows them.
     report = Report([DataDriftPreset(columns=checked, text_method=text_method, drift_share=threshold)],
                     include_tests=True)
@@ -81,11 +97,21 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, text_column: 
         # Text drift fits TF-IDF with max_df=0.5 and English stop words: a tiny or stop-word-only
         # vocabulary leaves no terms, and sklearn's message would not say which check failed.
         if "no terms remain" in str(exc):
-            raise ValueError(f"drift check: the texts of column {text_column!r} have too few distinct "
+            raise ValueError(f"drift check: the texts of column {text!r} have too few distinct "
                              "non-stop-words for text content drift") from exc
         raise
+    share, columns, drifted = _drift_values(snapshot.dict())
+    if share is None or set(columns) != set(checked):
+        raise RuntimeError(f"drift check: unexpected Evidently result, columns {sorted(columns)}, share {share}")
 
-    result = snapshot.dict()
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(html_path))  # save_html silently writes nothing when given a Path
+    return DriftResult(share=share, drifted=share >= threshold, columns=columns, html=html_path,
+                       drifted_columns=drifted)
+
+
+def _drift_values(result: dict) -> tuple[float | None, dict[str, float], tuple[str, ...]]:
+    """The drifted share, each column's score and the columns whose test failed, of a DataDriftPreset snapshot."""
     share: float | None = None
     columns: dict[str, float] = {}
     for metric in result["metrics"]:
@@ -99,13 +125,7 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, *, text_column: 
         for test in result["tests"]
         if test["metric_config"]["params"]["type"].endswith(":ValueDrift") and test["status"] == "FAIL"
     )
-    if share is None or set(columns) != set(checked):
-        raise RuntimeError(f"drift check: unexpected Evidently result, columns {sorted(columns)}, share {share}")
-
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(html_path))  # save_html silently writes nothing when given a Path
-    return DriftResult(share=share, drifted=share >= threshold, columns=columns, html=html_path,
-                       drifted_columns=drifted)
+    return share, columns, drifted
 
 
 def quality_check(labels_true: Sequence[str], challenger_pred: Sequence[str], champion_pred: Sequence[str] | None,

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaizen.tasks.evaluation import stats
-from kaizen.tasks.evaluation.evaluate import new_batch_rows, predictions_on, predictions_on_splits
+from kaizen.tasks.evaluation import grown, stats
+from kaizen.tasks.evaluation.evaluate import new_batch_rows
+from kaizen.tasks.evaluation.predictions import predictions_on, predictions_on_splits
 from kaizen.tasks.ingest.ledger import SUSPECT, TRUSTED, Ledger
 from kaizen.tasks.model.predict import scores
 from kaizen.tasks.registry.record import Iteration, score_metric
@@ -81,7 +82,9 @@ def judge_labels(ws: Workspace, it: Iteration, champion_dir: Path | None) -> Lab
         return LabelVerdict(record.trust == TRUSTED, f"{record.trust} by {record.trust_by}: {record.trust_reason}")
     if it.champion is None or champion_dir is None:
         return _settle(ws, it, LabelVerdict(True, "no champion yet to judge the labels against"))
-    view, trust = _champion_view(ws, it, champion_dir), ws.settings.trust
+    view, trust = grown.rows_it_knows(_champion_view(ws, it, champion_dir), champion_dir), ws.settings.trust
+    if view.empty:  # every row carries a label appended since the champion was trained
+        return _settle(ws, it, LabelVerdict(True, "the champion knows none of the batch's labels: nothing to judge"))
     own = view.apply(lambda row: row[f"p_{row['label']}"], axis=1).to_numpy()
     agreement = stats.label_agreement(list(view["label"]), list(view["predicted"]), own,
                                       confident=trust.confident, resamples=ws.settings.gate.resamples // 2)

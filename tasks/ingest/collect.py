@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import yaml
@@ -50,6 +51,9 @@ from kaizen.tasks.workspace.files import commit_file, temporary
 from kaizen.tasks.workspace.layout import Workspace, hold
 from kaizen.tasks.workspace.objects import ObjectStore, md5_of
 from kaizen.tasks.workspace.repo import write_stage_vars
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["KILL_POINTS", "CollectResult", "FileOutcome", "archive_path", "collect", "form_batches", "ingest_file",
            "landed_files", "next_batch", "nothing_new", "recover"]
@@ -153,16 +157,16 @@ def _concatenated(parts: list[Path], path: Path) -> int:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, rows = temporary(path), 0
+    schema = _batch_schema(parts)
     writer: pq.ParquetWriter | None = None
     try:
         for part in parts:
             source = pq.ParquetFile(part)
-            writer = writer or pq.ParquetWriter(tmp, source.schema_arrow)
+            writer = writer or pq.ParquetWriter(tmp, schema)
             # By row group (staged ones hold a chunk each): iter_batches keeps what it read until the file is closed
             for group in range(source.num_row_groups):
-                table = source.read_row_group(group)
-                # Staged by an older kaizen: the same columns, maybe other types; cast to the batch's own
-                writer.write_table(table if table.schema.equals(writer.schema) else table.cast(writer.schema))
+                table = _conformed(source.read_row_group(group), schema)
+                writer.write_table(table)
                 rows += table.num_rows
                 del table
     finally:
@@ -170,6 +174,31 @@ def _concatenated(parts: list[Path], path: Path) -> int:
             writer.close()
     commit_file(tmp, path)
     return rows
+
+
+def _batch_schema(parts: list[Path]) -> pa.Schema:
+    """The first staged file's columns, then any column only a later one has: files staged by an older kaizen lack
+    `capture_id`, and the batch keeps it for the rows that have one."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(parts[0])
+    for part in parts[1:]:
+        for column in pq.read_schema(part):
+            if column.name not in schema.names:
+                schema = schema.append(column)
+    return schema
+
+
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A staged row group with the batch's columns (null where it lacks one) and types (an older kaizen's may
+    differ)."""
+    import pyarrow as pa
+
+    for column in schema:
+        if column.name not in table.column_names:
+            table = table.append_column(column, pa.nulls(len(table), column.type))
+    table = table.select(schema.names)
+    return table if table.schema.equals(schema) else table.cast(schema)
 
 
 def recover(ws: Workspace, ledger: Ledger) -> None:

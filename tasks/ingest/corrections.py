@@ -204,11 +204,11 @@ def judge_corrections(chunk: Chunk, settings: DataSettings, ledger: Ledger,
     if missing:
         return [], [{"row": i, "reason": missing, "record": raw_record(r)} for i, r in enumerate(chunk.rows, chunk.start)]
     candidates, quarantined = usable_rows(chunk, settings)
-    keys = [key for *_, key in candidates]
+    keys = [key for _, _, _, key, _ in candidates]
     origins, earlier = ledger.key_origins(keys), seen.lookup(keys)
     fresh: dict[str, tuple[int, str]] = {}
     applied: list[Correction] = []
-    for row, text, label, key in candidates:
+    for row, text, label, key, _ in candidates:  # a correction's capture id, if any, changes no lineage
         first = fresh.get(key) or earlier.get(key)
         if first:
             reason = f"corrects the same text as row {first[0]} of this file"

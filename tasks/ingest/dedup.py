@@ -19,15 +19,16 @@ PROBE = 500  # keys per lookup query (SQLite's default limit on variables is far
 # The Bloom filter: a byte per slot, not a bit (setting bits of shared bytes cannot be vectorised without losing
 # some), at most 64 MiB; 4 slots a key: with 10M keys, one new key in 20 is a false "maybe" that SQLite answers.
 MAX_SLOTS = 1 << 26
-# The keys as the ledger stores them, with their rows and labels, in key order, over this file attached as `incoming`.
-KEYS_QUERY = "SELECT lower(hex(key)) AS k, row AS r, label AS l FROM incoming.seen ORDER BY key"
+# The keys as the ledger stores them, with their rows, labels and capture ids, in key order, over this file attached
+# as `incoming`.
+KEYS_QUERY = "SELECT lower(hex(key)) AS k, row AS r, label AS l, capture_id AS c FROM incoming.seen ORDER BY key"
 HASHES = 4
 
 
 class FileKeys:
     """Keys (SHA-1 hex digests, tasks/formats/text.py's text_key, stored as bytes) of the accepted rows of one file: first
-    row and label of each. The database is a throwaway: no journal and no fsync (a kill loses it, and `recover`
-    removes it)."""
+    row, label and capture id (None for a row that labels no capture) of each. The database is a throwaway: no
+    journal and no fsync (a kill loses it, and `recover` removes it)."""
 
     def __init__(self, path: Path, size: int = 0, pending: int = 400_000) -> None:
         """`size`: the file's bytes, which bound its rows: the filter gets a slot for two bytes, within limits.
@@ -43,7 +44,7 @@ class FileKeys:
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.count = 0
-        self._pending: dict[str, tuple[int, str]] = {}
+        self._pending: dict[str, tuple[int, str, str | None]] = {}
         self._most = pending
         self.clear()
 
@@ -62,14 +63,14 @@ class FileKeys:
         self._slots[:] = False
         self._pending.clear()
         self._db.execute("DROP TABLE IF EXISTS seen")
-        self._db.execute("CREATE TABLE seen (key BLOB PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL) "
-                         "WITHOUT ROWID")
+        self._db.execute("CREATE TABLE seen (key BLOB PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL, "
+                         "capture_id TEXT) WITHOUT ROWID")
         self.count = 0
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
         """The keys among `keys` accepted before, with the row and the label that first had each."""
         keys = list(keys)
-        found = {key: self._pending[key] for key in keys if key in self._pending}
+        found = {key: self._pending[key][:2] for key in keys if key in self._pending}
         keys = [key for key in keys if key not in found]
         if not self.count or not keys:
             return found
@@ -83,12 +84,12 @@ class FileKeys:
                 found[key.hex()] = (row, label)
         return found
 
-    def add(self, rows: list[tuple[str, int, str]]) -> None:
-        """Keys newly accepted (key, row, label), none of them seen before."""
+    def add(self, rows: list[tuple[str, int, str]] | list[tuple[str, int, str, str | None]]) -> None:
+        """Keys newly accepted (key, row, label) or (key, row, label, capture id), none of them seen before."""
         if not rows:
             return
-        self._slots[self._positions([key for key, _, _ in rows])] = True
-        self._pending.update((key, (row, label)) for key, row, label in rows)
+        self._slots[self._positions([key for key, *_ in rows])] = True
+        self._pending.update((key, (row, label, capture[0] if capture else None)) for key, row, label, *capture in rows)
         self.count += len(rows)
         if len(self._pending) >= self._most:
             self.flush()
@@ -96,14 +97,14 @@ class FileKeys:
     def flush(self) -> None:
         """Keys held in memory written to SQLite, sorted: each B-tree page is visited once."""
         self._db.execute("BEGIN")
-        self._db.executemany("INSERT INTO seen VALUES (?,?,?)",
-                             sorted((bytes.fromhex(key), row, label) for key, (row, label) in self._pending.items()))
+        self._db.executemany("INSERT INTO seen VALUES (?,?,?,?)",
+                             sorted((bytes.fromhex(key), *kept) for key, kept in self._pending.items()))
         self._db.execute("COMMIT")
         self._pending.clear()
 
     def source(self) -> tuple[Path, str]:
-        """This file and the query (over it attached as `incoming`) yielding every key, its row and its label, in key
-        order."""
+        """This file and the query (over it attached as `incoming`) yielding every key, its row, label and capture id,
+        in key order."""
         self.flush()
         return self.path, KEYS_QUERY
 
@@ -118,9 +119,9 @@ class FileKeys:
         """False for a key certainly never added; True for one that may have been (rarely one that was not)."""
         return self._slots[self._positions(keys)].all(axis=1)
 
-    def keys(self) -> Iterator[tuple[str, int, str]]:
-        """Every key with its row and label, in key order, streamed."""
+    def keys(self) -> Iterator[tuple[str, int, str, str | None]]:
+        """Every key with its row, label and capture id, in key order, streamed."""
         self.flush()
-        cursor = self._db.execute("SELECT key, row, label FROM seen ORDER BY key")
+        cursor = self._db.execute("SELECT key, row, label, capture_id FROM seen ORDER BY key")
         while rows := cursor.fetchmany(10_000):
-            yield from ((key.hex(), row, label) for key, row, label in rows)
+            yield from ((key.hex(), *kept) for key, *kept in rows)

@@ -22,13 +22,15 @@ from kaizen.tasks.formats.reader import BadFile, ColumnsGrew, read_chunks
 from kaizen.tasks.ingest import landing
 from kaizen.tasks.ingest.dedup import FileKeys
 from kaizen.tasks.ingest.ledger import FileRecord, Ledger
-from kaizen.tasks.ingest.validate import judge, mapping_remarks
+from kaizen.tasks.ingest.validate import ACCEPTED_COLUMNS, judge, mapping_remarks
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.files import commit_file, json_line, temporary
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.objects import md5_of
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from kaizen.tasks.workspace.settings import LimitsSettings
 
 logger = logging.getLogger(__name__)
@@ -192,7 +194,7 @@ def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: 
                     raise RuntimeError(f"{len(chunk.rows)} rows read, but {len(verdict.accepted)} accepted and "
                                        f"{len(verdict.quarantined)} quarantined")
                 if len(verdict.accepted):
-                    table = pa.Table.from_pandas(verdict.accepted, preserve_index=False)
+                    table = pa.Table.from_pandas(verdict.accepted, schema=accepted_schema(), preserve_index=False)
                     writer = writer or pq.ParquetWriter(staged, table.schema)
                     writer.write_table(table)
                 out.add(verdict.quarantined, tally)
@@ -204,6 +206,14 @@ def _read(ws: Workspace, ledger: Ledger, name: str, sha: str, path: Path, seen: 
         if writer is not None:
             writer.close()
     return tally
+
+
+def accepted_schema() -> pa.Schema:
+    """The staged rows' columns (validate.ACCEPTED_COLUMNS) with their types: stated, because a chunk whose rows
+    name no capture would otherwise give `capture_id` arrow's null type, which the file's next chunk cannot join."""
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.int64() if c == "source_row" else pa.string()) for c in ACCEPTED_COLUMNS])
 
 
 def _refused(ws: Workspace, name: str, sha: str, seen: FileKeys, reason: str) -> Tally:

@@ -51,13 +51,23 @@ CREATE TABLE IF NOT EXISTS corrections (
     row INTEGER NOT NULL, at TEXT NOT NULL, applied_in TEXT
 );
 CREATE INDEX IF NOT EXISTS corrections_by_key ON corrections (key);
+CREATE TABLE IF NOT EXISTS labeling_queue (
+    capture_id TEXT PRIMARY KEY, queue TEXT NOT NULL, model_version TEXT, text_key TEXT NOT NULL,
+    queued_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labeling_queue_by_key ON labeling_queue (text_key);
+CREATE TABLE IF NOT EXISTS best_models (
+    batch_id TEXT PRIMARY KEY, version TEXT NOT NULL, accuracy DOUBLE PRECISION NOT NULL, rows INTEGER NOT NULL,
+    recorded_at TEXT NOT NULL
+);
 """
 # Columns added after the first release: a ledger written before them gets them on open.
 ADDED_COLUMNS = {
     "batches": {"trust": "TEXT NOT NULL DEFAULT 'trusted'", "trust_reason": "TEXT", "trust_by": "TEXT",
                 "md5": "TEXT"},  # the accepted batch file's md5 (its md5 in dvc.lock), to verify a restored copy
     "files": {"staged_md5": "TEXT"},  # the staged rows' md5, to verify a copy fetched from the object store
-    "row_keys": {"label": "TEXT"},  # the label the row was accepted with (NULL: ingested before kaizen kept it)
+    "row_keys": {"label": "TEXT",  # the label the row was accepted with (NULL: ingested before kaizen kept it)
+                 "capture_id": "TEXT"},  # the captured text it labels, from a labeling queue (tasks/ingest/labeling.py)
 }
 TRUSTED, SUSPECT = "trusted", "suspect"
 
@@ -121,7 +131,8 @@ class Ledger:
             yield db
 
     def read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        """The rows of a query, for the module that owns a table of this ledger (tasks/ingest/corrections.py)."""
+        """The rows of a query, for the module that owns a table of this ledger (tasks/ingest/corrections.py,
+        tasks/evaluation/best.py)."""
         return self._db.execute(sql, args).fetchall()
 
     # --- files and rows ---------------------------------------------------------------------------
@@ -144,12 +155,13 @@ class Ledger:
             found.update((key, (sha, label)) for key, sha, label in self._db.execute(query, chunk))
         return found
 
-    def record_file(self, record: FileRecord, size: int, row_keys: Iterable[tuple[str, int] | tuple[str, int, str]],
+    def record_file(self, record: FileRecord, size: int,
+                    row_keys: Iterable[tuple[str, int] | tuple[str, int, str] | tuple[str, int, str, str | None]],
                     attach: tuple[Path, str] | None = None) -> None:
         """The file, its keys (streamed: a large file's do not fit in memory) and its delivery, in one commit.
-        `row_keys`: (key, row) or (key, row, label). `attach`: a SQLite file and a query over it (as schema
-        `incoming`) yielding the same keys (k), rows (r) and labels (l); a SQLite ledger copies them SQLite to
-        SQLite, ten million keys never crossing into Python one by one."""
+        `row_keys`: (key, row), (key, row, label) or (key, row, label, capture_id). `attach`: a SQLite file and a
+        query over it (as schema `incoming`) yielding the same keys (k), rows (r), labels (l) and capture ids (c); a
+        SQLite ledger copies them SQLite to SQLite, ten million keys never crossing into Python one by one."""
         # (the SQLite ledger, the file, the query) when copied SQLite to SQLite, else None
         copied = (self._db, *attach) if attach is not None and isinstance(self._db, databases.SQLite) else None
         with ExitStack() as stack:
@@ -164,12 +176,12 @@ class Ledger:
                      record.rows_quarantined, record.staged_md5),
                 )
                 if copied:
-                    db.execute(f"INSERT INTO row_keys (key, sha256, row, label) SELECT k, ?, r, l FROM ({copied[2]})",
-                               (record.sha256,))
+                    db.execute("INSERT INTO row_keys (key, sha256, row, label, capture_id) SELECT k, ?, r, l, c "
+                               f"FROM ({copied[2]})", (record.sha256,))
                 else:
-                    db.executemany("INSERT INTO row_keys (key, sha256, row, label) VALUES (?,?,?,?)",
-                                   ((key, record.sha256, row, label[0] if label else None)
-                                    for key, row, *label in row_keys))
+                    db.executemany("INSERT INTO row_keys (key, sha256, row, label, capture_id) VALUES (?,?,?,?,?)",
+                                   ((key, record.sha256, row, *(list(rest) + [None, None])[:2])
+                                    for key, row, *rest in row_keys))
                 db.execute(
                     "INSERT INTO deliveries (sha256, name, seen_at, outcome) VALUES (?,?,?,?)",
                     (record.sha256, record.name, now(), "ingested"),

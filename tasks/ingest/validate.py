@@ -7,6 +7,7 @@ same example.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -20,7 +21,10 @@ from kaizen.tasks.workspace.settings import DataSettings
 NA_MARKERS = {"nan", "null", "none", "na", "n/a", "#n/a", "<na>"}  # what spreadsheets and pandas write for "no value"
 
 
-ACCEPTED_COLUMNS = ["text", "label", "source", "source_row", "label_given"]
+# capture_id: the captured text a row labels, when it came back from a labeling queue (`kaizen select`), else null
+ACCEPTED_COLUMNS = ["text", "label", "source", "source_row", "label_given", "capture_id"]
+CAPTURE_COLUMN = "capture_id"  # an optional column of a landed file, kept with each accepted row
+CAPTURE_ID = re.compile(r"[0-9a-f]{32}")  # as tasks/serving/capture.py's `record` makes them (uuid4().hex)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,16 @@ def row_problem(text: object, label: object, settings: DataSettings) -> str | No
     return None
 
 
+def capture_of(value: object) -> tuple[str | None, str | None]:
+    """The capture id a row names (None when its cell is empty or missing) and why it is not one (None when it is):
+    a row that claims a capture it cannot name is quarantined, never learned with a made-up lineage."""
+    if plain(value) is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    if isinstance(value, str) and CAPTURE_ID.fullmatch(value.strip()):
+        return value.strip(), None
+    return None, f"{CAPTURE_COLUMN} {short(value)} is not a capture id (32 hex digits, as `kaizen select` wrote it)"
+
+
 def missing_columns(chunk: Chunk, settings: DataSettings) -> str | None:
     """Why no row of the chunk can be judged: the text or label column is missing (None when both are there)."""
     missing = [c for c in (settings.text_column, settings.label_column) if c not in chunk.columns]
@@ -67,19 +81,20 @@ def missing_columns(chunk: Chunk, settings: DataSettings) -> str | None:
     return reason
 
 
-def usable_rows(chunk: Chunk, settings: DataSettings) -> tuple[list[tuple[int, str, str, str]], list[dict]]:
-    """The rows of a chunk whose text and label a model can learn from, as (row, text, label, dedup key), and
-    every other row with its reason, judged each on its own (the columns are there)."""
-    candidates: list[tuple[int, str, str, str]] = []  # row, text, label, key
+def usable_rows(chunk: Chunk, settings: DataSettings) -> tuple[list[tuple[int, str, str, str, str | None]], list[dict]]:
+    """The rows of a chunk whose text and label a model can learn from, as (row, text, label, dedup key, capture
+    id), and every other row with its reason, judged each on its own (the columns are there)."""
+    candidates: list[tuple[int, str, str, str, str | None]] = []  # row, text, label, key, capture id
     quarantined: list[dict] = []
     for i, raw in enumerate(chunk.rows, chunk.start):
         text, label = raw.record[settings.text_column], mapped(raw.record[settings.label_column], settings.label_map)
-        problem = raw.problem or row_problem(text, label, settings)
+        capture, bad_capture = capture_of(raw.record.get(CAPTURE_COLUMN))
+        problem = raw.problem or row_problem(text, label, settings) or bad_capture
         if problem:
             quarantined.append({"row": i, "reason": problem, "record": raw_record(raw)})
         else:
             assert isinstance(label, str), "row_problem passes only a label of data.labels"
-            candidates.append((i, text, label, text_key(text)))
+            candidates.append((i, text, label, text_key(text), capture))
     return candidates, quarantined
 
 
@@ -92,13 +107,13 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
                                         for i, r in enumerate(chunk.rows, chunk.start)])
 
     candidates, quarantined = usable_rows(chunk, settings)
-    keys = [key for *_, key in candidates]
+    keys = [key for _, _, _, key, _ in candidates]
     already = ledger.key_origins(keys)
     earlier = seen.lookup(keys)  # accepted in an earlier chunk of this file
-    fresh: dict[str, tuple[int, str]] = {}  # accepted in this chunk
+    fresh: dict[str, tuple[int, str, str | None]] = {}  # accepted in this chunk: row, label, capture id
     accepted: dict[str, list] = {c: [] for c in ACCEPTED_COLUMNS}  # by column: a frame of lists is built fast
     counts: dict[tuple[str, str], int] = {}
-    for row, text, label, key in candidates:
+    for row, text, label, key, capture in candidates:
         first = fresh.get(key) or earlier.get(key)
         if first:
             reason = f"duplicate of row {first[0]} of this file"
@@ -106,15 +121,15 @@ def judge(chunk: Chunk, name: str, settings: DataSettings, ledger: Ledger, seen:
         elif key in already:
             reason = already_ingested(ledger, already[key][0], already[key][1], label)
         else:
-            fresh[key] = (row, label)
+            fresh[key] = (row, label, capture)
             given = str(plain(chunk.rows[row - chunk.start].record[settings.label_column]))
-            for column, value in zip(ACCEPTED_COLUMNS, (text, label, name, row, given), strict=True):
+            for column, value in zip(ACCEPTED_COLUMNS, (text, label, name, row, given, capture), strict=True):
                 accepted[column].append(value)
             if given != label:
                 counts[(given, label)] = counts.get((given, label), 0) + 1
             continue
         quarantined.append({"row": row, "reason": reason, "record": raw_record(chunk.rows[row - chunk.start])})
-    seen.add([(key, row, label) for key, (row, label) in fresh.items()])
+    seen.add([(key, *kept) for key, kept in fresh.items()])
     quarantined.sort(key=lambda q: q["row"])
     return Verdict(pd.DataFrame(accepted, columns=ACCEPTED_COLUMNS), quarantined, counts)
 

@@ -55,6 +55,14 @@ def load(model_dir: Path | str, device: str = "auto"):
     return tokenizer, net
 
 
+def model_labels(model_dir: Path | str) -> list[str]:
+    """A model folder's labels in class-id order (its config's id2label): the order of its probabilities."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
 def probabilities(tokenizer, net, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Class probabilities for `texts`, batched, shortest-first so padding stays small; every text cut at

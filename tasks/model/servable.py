@@ -30,10 +30,11 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in SERVED_PACKAGES]
 
 
-def model_config(settings) -> dict[str, Any]:
-    """What the served model needs to know of training: truncation, normalisation, batching, its labels."""
+def model_config(settings, labels) -> dict[str, Any]:
+    """What the served model needs to know of training: truncation, normalisation, batching, its labels (the
+    model's own, in class-id order: a version keeps them when `data.labels` grows later)."""
     return {"text_column": TEXT, "max_length": settings.model.max_length, "lowercase": settings.preprocess.lowercase,
-            "batch_size": settings.serving.batch_size, "device": "auto", "labels": list(settings.data.labels)}
+            "batch_size": settings.serving.batch_size, "device": "auto", "labels": list(labels)}
 
 
 def signature(labels):
@@ -63,14 +64,19 @@ def _stage_code(folder: Path) -> Path:
 
 
 def log_classifier(model_dir: Path, settings):
-    """Log the fine-tuned model folder to the active MLflow run as the pyfunc model `model`; its ModelInfo."""
+    """Log the fine-tuned model folder to the active MLflow run as the pyfunc model `model`; its ModelInfo. Its
+    signature lists the model's own labels (its config's), which are the settings' only until they grow."""
     import mlflow
     import pandas as pd
+
+    from kaizen.tasks.model.predict import model_labels
+
+    labels = model_labels(model_dir)
 
     with tempfile.TemporaryDirectory(prefix="kaizen-code-") as scratch:
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("served_model.py")),
             artifacts={"weights": str(model_dir)}, code_paths=[str(_stage_code(Path(scratch)))],
-            model_config=model_config(settings), signature=signature(settings.data.labels),
+            model_config=model_config(settings, labels), signature=signature(labels),
             input_example=pd.DataFrame({TEXT: EXAMPLE}), pip_requirements=pinned_requirements(),
         )

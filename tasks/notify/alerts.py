@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, cast
 
 from kaizen.tasks.notify import events
-from kaizen.tasks.notify.events import APPROVAL, DRIFT, FAILED, PROMOTED, REJECTED, SUSPECT
+from kaizen.tasks.notify.events import APPROVAL, DRIFT, FAILED, PROMOTED, REJECTED, SUSPECT, TRAFFIC
 from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.workspace.layout import Workspace
 
@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from kaizen.tasks.registry.record import Iteration
 
 # The events people hear about (events.py names them; FAILED is emitted by tasks/operate/failures.py, APPROVAL by
-# tasks/evaluation/approval.py), each with what its automation is called.
+# tasks/evaluation/approval.py, TRAFFIC by the kaizen-watch flow), each with what its automation is called.
 ALERTS = {PROMOTED: "champion promoted", REJECTED: "challenger rejected", DRIFT: "drift detected",
-          SUSPECT: "suspect batch", FAILED: "iteration failed", APPROVAL: "approval requested"}
+          SUSPECT: "suspect batch", FAILED: "iteration failed", APPROVAL: "approval requested",
+          TRAFFIC: "traffic drifted"}
 BY_DECISION = {Decision.PROMOTED: PROMOTED, Decision.REJECTED: REJECTED, Decision.SUSPECT: SUSPECT}
 # What each automation sends: the event's own message, or (an event without one) its name and payload.
 BODY = ("{% if event.payload.message %}{{ event.payload.message }}{% else %}*kaizen · {{ event.resource.name }}*: "
@@ -108,6 +109,24 @@ def drift_alert(ws: Workspace, it: Iteration, drift) -> tuple[str, dict] | None:
     return DRIFT, {**payload, "message": message.strip()}
 
 
+def traffic_alert(ws: Workspace, found) -> tuple[str, dict] | None:
+    """The event that tells the captured traffic drifted from the champion's data (a watch.TrafficDrift), or None
+    when the watch showed no drift or reached no verdict."""
+    if not found.drifted:
+        return None
+    payload = {**_links(ws, found.run_id), "since": found.since.isoformat(), "until": found.until.isoformat(),
+               "rows": found.answered, "share": found.share, "threshold": ws.settings.watch.threshold,
+               "drifted_columns": list(found.drifted_columns), "notes": list(found.notes),
+               "champion_version": found.champion_version}
+    columns = ", ".join(payload["drifted_columns"])
+    notes = "".join(f"\n• {note}" for note in found.notes)
+    message = (f"*kaizen · {ws.workspace_id}*: the traffic champion v{found.champion_version} answered drifted from "
+               f"its data: {found.answered} texts from {found.since:%Y-%m-%d %H:%M} to {found.until:%Y-%m-%d %H:%M} UTC "
+               f"(share {found.share:.2f} >= {payload['threshold']:.2f}; columns: {columns}){notes}\n"
+               f"{_footer(payload)}")
+    return TRAFFIC, {**payload, "message": message.strip()}
+
+
 def approval_alert(ws: Workspace, batch_id: str, challenger_version: str, timeout_seconds: int) -> tuple[str, dict]:
     """The event that asks a person to approve or refuse a challenger the gate passed, linking to the run that
     waits (whose Resume form takes the answer)."""
@@ -131,6 +150,10 @@ def announce_decision(ws: Workspace, summary) -> str | None:
 
 def announce_drift(ws: Workspace, it: Iteration, drift) -> str | None:
     return announce(ws, drift_alert(ws, it, drift))
+
+
+def announce_traffic(ws: Workspace, found) -> str | None:
+    return announce(ws, traffic_alert(ws, found))
 
 
 def webhook_url(ws: Workspace) -> str | None:

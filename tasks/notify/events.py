@@ -2,10 +2,10 @@
 
 This module is the catalogue of every event kaizen emits or listens to, by name (below): `kaizen.data.arrived`
 (tasks/notify/arrivals.py) starts a deployed run; the loop's own events (`kaizen.champion.promoted`,
-`kaizen.challenger.rejected`, `kaizen.batch.suspect`, `kaizen.iteration.failed`, ...) say what it did, for
-automations and people (tasks/notify/alerts.py). Each is sent with a plain HTTP POST, so the server has it when
-`emit` returns (Prefect's websocket client sends in the background and can lose the last events of a process
-that exits). The names are stored on the Prefect server (its events, triggers and automations): they never change.
+`kaizen.challenger.rejected`, `kaizen.batch.suspect`, `kaizen.iteration.failed`, ...) say what it did, and
+`kaizen.traffic.drifted` what the watch on served traffic saw, for automations and people (tasks/notify/alerts.py).
+Each is sent with a plain HTTP POST, so the server has it when `emit` returns (Prefect's websocket client sends in
+the background and can lose the last events of a process that exits). The names are stored on the Prefect server (its events, triggers and automations): they never change.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ARRIVED = "kaizen.data.arrived"  # new files in the landing zone: starts the dep
 PROMOTED = "kaizen.champion.promoted"  # the alerts (alerts.py), one per kind
 REJECTED = "kaizen.challenger.rejected"
 DRIFT = "kaizen.drift.detected"
+TRAFFIC = "kaizen.traffic.drifted"  # captured traffic drifted from the champion's data (tasks/serving/watch.py)
 SUSPECT = "kaizen.batch.suspect"
 FAILED = "kaizen.iteration.failed"  # every failed attempt at a batch (tasks/operate/failures.py)
 APPROVAL = "kaizen.approval.requested"  # a challenger waits for a person (tasks/evaluation/approval.py)

@@ -1,7 +1,8 @@
 """The demo's stream of real labeled data: movie reviews, then Amazon products, fine food and airline tweets.
 
 The texts come from packages on the registry (tasks/data/stream.py), fetched into the workspace at set-up, never
-committed. `feed_next` drops the next file of the stream into the landing zone, as a producer would.
+committed. `feed_next` drops the next file of the stream into the landing zone, as a producer would; with
+`demo.grow_labels` it first appends the labels that file brings to `data.labels`, as a user would.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from kaizen.tasks.data import stream
 from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.workspace.files import Busy
 from kaizen.tasks.workspace.layout import Workspace, hold
+
+# The labels a domain of the stream carries beyond the movie reviews' two: the airline tweets' third class.
+NEW_LABELS: dict[str, tuple[str, ...]] = {"airline": ("neutral",)}
 
 
 def demo_rows(ws: Workspace, rows: int | None) -> int:
@@ -44,12 +48,28 @@ def feed_next(ws: Workspace) -> Path | None:
             data = path.read_bytes()
             if path.name in waiting or ledger.file(hashlib.sha256(data).hexdigest()) is not None:
                 continue
+            grow_labels(ws, path)
             # Written under a hidden name, then renamed: collect never sees half a file.
             partial = f"{landing}/.{path.name}.part"
             fs.pipe_file(partial, data)
             fs.mv(partial, f"{landing}/{path.name}")
             return path
     return None
+
+
+def grow_labels(ws: Workspace, path: Path) -> list[str]:
+    """With `demo.grow_labels`, append to the workspace's `data.labels` the labels the stream file `path` brings
+    (NEW_LABELS, by its domain: `04-airline.csv`) that it lacks, in its params.yaml as a user would edit it, so that
+    its rows are learned rather than quarantined. The labels appended."""
+    from kaizen.tasks.workspace.settings import load_settings, write_overrides
+
+    settings = load_settings(ws.params_file)  # as the file says now, not as this process read it at start
+    domain = path.stem.split("-", 1)[-1]
+    new = [label for label in NEW_LABELS.get(domain, ()) if label not in settings.data.labels]
+    if settings.demo.grow_labels and new:
+        write_overrides(ws.params_file, {"data.labels": [*settings.data.labels, *new]})
+        return new
+    return []
 
 
 def forget_state(ws: Workspace) -> None:

@@ -4,6 +4,8 @@ read back from the iteration record (tasks/registry/record.py) and the ledger.
 
 from __future__ import annotations
 
+import ast
+
 from kaizen.tasks.ingest.corrections import Correction, correction_files, corrections
 from kaizen.tasks.ingest.ledger import FileRecord, Ledger
 from kaizen.tasks.operate.failures import failed_batches
@@ -16,8 +18,33 @@ from kaizen.tasks.workspace.layout import Workspace
 def history(ws: Workspace) -> list[IterationSummary]:
     """Every decided iteration (and rollback), oldest first, read back from the MLflow runs; then every batch set
     aside as failed, with its error (tasks/operate/failures.py)."""
-    decided = [summary_from_run(run, ws.settings.gate.metric) for run in decided_runs(ws)]
+    runs = decided_runs(ws)
+    decided = with_label_changes(runs, [summary_from_run(run, ws.settings.gate.metric) for run in runs])
     return with_corrections(ws, decided) + [failed_summary(ws, f) for f in failed_batches(ws)]
+
+
+def run_labels(run) -> list[str] | None:
+    """The label set an iteration ran with, from its run's params (`data.labels`, a Python list as logged);
+    None for a run without settings (a rollback)."""
+    logged = run.data.params.get("data.labels")
+    return None if logged is None else [str(label) for label in ast.literal_eval(logged)]
+
+
+def with_label_changes(runs: list, decided: list[IterationSummary]) -> list[IterationSummary]:
+    """The iterations (`decided`, one per run of `runs`) with a line before the first that ran with another label
+    set than the iteration before it: `labels: negative, positive -> negative, positive, neutral`."""
+    lines: list[IterationSummary] = []
+    before: list[str] | None = None
+    for run, summary in zip(runs, decided, strict=True):
+        labels = run_labels(run)
+        if labels is not None and before is not None and labels != before:
+            lines.append(IterationSummary(
+                batch=summary.batch, files=0, rows_accepted=0, rows_quarantined=0, drift_share=None,
+                champion_score=None, challenger_score=None, decision=Decision.LABELS, champion_version=None,
+                reasons=[f"labels: {', '.join(before)} -> {', '.join(labels)}"], run_id=summary.run_id))
+        before = labels or before
+        lines.append(summary)
+    return lines
 
 
 def with_corrections(ws: Workspace, decided: list[IterationSummary]) -> list[IterationSummary]:

@@ -5,13 +5,21 @@ workspace whose metrics chart the champion's per-batch accuracy over iterations.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from kaizen.tasks.registry.record import score_metric
-from kaizen.tasks.registry.tags import MLFLOW_TAG
+from kaizen.tasks.ingest.labeling import queues_of
+from kaizen.tasks.ingest.ledger import Ledger
+from kaizen.tasks.registry import tracking
+from kaizen.tasks.registry.record import Iteration, score_metric
+from kaizen.tasks.registry.tags import MLFLOW_TAG, TAG
 from kaizen.tasks.registry.tracking import log_metrics
+from kaizen.tasks.workspace.layout import Workspace
+
+LABELING_FILE = "data/labeling.json"  # on the iteration's run: the batch's labeled rows by queue
 
 
 def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: str, source: Path) -> None:
@@ -30,6 +38,35 @@ def log_datasets(client, run_id: str, frames: dict[str, pd.DataFrame], context: 
             entity = from_pandas(frame, source=str(source), name=name, targets="label")._to_mlflow_entity()
         inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_TAG["data_context"], context)]))
     client.log_inputs(run_id, datasets=inputs)
+
+
+def labeling_lineage(ws: Workspace, it: Iteration) -> Iteration:
+    """Which labeling queues of `kaizen select`, and so which model versions' doubt, asked for the new batch's rows:
+    tags on the iteration's run and, through `it.lineage`, on the version it registers; each queue's rows in
+    LABELING_FILE. The batch's capture ids come from its accepted file, their queues from the ledger. A batch
+    with no row from a queue is left as it is."""
+    import pyarrow.parquet as pq
+
+    batch = ws.batch_file(it.batch_id)
+    if "capture_id" not in pq.read_schema(batch).names:  # accepted before kaizen kept capture ids
+        return it
+    ids = [c for c in pq.read_table(batch, columns=["capture_id"])["capture_id"].to_pylist() if c]
+    if not ids:
+        return it
+    with Ledger(ws.ledger_db) as ledger:
+        known = queues_of(ledger, sorted(set(ids)))
+    shares = Counter((known[c].queue, known[c].model_version) for c in ids if c in known)
+    unknown = sum(1 for c in ids if c not in known)
+    lines = [f"{queue}: {n} rows, asked by v{version}" for (queue, version), n in sorted(shares.items())]
+    lines += [f"{unknown} rows name a capture that no queue of this loop holds"] if unknown else []
+    tags = {TAG["labeled_rows"]: str(len(ids)),
+            TAG["labeling_queues"]: tracking.fit_lines("\n".join(lines), tracking.RUN_TAG_CHARS, LABELING_FILE)}
+    client = tracking.connect(ws)
+    tracking.set_tags(client, it.run_id, tags)
+    client.log_dict(it.run_id, {"rows": len(ids), "not_from_a_queue": unknown,
+                                "queues": [{"queue": queue, "model_version": version, "rows": n}
+                                           for (queue, version), n in sorted(shares.items())]}, LABELING_FILE)
+    return replace(it, lineage={**it.lineage, **tags})
 
 
 def evaluation_matrix(evaluation) -> pd.DataFrame:

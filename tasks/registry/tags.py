@@ -28,6 +28,7 @@ class Decision(StrEnum):
     ORPHANED = "orphaned"  # a killed attempt, redone by a later run
     ROLLBACK = "rollback"  # an operator's `kaizen rollback` (a run of its own)
     CORRECTED = "corrected"  # a correction file's labels, a line of `kaizen history` (never recorded on a run)
+    LABELS = "labels"  # the label set grew (data.labels), a line of `kaizen history` (never recorded on a run)
 
 
 # kaizen's own tags, on the model version and on the iteration's run (lineage, decision, rollback).
@@ -57,6 +58,9 @@ TAG = {
     # The label corrections the iteration's data version is the first to apply (tasks/ingest/corrections.py).
     "corrections": "kaizen.corrections",  # how many
     "correction_files": "kaizen.correction_files",  # which files, one a line: name (sha256 prefix)
+    # The batch's rows labeled from `kaizen select`'s queues (tasks/ingest/labeling.py, tasks/registry/lineage.py).
+    "labeled_rows": "kaizen.labeling.rows",  # how many
+    "labeling_queues": "kaizen.labeling.queues",  # one line a queue: its rows, and the version whose doubt asked
     "error": "kaizen.error",  # on the run of a failed attempt: what it failed with (tasks/operate/failures.py)
     # An operator's rollback: on the restored version, the replaced one, and a run of its own.
     "rollback_from": "kaizen.rollback.from",
@@ -65,6 +69,13 @@ TAG = {
     "rollback_by": "kaizen.rollback.by",
     "rollback_at": "kaizen.rollback.at",
     "rolled_back": "kaizen.rolled_back",
+    # A watch of captured traffic (tasks/serving/watch.py), a run of its own: its window (ISO times, UTC), its
+    # verdict, the columns that drifted and what it could not check, one a line.
+    "watch_since": "kaizen.watch.since",
+    "watch_until": "kaizen.watch.until",
+    "watch_verdict": "kaizen.watch.verdict",
+    "watch_drifted": "kaizen.watch.drifted_columns",
+    "watch_notes": "kaizen.watch.notes",
 }
 
 # MLflow's own tags that kaizen writes or searches by.

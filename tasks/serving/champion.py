@@ -1,6 +1,6 @@
 """serving: the champion loaded for kaizen (`kaizen predict`, `kaizen score`) exactly as MLflow serves it, and
-the command that `kaizen serve-model` runs: `mlflow models serve`, or with credentials set the same scoring app
-behind basic auth (tasks/serving/guarded.py).
+the command that `kaizen serve-model` runs: MLflow's scoring app under uvicorn, recording what it answers, behind
+basic auth when credentials are set (tasks/serving/guarded.py).
 
 How a version is logged so that this holds is tasks/model/servable.py's.
 """
@@ -30,6 +30,7 @@ class Classifier:
 
     version: str
     model: Any  # mlflow.pyfunc.PyFuncModel, or the same TextClassifier on an older version's weights
+    labels: tuple[str, ...]  # the version's own, in class-id order: its `p_<label>` columns
 
     def predict(self, texts: list) -> Any:
         """`prediction`, `p_<label>` and `reason` per text (a pandas DataFrame, in order)."""
@@ -57,26 +58,31 @@ def version_dir(ws: Workspace, version: str) -> Path:
 
 
 def load_version(ws: Workspace, version: str) -> Classifier:
-    """Load a registered version with `mlflow.pyfunc.load_model` on `train.device`. A version logged before
-    kaizen served its models (the transformers flavour) is read from its weights by the same TextClassifier,
-    with this workspace's max_length and normalisation."""
+    """Load a registered version with `mlflow.pyfunc.load_model` on `train.device`, with its own labels (those it
+    was logged with, whatever `data.labels` says now). A version logged before kaizen served its models (the
+    transformers flavour) is read from its weights by the same TextClassifier, with this workspace's max_length
+    and normalisation."""
     import mlflow
     from mlflow.models import Model
 
-    from kaizen.tasks.model.predict import pick_device
+    from kaizen.tasks.model.predict import model_labels, pick_device
 
     folder = version_dir(ws, version)
     device = pick_device(ws.settings.train.device)
-    if "max_length" in (Model.load(folder).flavors.get("python_function", {}).get("config") or {}):
-        return Classifier(version, mlflow.pyfunc.load_model(str(folder), model_config={"device": device}))
+    config = Model.load(folder).flavors.get("python_function", {}).get("config") or {}
+    if "max_length" in config:
+        return Classifier(version, mlflow.pyfunc.load_model(str(folder), model_config={"device": device}),
+                          tuple(config["labels"]))
     from types import SimpleNamespace
 
     from kaizen.tasks.model import served_model
 
+    weights = tracking.local_model(ws, version)
+    labels = model_labels(weights)
     legacy = served_model.TextClassifier()
-    legacy.load_context(SimpleNamespace(artifacts={"weights": str(tracking.local_model(ws, version))},
-                                        model_config={**model_config(ws.settings), "device": device}))
-    return Classifier(version, SimpleNamespace(predict=lambda frame: legacy.predict(None, frame)))
+    legacy.load_context(SimpleNamespace(artifacts={"weights": str(weights)},
+                                        model_config={**model_config(ws.settings, labels), "device": device}))
+    return Classifier(version, SimpleNamespace(predict=lambda frame: legacy.predict(None, frame)), tuple(labels))
 
 
 def load_champion(ws: Workspace) -> Classifier:
@@ -92,25 +98,16 @@ def champion_version(ws: Workspace) -> str:
 
 def serve_command(ws: Workspace, port: int | None = None, host: str | None = None,
                   version: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """The command that serves the champion (or `version`) from the workspace's registry, in this environment
-    (`--env-manager local`: it already holds the pinned packages), and the environment to run it with.
-
-    Without credentials, `mlflow models serve` itself, on loopback only (security.check_model_server refuses
-    another host). With MLflow's credentials set, as for `kaizen up`, the same scoring app behind basic auth
-    (tasks/serving/guarded.py): whoever may use the tracking server may use the model, nobody else."""
+    """The command that serves the champion (or `version`) from the workspace's registry, in this environment,
+    and the environment to run it with: MLflow's scoring app, from the version's model folder, under uvicorn with
+    kaizen's wrappers (tasks/serving/guarded.py): it records what it answers (capture), and with MLflow's
+    credentials set, as for `kaizen up`, answers only those who send them. Without credentials it listens on
+    loopback only (security.check_model_server refuses another host here, and the app again at its start)."""
     host, port = host or ws.settings.servers.host, port or ws.settings.serving.port
     security.check_model_server(host)
-    # MLflow starts `uvicorn` by name: child_environment puts this environment's bin/ first on PATH.
     env = child_environment(ws, tracking=True)
-    name = ws.settings.model.registered_name
-    given = security.credentials()
-    if not (given.mlflow_user and given.mlflow_password):
-        uri = f"models:/{name}/{version}" if version else f"models:/{name}@{tracking.CHAMPION}"
-        return [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                "-h", host, "-p", str(port)], env
-    if version is None:
-        version = champion_version(ws)
-    env[guarded.MODEL_FOLDER] = str(version_dir(ws, version))
+    version = version or champion_version(ws)  # resolved once, at the start: a later promotion needs a restart
+    env.update({guarded.MODEL_FOLDER: str(version_dir(ws, version)), guarded.SERVED_VERSION: str(version),
+                guarded.SERVED_HOST: host, guarded.WORKSPACE: str(ws.root)})
     return [sys.executable, "-m", "uvicorn", "--factory", f"{guarded.__name__}:app", "--host", host,
             "--port", str(port)], env
-

@@ -8,7 +8,9 @@ Every input row gets an output row: `source` (its file), `row` (its line, or its
 input's columns as text, `prediction`, `p_<label>` for every class, `reason` and `model_version`. A row that
 cannot be labelled (no text, not a string, empty, a broken line) has a reason instead of a label; so has a file,
 or the rest of one, that cannot be read (one row, `row` empty). Nothing is dropped and nothing stops the run.
-The output is written under a temporary name and renamed when complete.
+The output is written under a temporary name and renamed when complete. The texts labelled are recorded as the
+served model's answers are (tasks/serving/capture.py, source "score"), except under `kaizen predict`: a person
+trying texts by hand is not traffic.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import pandas as pd
 
 from kaizen.tasks.formats.reader import Chunk, input_files, read_leniently
+from kaizen.tasks.serving.capture import CaptureWriter, frame_answers, writer
 from kaizen.tasks.workspace.layout import Workspace
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ class ScoreResult:
     with_reason: int
     seconds: float
     problems: list[str] = field(default_factory=list)  # file-level problems, in words
+    captured: int = 0  # rows recorded in the workspace's captures (tasks/serving/capture.py), after sampling
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +127,7 @@ class _Output:
         self.fs.mv(self.tmp, self.path)
 
 
-def _scored(chunk: Chunk, source: str, classifier, output: _Output) -> pd.DataFrame:
+def _scored(chunk: Chunk, source: str, classifier, output: _Output, recorder: CaptureWriter | None) -> pd.DataFrame:
     """One chunk's output rows, in file order: its rows with their predictions, and those with a problem."""
     text = output.text_column
     usable = [row for row in chunk.rows if row.problem is None]
@@ -134,7 +138,10 @@ def _scored(chunk: Chunk, source: str, classifier, output: _Output) -> pd.DataFr
         rows[text] = [_as_text(row.record.get(text)) for row in usable]
         for column, name in output.carried.items():
             rows[name] = [_as_text(row.record.get(column)) for row in usable]
-        predicted = classifier.predict([row.record.get(text) for row in usable])
+        texts = [row.record.get(text) for row in usable]
+        predicted = classifier.predict(texts)
+        if recorder is not None:
+            recorder.submit(frame_answers(texts, predicted))
         rows = pd.concat([rows, predicted.reset_index(drop=True)], axis=1)
     reasons: list[tuple[int | None, str]] = [(row.number, row.problem) for row in chunk.rows
                                               if row.problem is not None]
@@ -145,10 +152,12 @@ def _scored(chunk: Chunk, source: str, classifier, output: _Output) -> pd.DataFr
     return frame.sort_values("row", kind="stable", na_position="last").assign(model_version=classifier.version)
 
 
-def score(ws: Workspace, source: str, out: str, progress: Progress | None = None, classifier=None) -> ScoreResult:
+def score(ws: Workspace, source: str, out: str, progress: Progress | None = None, classifier=None,
+          capture: bool = True) -> ScoreResult:
     """Score `source` (a CSV, JSON Lines, Parquet or text file, compressed or not, a folder of them, or an fsspec
     URL of either) with the champion (or `classifier`) into `out`: a Parquet or CSV file, as its ending says (a
-    path or an fsspec URL)."""
+    path or an fsspec URL). With `capture` (and capture.enabled) the labelled rows are recorded as the served
+    model's answers are, source "score"."""
     import fsspec
 
     from kaizen.tasks.serving.champion import load_champion
@@ -164,15 +173,29 @@ def score(ws: Workspace, source: str, out: str, progress: Progress | None = None
         raise ScoringError(f"{out}: scores are written to a .parquet or a .csv file")
     classifier = classifier or load_champion(ws)
     out_fs, out_path = fsspec.core.url_to_fs(out)
-    output = _Output(out_fs, out_path, ws.settings.data.text_column, list(ws.settings.data.labels))
+    output = _Output(out_fs, out_path, ws.settings.data.text_column, list(classifier.labels))  # the model's own
+    problems: list[str] = []
+    recorder = writer(ws, "score", classifier.version) if capture else None
+    try:
+        rows, labelled = _score_files(ws, fs, root, files, classifier, output, recorder, problems, progress)
+    finally:
+        captured = recorder.close().written if recorder is not None else 0
+    output.close()
+    return ScoreResult(out, classifier.version, len(files), rows, labelled, rows - labelled,
+                       round(time.perf_counter() - began, 3), problems, captured)
+
+
+def _score_files(ws: Workspace, fs, root: str, files: list[str], classifier, output: _Output,
+                 recorder: CaptureWriter | None, problems: list[str], progress: Progress | None) -> tuple[int, int]:
+    """Score each file into `output`, chunk by chunk; (output rows, labelled rows). File-level problems are added
+    to `problems`."""
     sizes = [max(fs.size(path) or 0, 1) for path in files]
     rows = labelled = 0
-    problems: list[str] = []
     for index, path in enumerate(files):
         name = str(PurePosixPath(path).relative_to(PurePosixPath(root))) if path != root else PurePosixPath(path).name
         for chunk in read_leniently(fs, path, ws.settings.data.text_column, ws.settings.serving.chunk_rows,
                                     ws.settings.limits):
-            frame = _scored(chunk, name, classifier, output)
+            frame = _scored(chunk, name, classifier, output, recorder)
             output.write(frame)
             rows += len(frame)
             labelled += int(frame["prediction"].notna().sum()) if "prediction" in frame else 0
@@ -180,6 +203,4 @@ def score(ws: Workspace, source: str, out: str, progress: Progress | None = None
             if progress:
                 assert chunk.done is not None, "read_leniently sets every chunk's done"
                 progress((sum(sizes[:index]) + chunk.done * sizes[index]) / sum(sizes), rows)
-    output.close()
-    return ScoreResult(out, classifier.version, len(files), rows, labelled, rows - labelled,
-                       round(time.perf_counter() - began, 3), problems)
+    return rows, labelled

@@ -50,10 +50,11 @@ def resolve_backbone(backbone: str) -> str:
 def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequence[str], *, model: ModelSettings,
               train_settings: TrainSettings, epochs: int, out_dir: Path,
               log_epoch: EpochLogger | None = None, teacher_logits: np.ndarray | None = None,
-              class_weights: Sequence[float] | None = None) -> TrainResult:
+              class_weights: Sequence[float] | None = None, new_head: bool = False) -> TrainResult:
     """Fine-tune `start` on `train` (text, label), evaluating on `val` after every epoch; with `teacher_logits`
     (one row per training row) the loss also keeps the outputs close to the teacher's; `class_weights` (one per
-    label, in `labels` order) weigh the cross-entropy. The training runs as a job of its own (tasks/training/train_job.py,
+    label, in `labels` order) weigh the cross-entropy; `new_head`: a new classification head even when `start` names
+    labels of its own (train_job.load_for_training). The training runs as a job of its own (tasks/training/train_job.py,
     started by tasks/training/jobs.py: `train.processes` processes here, or on the machine of `train.deployment`) while
     this process waits, logging each epoch as it ends; a job resumes from the last checkpoint in `out_dir`."""
     if train.empty:
@@ -67,7 +68,7 @@ def fine_tune(start: str, train: pd.DataFrame, val: pd.DataFrame, labels: Sequen
     for stale in ("epochs.jsonl", "result.json", "teacher.npy"):
         (job / stale).unlink(missing_ok=True)
     (job / "spec.json").write_text(json.dumps({
-        "start": start, "labels": list(labels), "epochs": epochs, "out_dir": str(out_dir),
+        "start": start, "labels": list(labels), "new_head": new_head, "epochs": epochs, "out_dir": str(out_dir),
         "class_weights": None if class_weights is None else [float(w) for w in class_weights],
         "model": model.model_dump(mode="json"), "train": train_settings.model_dump(mode="json")}), encoding="utf-8")
     train[["text", "label"]].to_parquet(job / "train.parquet", index=False)
@@ -149,15 +150,20 @@ def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path
 
 
 def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
-    """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger."""
+    """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger. Labels
+    appended to `data.labels` since the champion was trained grow its head first (tasks/training/head.py); a label
+    removed, renamed or reordered is refused here, before anything trains."""
     from kaizen.tasks.registry import lineage, tracking
     from kaizen.tasks.registry.record import batches_seen
     from kaizen.tasks.registry.tags import TAG, Decision
+    from kaizen.tasks.training.head import start_with_labels
 
     client = tracking.connect(ws)
     name = ws.settings.model.registered_name
     if it.champion is not None:
-        start = str(tracking.local_model(ws, it.champion.version))
+        champion_dir = tracking.local_model(ws, it.champion.version)
+        start = str(start_with_labels(champion_dir, ws.settings.data.labels, ws.runs_dir / it.batch_id,
+                                      ws.settings.train.seed, f"the champion v{it.champion.version}"))
         epochs = ws.settings.train.epochs
     else:
         start, epochs = resolve_backbone(ws.settings.model.backbone), ws.settings.train.bootstrap_epochs
@@ -167,8 +173,9 @@ def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
                if balance == "always" or (balance == "bootstrap" and it.champion is None) else None)
     teacher = None
     if it.champion is not None and ws.settings.train.distill_weight > 0:
-        # The champion's outputs on every training row, once: log-probabilities serve as its logits.
-        _, probs = predict(start, train["text"].tolist(), max_length=ws.settings.model.max_length,
+        # The champion's outputs on every training row, once: log-probabilities serve as its logits (over its own
+        # labels: the job distils those alone).
+        _, probs = predict(champion_dir, train["text"].tolist(), max_length=ws.settings.model.max_length,
                            device=pick_device(ws.settings.train.device))
         teacher = np.log(np.clip(probs, 1e-7, 1.0))
 
@@ -181,7 +188,8 @@ def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
 
     result = fine_tune(start, train, val, ws.settings.data.labels, model=ws.settings.model,
                        train_settings=ws.settings.train, epochs=epochs, out_dir=ws.runs_dir / it.batch_id,
-                       log_epoch=log_epoch, teacher_logits=teacher, class_weights=weights)
+                       log_epoch=log_epoch, teacher_logits=teacher, class_weights=weights,
+                       new_head=it.champion is None)
     model_dir = result.model_dir
     if it.champion is not None:
         model_dir = merge_with_champion(ws, it, client, Path(start), result.model_dir)

@@ -27,14 +27,22 @@ from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.settings import ModelSettings, TrainSettings
 
 
-def load_for_training(start: str, labels: Sequence[str]):
-    """Model and tokenizer from a folder or hub id; a new classification head when the labels differ."""
+def load_for_training(start: str, labels: Sequence[str], new_head: bool = False):
+    """Model and tokenizer from a folder or hub id. A start that names labels of its own (a champion, its head
+    grown first by tasks/training/head.py when labels were appended) keeps its head and must name exactly
+    `labels`: a silent new head would throw away what it learned. A start that names none (a bare encoder), or
+    any start with `new_head` (a bootstrap), gets a new classification head for `labels`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    id2label = dict(enumerate(labels))
+    from kaizen.tasks.training.head import LabelSetError, appended, label_config, own_labels
+
+    own = None if new_head else own_labels(start)
+    if own is not None and appended(own, labels, start):  # raises when a label was removed, renamed or reordered
+        raise LabelSetError(f"{start} knows the labels {own}, not data.labels {list(labels)}: its head is grown "
+                            "to the appended labels before training (head.start_with_labels)")
     model = AutoModelForSequenceClassification.from_pretrained(
-        start, num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-        ignore_mismatched_sizes=True, use_safetensors=True,  # never unpickle weights
+        start, **label_config(labels), ignore_mismatched_sizes=own is None,
+        use_safetensors=True,  # never unpickle weights
     )
     return model, AutoTokenizer.from_pretrained(start)
 
@@ -82,7 +90,9 @@ def distilling_trainer(weight: float, temperature: float, class_weights: list[fl
                 w = torch.tensor(class_weights, dtype=outputs.logits.dtype, device=outputs.logits.device)
                 loss = F.cross_entropy(outputs.logits, inputs["labels"], weight=w)
             if teacher is not None and weight > 0:
-                kd = F.kl_div(F.log_softmax(outputs.logits / temperature, dim=-1),
+                # Over the teacher's classes only: labels appended since (tasks/training/head.py) are new to it.
+                student = outputs.logits[..., : teacher.shape[-1]]
+                kd = F.kl_div(F.log_softmax(student / temperature, dim=-1),
                               F.softmax(teacher.to(outputs.logits.dtype) / temperature, dim=-1),
                               reduction="batchmean") * temperature**2
                 loss = (1 - weight) * loss + weight * kd
@@ -133,7 +143,7 @@ def run(job: Path, after_epoch: Callable[[], None] = lambda: None) -> None:
                      f"{spec['epochs']} epochs\n")
     sys.stdout.flush()
     set_seed(settings.seed)
-    net, tokenizer = load_for_training(spec["start"], labels)
+    net, tokenizer = load_for_training(spec["start"], labels, spec.get("new_head", False))
 
     class Progress(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):

@@ -112,6 +112,22 @@ class Workspace:
         return self.data_dir / "archive"
 
     @property
+    def captures(self) -> str:
+        """What the served model and `kaizen score` answered (tasks/serving/capture.py), Parquet under `day=...`
+        folders: under `captures/` of storage.artifacts when it names a store (where the loop on any machine reads
+        them), else data/captures here. An fsspec URL or an absolute local path."""
+        artifacts = self.settings.storage.artifacts
+        return f"{artifacts.rstrip('/')}/captures" if artifacts else str(self.data_dir / "captures")
+
+    @property
+    def labeling(self) -> str:
+        """The labeling queues `kaizen select` writes (tasks/serving/labeling_queue.py) for a labeling tool to import:
+        beside the captures they come from (under storage.artifacts's store when it names one, else data/labeling
+        here). An fsspec URL or an absolute local path."""
+        artifacts = self.settings.storage.artifacts
+        return f"{artifacts.rstrip('/')}/labeling" if artifacts else str(self.data_dir / "labeling")
+
+    @property
     def stream_dir(self) -> Path:
         """The demo's real labeled stream, waiting to be dropped into the landing zone."""
         return self.data_dir / "stream"

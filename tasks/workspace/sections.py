@@ -181,6 +181,8 @@ class GateSettings(_Section):
     min_test_rows: int = Field(ge=1)
     # A default, so that a workspace made before this knob existed still loads.
     max_earlier_rows: int = Field(default=4000, ge=0)
+    # A default, so that a workspace made before this knob existed still loads, and gets the stricter gate.
+    judge_against_best: bool = True
     require_approval: bool
     approval_timeout_seconds: int = Field(ge=1)
 
@@ -194,14 +196,6 @@ class TrustSettings(_Section):
 class ScheduleSettings(_Section):
     cron: str = Field(min_length=9)
     poll_seconds: int = Field(ge=1, le=3600)
-
-
-class ServingSettings(_Section):
-    port: int = Field(ge=1, le=65535)
-    batch_size: int = Field(ge=1)
-    chunk_rows: int = Field(ge=1)
-    # Where a deployed scoring run may read and write (tasks/runtime/callers.py); none: the workspace's folder.
-    roots: tuple[Annotated[str, Field(min_length=1)], ...]
 
 
 class AlertsSettings(_Section):
@@ -239,6 +233,8 @@ class DemoSettings(_Section):
     rows_per_batch: int = Field(ge=0)
     rows_per_batch_gpu: int = Field(ge=0)
     seed: int
+    # A default, so that a workspace made before this knob existed still loads (and quarantines neutral tweets).
+    grow_labels: bool = False
 
 
 class MlflowSettings(_Section):

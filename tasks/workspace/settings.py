@@ -26,15 +26,21 @@ from kaizen.tasks.workspace.sections import (
     ReplaySettings,
     ScheduleSettings,
     ServersSettings,
-    ServingSettings,
     StorageSettings,
     TrainSettings,
     TrustSettings,
     _Section,
 )
+from kaizen.tasks.workspace.traffic_sections import (
+    CaptureSettings,
+    SelectSettings,
+    ServingSettings,
+    WatchSettings,
+)
 
 __all__ = [
     "AlertsSettings",
+    "CaptureSettings",
     "DataSettings",
     "DemoSettings",
     "DriftSettings",
@@ -46,11 +52,13 @@ __all__ = [
     "PreprocessSettings",
     "ReplaySettings",
     "ScheduleSettings",
+    "SelectSettings",
     "ServersSettings",
     "ServingSettings",
     "StorageSettings",
     "TrainSettings",
     "TrustSettings",
+    "WatchSettings",
     "Settings", "SettingsError", "load_settings", "write_overrides",
 ]
 
@@ -73,6 +81,9 @@ class Settings(_Section):
     servers: ServersSettings
     operations: OperationsSettings
     limits: LimitsSettings = LimitsSettings()
+    capture: CaptureSettings = CaptureSettings()
+    select: SelectSettings = SelectSettings()
+    watch: WatchSettings = WatchSettings()
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys replaced (`{"train.epochs": 1}`), validated like the file."""

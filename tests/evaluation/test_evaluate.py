@@ -7,7 +7,7 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kaizen.tasks.evaluation.evaluate import _look_up
+from kaizen.tasks.evaluation.predictions import _look_up
 
 SPLITS = ("batch-0001-test-aa", "batch-0002-test-bb", "batch-0003-test-cc")
 

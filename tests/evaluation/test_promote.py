@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,38 +109,6 @@ def test_a_gain_exactly_at_min_improvement_passes() -> None:
     assert not below.promote and "min_improvement" in below.reasons[0]
 
 
-@pytest.fixture(scope="module")
-def registry_template(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
-    """A workspace whose registry holds two versions of the tiny model (logging a model costs seconds: once)."""
-    from kaizen.tasks.workspace.layout import Workspace
-    from kaizen.tasks.workspace.members import init_workspace
-    from tests.support.workspaces import FAST, write_params
-
-    root = init_workspace(tmp_path_factory.mktemp("registered") / "ws").root
-    write_params(root, {**FAST, "model.backbone": str(tiny_backbone)})
-    ws = Workspace.open(root)
-    client = tracking.connect(ws)
-    exp = tracking.experiment_id(client, ws)
-    for batch in ("batch-0001", "batch-0002"):
-        tracking.register_model(client, ws, client.create_run(exp).info.run_id, tiny_backbone, {TAG["batch"]: batch})
-    return root
-
-
-@pytest.fixture
-def registered(registry_template: Path, tmp_path: Path):
-    """A copy of the template: its own tracking store and aliases (the artifacts stay where they were logged)."""
-    import shutil
-
-    from kaizen.tasks.workspace.layout import Workspace
-
-    root = tmp_path / "ws"
-    shutil.copytree(registry_template, root, symlinks=True)
-    ws = Workspace.open(root)
-    client = tracking.connect(ws)
-    name = ws.settings.model.registered_name
-    return ws, client, [tracking.model_version(client, name, v) for v in ("1", "2")]
-
-
 def test_register_aliases_challenger_and_champion_moves_keep_previous(registered) -> None:
     ws, client, (v1, v2) = registered
     name = ws.settings.model.registered_name
@@ -196,8 +163,10 @@ def test_a_download_killed_midway_is_never_taken_for_the_model(registered) -> No
 
 
 def test_a_rollback_during_an_iteration_is_not_undone_by_its_promotion(registered, tiny_backbone: Path) -> None:
+    from kaizen.tasks.evaluation.best import best_models
     from kaizen.tasks.evaluation.evaluate import Evaluation
     from kaizen.tasks.evaluation.promote import decide
+    from kaizen.tasks.ingest.ledger import Ledger
     from kaizen.tasks.operate.operations import rollback
     from kaizen.tasks.registry.record import Iteration, loop_run_id
 
@@ -223,6 +192,8 @@ def test_a_rollback_during_an_iteration_is_not_undone_by_its_promotion(registere
     assert "the champion is v1, no longer v2" in reason and "kaizen rollback" in reason
     assert tracking.model_version(client, name, challenger.version).tags[TAG["reasons"]].startswith(reason)
     assert client.get_run(run_id).data.tags[TAG["decision"]] == "rejected"
+    with Ledger(ws.ledger_db) as ledger:
+        assert best_models(ledger) == {}  # v3 never became champion: no batch's best model
 
 
 def test_a_crash_between_the_alias_moves_never_leaves_previous_equal_to_champion(registered) -> None:

@@ -240,7 +240,7 @@ def test_a_version_is_scored_once_and_found_from_another_machine(loop_state, tmp
 
     import numpy as np
 
-    from kaizen.tasks.evaluation.evaluate import (
+    from kaizen.tasks.evaluation.predictions import (
         kept_predictions,
         prediction_dir,
         predictions_on,
@@ -293,12 +293,8 @@ def test_past_max_earlier_rows_each_earlier_batch_is_judged_on_a_fixed_share(loo
 
     import pyarrow.parquet as pq
 
-    from kaizen.tasks.evaluation.evaluate import (
-        earlier_rows,
-        kept_predictions,
-        prediction_dir,
-        predictions_on_each,
-    )
+    from kaizen.tasks.evaluation.evaluate import earlier_rows
+    from kaizen.tasks.evaluation.predictions import kept_predictions, prediction_dir, predictions_on_each
 
     moved = _copy_of(loop_state[0], tmp_path, monkeypatch)
     batches = ["batch-0001", "batch-0002", "batch-0003", "batch-0004"]

@@ -88,7 +88,7 @@ def test_each_format_is_ingested_archived_and_batched(new_ws, domains, domain: s
     assert result.new_batches == ["batch-0001"]
     assert (result.rows_accepted, result.rows_quarantined) == (60, 0)
     batch = pd.read_parquet(ws.batch_file("batch-0001"))
-    assert list(batch.columns) == ["text", "label", "source", "source_row", "label_given"]
+    assert list(batch.columns) == ["text", "label", "source", "source_row", "label_given", "capture_id"]
     pd.testing.assert_frame_equal(batch[["text", "label"]], rows[["text", "label"]])
     assert set(batch["source"]) == {name}
     assert batch["source_row"].tolist() == list(range(1, 61))

@@ -212,7 +212,7 @@ def finish(served, run_id):
 
 def test_serve_creates_the_alert_automations_and_the_scoring_deployment(served, receiver) -> None:
     ws: Workspace = served["ws"]
-    assert "alerts: 6 Prefect automations" in (ws.state_dir / "serve.log").read_text()
+    assert f"alerts: {len(alerts.ALERTS)} Prefect automations" in (ws.state_dir / "serve.log").read_text()
     with prefect(served["api"]) as client:
         for event in alerts.ALERTS:
             (automation,) = client.read_automations_by_name(alerts.automation_name(ws, event))
@@ -222,8 +222,8 @@ def test_serve_creates_the_alert_automations_and_the_scoring_deployment(served, 
             block = client.read_block_document(action.block_document_id)
         assert block.data["url"] == "{{webhook_url}}" and block.data["json_data"] == {"text": "{{body}}"}
         assert block.data["secrets"] == {"webhook_url": receiver.url}  # read with secrets: what is sent
-        assert client.read_deployment_by_name(f"kaizen-score/{ws.workspace_id}").parameters == {
-            "workspace": str(ws.root)}
+        for flow in ("kaizen-score", "kaizen-watch", "kaizen-select"):
+            assert client.read_deployment_by_name(f"{flow}/{ws.workspace_id}").parameters == {"workspace": str(ws.root)}
 
 
 def test_an_approved_promotion_is_announced(served, receiver, domains, tmp_path) -> None:

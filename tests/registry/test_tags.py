@@ -12,7 +12,7 @@ def test_each_decision_is_stored_as_the_string_it_always_was() -> None:
     assert {d.name: d.value for d in Decision} == {
         "PROMOTED": "promoted", "REJECTED": "rejected", "SUSPECT": "suspect", "SKIPPED": "skipped",
         "NO_NEW_DATA": "no new data", "FAILED": "failed", "PENDING": "pending", "ORPHANED": "orphaned",
-        "ROLLBACK": "rollback", "CORRECTED": "corrected"}
+        "ROLLBACK": "rollback", "CORRECTED": "corrected", "LABELS": "labels"}
     for decision in Decision:  # the plain string wherever it goes: a tag value, JSON, a message, a comparison
         assert str(decision) == f"{decision}" == decision.value and decision == decision.value
         assert json.dumps({"decision": decision}) == json.dumps({"decision": decision.value})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from kaizen.flows.cli import app
 from kaizen.tasks.serving import champion, scoring
+from kaizen.tasks.serving.capture import read_captures
 from tests.support.files import sample
 
 BAD_BYTES = b"\xff\xfe not UTF-8"
@@ -118,12 +120,15 @@ def test_what_cannot_be_scored_says_why(champion_ws, make_workspace, tmp_path: P
 
 def test_a_compressed_file_scores_as_its_plain_self_and_predict_is_the_same_scorer(champion_ws, domains,
                                                                                     tmp_path: Path) -> None:
+    """...and the texts `kaizen score` labels are recorded in the captures, as served ones are; `kaizen predict`'s,
+    a person's tries, are not."""
+    began = datetime.now(UTC)
     texts = sample(domains["amazon"], 10, seed=12)["text"].tolist()
     data = pd.DataFrame({"text": texts, "id": range(10)}).to_csv(index=False).encode("utf-8")
     (tmp_path / "reviews.csv").write_bytes(data)
     (tmp_path / "reviews.csv.gz").write_bytes(gzip.compress(data))
     result = scoring.score(champion_ws, str(tmp_path / "reviews.csv.gz"), str(tmp_path / "gz.parquet"))
-    assert (result.files, result.rows, result.labelled, result.problems) == (1, 10, 10, [])
+    assert (result.files, result.rows, result.labelled, result.problems, result.captured) == (1, 10, 10, [], 10)
     scoring.score(champion_ws, str(tmp_path / "reviews.csv"), str(tmp_path / "plain.parquet"))
     scored, plain = pd.read_parquet(tmp_path / "gz.parquet"), pd.read_parquet(tmp_path / "plain.parquet")
     assert list(scored["source"]) == ["reviews.csv.gz"] * 10 and list(scored["row"]) == list(range(2, 12))
@@ -137,6 +142,11 @@ def test_a_compressed_file_scores_as_its_plain_self_and_predict_is_the_same_scor
     assert list(predicted["text"]) == texts and list(predicted["id"]) == list(scored["id"])
     assert list(predicted["prediction"]) == list(scored["prediction"])
     assert (predicted["p_positive"] - scored["p_positive"]).abs().max() < 1e-6
+
+    captured = read_captures(champion_ws, since=began)
+    assert list(captured["text"]) == texts * 2 and set(captured["source"]) == {"score"}  # two scorings, no predict
+    assert set(captured["model_version"]) == {"1"} and list(captured["prediction"]) == list(scored["prediction"]) * 2
+    assert [p[1] for p in captured["probabilities"][:10]] == pytest.approx(list(scored["p_positive"]), abs=1e-12)
 
 
 def test_a_long_field_scores_and_a_field_past_the_limit_stops_the_file_with_a_reason(champion_ws, domains,

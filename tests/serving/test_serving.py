@@ -1,15 +1,19 @@
 """Serving the registry's champion: the logged model carries its truncation, max_length, normalisation, pinned
-requirements, signature and input example; `kaizen serve-model` (a real `mlflow models serve`, local env manager,
-on a loopback port) answers ordinary texts, a 3,000-word text and an empty one exactly as `kaizen predict` does."""
+requirements, signature and input example; `kaizen serve-model` (MLflow's scoring app under uvicorn, on a loopback
+port) answers ordinary texts, a 3,000-word text and an empty one exactly as `kaizen predict` does, and records what
+it answered in the workspace's captures."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -21,9 +25,11 @@ from typer.testing import CliRunner
 from kaizen.flows.cli import app
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.serving import champion
+from kaizen.tasks.serving.capture import read_captures
 from tests.support.files import sample
 from tests.support.processes import KAIZEN, cli_env, free_port, start, stop, wait_until
 from tests.support.services import answers
+from tests.support.workspaces import write_params
 
 FULLWIDTH = "ｔｅｒｒｉｂｌｅ，  ｂｏｒｉｎｇ ｆｉｌｍ"  # NFKC (the DVC stage's normalisation) makes it the next line
 PLAIN = "terrible, boring film"
@@ -42,6 +48,7 @@ def texts(domains) -> list[str]:
 def server(champion_ws) -> Iterator[str]:
     port = free_port()
     log = champion_ws.state_dir / "serve-model.log"
+    write_params(champion_ws.root, {"capture.flush_seconds": 0.2})  # its answers in the captures at once
     proc = start([KAIZEN, "serve-model", "--port", str(port), "-w", str(champion_ws.root)], log, cli_env())
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,9 +90,9 @@ def test_the_logged_model_carries_what_it_was_trained_with(champion_ws) -> None:
 
 
 def test_served_answers_are_kaizen_predict_answers(server, champion_ws, texts, tmp_path: Path) -> None:
-    status, served = post(server, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
-    assert status == 200, served
-    served = pd.DataFrame(served["predictions"])
+    status, body = post(server, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"])
     csv = tmp_path / "texts.csv"
     pd.DataFrame({"text": texts}).to_csv(csv, index=False)
     result = CliRunner().invoke(app, ["predict", str(csv), "-w", str(champion_ws.root)])
@@ -134,11 +141,34 @@ def test_bad_requests_get_a_reason_or_a_clear_error(server) -> None:
     assert status == 400 and "text" in body["message"]
 
 
+def test_served_answers_are_recorded_in_the_captures(server, champion_ws) -> None:
+    """Each text answered, with the version, the answer and its time, written by the server's own thread; a request
+    refused is not an answer."""
+    texts = [f"{uuid.uuid4().hex} a fine film", f"{uuid.uuid4().hex} a dreadful one"]
+    mine = [*texts, None]
+    began = datetime.now(UTC)
+    assert post(server, {"dataframe_records": [{"txt": "refused"}]})[0] == 400
+    status, body = post(server, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in mine]}})
+    assert status == 200, body
+    wait_until("the answers in the captures", lambda: len(read_captures(champion_ws, since=began)) == 3, 30, every=0.2)
+    read = read_captures(champion_ws, since=began)
+    assert list(read["text"]) == mine and set(read["source"]) == {"serve"} and set(read["model_version"]) == {"1"}
+    assert list(read["text_sha256"])[:2] == [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    assert read["text_sha256"].iloc[2] is None and read["reason"].iloc[2] == "no text (missing value)"
+    for row, answer in zip(read.itertuples(), body["predictions"], strict=True):
+        assert (row.prediction, row.reason, list(row.labels)) == (answer["prediction"], answer["reason"],
+                                                                  ["negative", "positive"])
+        given = [answer["p_negative"], answer["p_positive"]]
+        assert (None if row.probabilities is None else list(row.probabilities)) == (None if given[0] is None else given)
+        assert began <= row.time.to_pydatetime() <= datetime.now(UTC)
+
+
 def test_mlflow_builds_a_serving_image_context_from_the_registry(champion_ws, tmp_path: Path) -> None:
     """`mlflow models build-docker` without a Docker daemon: the same build context, from the registry URI."""
-    command, env = champion.serve_command(champion_ws)
-    uri = next(arg for arg in command if arg.startswith("models:/"))
-    assert uri == f"models:/{champion_ws.settings.model.registered_name}@champion"
+    from kaizen.tasks.workspace.environment import child_environment
+
+    uri = f"models:/{champion_ws.settings.model.registered_name}@champion"
+    env = child_environment(champion_ws, tracking=True)
     subprocess.run([sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", uri, "-d",
                     str(tmp_path / "image")], env=env, check=True, capture_output=True, timeout=300)
     dockerfile = (tmp_path / "image" / "Dockerfile").read_text()
@@ -251,10 +281,12 @@ def test_with_credentials_the_model_server_answers_only_those_who_send_them(cham
     assert command[1:] == ["-m", "uvicorn", "--factory", "kaizen.tasks.serving.guarded:app", "--host", "0.0.0.0",
                            "--port", "5009"]
     assert env[guarded.MODEL_FOLDER] == str(champion.version_dir(champion_ws, "1"))
-    monkeypatch.setenv(guarded.MODEL_FOLDER, env[guarded.MODEL_FOLDER])
+    for key in (guarded.MODEL_FOLDER, guarded.SERVED_VERSION, guarded.SERVED_HOST, guarded.WORKSPACE):
+        monkeypatch.setenv(key, env[key])
     monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "false")  # MLflow's app sets it: undone after the test
     body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts[:4]]}}
-    with TestClient(guarded.app()) as client:
+    began = datetime.now(UTC)
+    with TestClient(guarded.app()) as client:  # its lifespan's end: the capture writer writes what waits
         refused = client.post("/invocations", json=body)
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
         assert client.post("/invocations", json=body, auth=(USER, "mlflow-secret-4712")).status_code == 401
@@ -264,6 +296,22 @@ def test_with_credentials_the_model_server_answers_only_those_who_send_them(cham
     assert answered.status_code == 200, answered.text
     local = champion.load_champion(champion_ws).predict(texts[:4])
     assert [p["prediction"] for p in answered.json()["predictions"]] == list(local["prediction"])
+    captured = read_captures(champion_ws, since=began)  # the one answered request, none of those refused
+    assert list(captured["text"]) == texts[:4] and list(captured["prediction"]) == list(local["prediction"])
+
+
+def test_without_credentials_the_served_app_opens_on_loopback_only(champion_ws, monkeypatch) -> None:
+    """The same app without basic auth, and `serve-model` checks the host, as the app itself does at its start."""
+    from kaizen.tasks.runtime.security import Unprotected
+    from kaizen.tasks.serving import guarded
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    command, env = champion.serve_command(champion_ws, port=5009)
+    assert command[3:5] == ["--factory", "kaizen.tasks.serving.guarded:app"] and env[guarded.SERVED_HOST] == "127.0.0.1"
+    monkeypatch.setenv(guarded.SERVED_HOST, "0.0.0.0")
+    with pytest.raises(Unprotected, match="not a loopback address"):
+        guarded.app()
 
 
 def test_serve_model_off_loopback_without_credentials_refuses(champion_ws, monkeypatch) -> None:

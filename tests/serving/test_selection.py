@@ -1,0 +1,173 @@
+"""tasks/serving/selection.py on real captures: the champion's answers on real texts, recorded by capture.py's own
+writer, chosen from with the champion's own embeddings, queued in files a labeling tool imports, and remembered in
+the ledger. (What becomes of the labeled rows: tests/flows/test_labeling_loop.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kaizen.flows.cli import app
+from kaizen.tasks.serving import capture
+from kaizen.tasks.serving.champion import load_champion
+from kaizen.tasks.serving.selection import (
+    SelectionError,
+    doubt,
+    farthest_first,
+    parse_since,
+    select_for_labeling,
+)
+from kaizen.tasks.workspace.layout import Workspace
+from tests.support.files import sample
+
+HASH_ONLY = 6  # captures kept without their text (capture.keep_text: false)
+
+
+def margins(frame: pd.DataFrame) -> pd.Series:
+    """Top minus second probability of each captured answer: how sure the model was."""
+    return frame["probabilities"].map(lambda p: float(np.diff(np.sort(p)[-2:])[0]))
+
+
+@pytest.fixture(scope="module")
+def captured_template(champion_ws: Workspace, domains, tmp_path_factory) -> Path:
+    """A copy of the champion's workspace (the session's is shared) whose captures are the champion's answers to
+    120 real Amazon texts, one of them answered twice, an empty text, and HASH_ONLY texts kept as hashes only."""
+    root = tmp_path_factory.mktemp("selection") / "ws"
+    shutil.copytree(champion_ws.root, root, symlinks=True)
+    for leftover in ("captures", "labeling"):  # what other tests of this session made the champion answer
+        shutil.rmtree(root / "data" / leftover, ignore_errors=True)
+    ws = Workspace.open(root)
+    classifier = load_champion(ws)
+    texts = sample(domains["amazon"], 120, seed=5)["text"].tolist()
+    for kept, batch in ((ws, texts + [texts[0], ""]),
+                        (Workspace(root, ws.settings.with_overrides({"capture.keep_text": False})),
+                         sample(domains["finefood"], HASH_ONLY, seed=5)["text"].tolist())):
+        writer = capture.CaptureWriter(kept, "score", classifier.version)
+        writer.submit(capture.frame_answers(batch, classifier.predict(batch)))
+        assert writer.close().written == len(batch)
+    return root
+
+
+@pytest.fixture
+def captured(captured_template: Path, tmp_path: Path) -> tuple[Workspace, pd.DataFrame]:
+    """A fresh copy of the captured workspace (nothing queued yet) and its captures."""
+    root = tmp_path / "ws"
+    shutil.copytree(captured_template, root, symlinks=True)
+    ws = Workspace.open(root)
+    return ws, capture.read_captures(ws)
+
+
+def said(output: str) -> str:
+    """A command's output as one line: the console wraps long lines where it likes."""
+    return " ".join(output.split())
+
+
+def test_the_queue_holds_exactly_the_budget_of_the_most_uncertain_distinct_texts(captured) -> None:
+    ws, captures = captured
+    queue = select_for_labeling(ws, 12)
+    assert queue.rows == 12 and queue.read == len(captures) == 120 + 2 + HASH_ONLY
+    assert (queue.left.without_text, queue.left.unanswered, queue.left.duplicates) == (HASH_ONLY, 1, 1)
+    assert queue.candidates == 120 and queue.pool == 4 * 12 and queue.versions == {"1": 12}
+    sheet = pd.read_csv(queue.files[0], keep_default_na=False)
+    assert list(sheet.columns) == ["capture_id", "text", "model_version", "prediction", "confidence", "why", "label"]
+    assert sheet["capture_id"].is_unique and sheet["text"].is_unique and (sheet["label"] == "").all()
+    by_id = captures.set_index("capture_id")
+    assert sheet["text"].tolist() == by_id.loc[sheet["capture_id"], "text"].tolist()  # each row its capture's text
+    candidates = margins(captures[captures["probabilities"].notna()].drop_duplicates("text", keep="last"))
+    chosen = margins(by_id.loc[sheet["capture_id"]].reset_index())
+    assert chosen.mean() < candidates.mean()  # doubtful texts, against the same rows taken at random
+    assert chosen.max() <= np.sort(candidates)[4 * 12 - 1]  # all from the pool of the 48 most doubtful
+    assert sheet["why"].str.startswith("margin ").all()
+
+
+def test_label_studio_imports_the_tasks_with_their_config(captured) -> None:
+    """Label Studio's import format (labelstud.io/guide/tasks, guide/predictions): a JSON list of tasks, each a
+    `data` object whose keys the config's `$variables` name, and `predictions`, each with `model_version`, a `score`
+    and a `result` list whose items carry a unique `id`, the control's `from_name`, the object's `to_name`, the
+    control's `type` and its `value` (`choices` from the config's Choice values)."""
+    ws, _ = captured
+    queue = select_for_labeling(ws, 5)
+    tasks = json.loads(Path(queue.files[1]).read_text(encoding="utf-8"))
+    config = ET.fromstring(Path(queue.files[2]).read_text(encoding="utf-8"))
+    text, choices = config.find("Text"), config.find("Choices")
+    assert text is not None and choices is not None
+    allowed = {c.get("value") for c in choices.findall("Choice")}
+    assert allowed == set(ws.settings.data.labels)
+    assert isinstance(tasks, list) and len(tasks) == 5
+    ids = []
+    for task in tasks:
+        assert set(task) == {"data", "predictions"}
+        assert isinstance(task["data"][text.get("value", "").removeprefix("$")], str)
+        assert task["data"]["capture_id"] in pd.read_csv(queue.files[0])["capture_id"].tolist()
+        (prediction,) = task["predictions"]
+        assert isinstance(prediction["model_version"], str) and 0.0 <= prediction["score"] <= 1.0
+        for result in prediction["result"]:
+            assert (result["from_name"], result["to_name"], result["type"]) == (choices.get("name"),
+                                                                                 choices.get("toName"), "choices")
+            assert result["to_name"] == text.get("name") and set(result["value"]["choices"]) <= allowed
+            ids.append(result["id"])
+    assert len(set(ids)) == len(ids)
+    # Its CSV export names the text and label columns as the config does: collect reads them there.
+    assert (text.get("name"), choices.get("name")) == (ws.settings.data.text_column, ws.settings.data.label_column)
+
+
+def test_no_text_is_queued_twice_and_the_ledger_remembers(captured) -> None:
+    ws, _ = captured
+    first, second = select_for_labeling(ws, 20), select_for_labeling(ws, 20)
+    ids = [set(pd.read_csv(q.files[0])["capture_id"]) for q in (first, second)]
+    assert len(ids[0]) == len(ids[1]) == 20 and not ids[0] & ids[1]
+    assert second.left.already_queued >= first.left.already_queued + 20
+    later = select_for_labeling(ws, 5, since=datetime.now(UTC) + timedelta(hours=1))  # no capture answered since
+    assert (later.name, later.files, later.read) == (None, (), 0) and "nothing queued" in later.describe()
+
+
+def test_the_command_says_where_the_queue_went_and_a_slow_selection_stops(captured) -> None:
+    ws, _ = captured
+    result = CliRunner().invoke(app, ["select", "--budget", "3", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in Path(ws.labeling).iterdir())
+    # a long path is cut mid-name at the console's width: the lines joined as they are, not with spaces
+    assert len(written) == 3 and all(result.output.replace("\n", "").count(name) == 1 for name in written)
+    assert "3 texts queued as queue-" in said(result.output)
+    slow = Workspace(ws.root, ws.settings.with_overrides({"select.max_seconds": 1e-6}))
+    with pytest.raises(SelectionError, match=r"select\.max_seconds"):
+        select_for_labeling(slow, 3)
+    refused = CliRunner().invoke(app, ["select", "--budget", "3", "--since", "last week", "-w", str(ws.root)])
+    assert refused.exit_code == 2 and "give an age (90m, 12h, 7d)" in said(refused.output)
+
+
+def test_farthest_first_starts_where_the_training_data_is_thinnest() -> None:
+    angles = np.array([0.0, 0.05, 0.1, 1.5, 1.55, 3.0])  # unit vectors on a circle; the centres sit near 0
+    points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    centres = points[:1] * 1.0
+    order, coverage, spread = farthest_first(points, centres, 3)
+    assert order == [5, 3, 2] and coverage[0] == coverage.max()
+    assert np.isfinite(spread).all() and len(set(order)) == 3
+    alike, _, spread = farthest_first(np.tile(points[:1], (4, 1)), None, 4)  # no centres, identical texts
+    assert alike == [0, 1, 2, 3] and np.isnan(spread[0])
+
+
+def test_doubt_is_the_margin_or_the_entropy_over_any_number_of_classes() -> None:
+    answers = [[0.5, 0.5], [0.9, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0]]
+    confidence, margin, uncertainty = doubt(answers, "margin")
+    assert np.allclose(confidence, [0.5, 0.9, 1 / 3, 1.0]) and np.allclose(margin, [0.0, 0.8, 0.0, 1.0])
+    assert np.allclose(uncertainty, 1 - margin)
+    _, _, entropy = doubt(answers, "entropy")
+    assert np.allclose(entropy, [1.0, -(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2), 1.0, 0.0])
+
+
+def test_since_is_an_age_or_a_time() -> None:
+    now = pd.Timestamp("2026-03-01T12:00:00Z").to_pydatetime()
+    assert parse_since("36h", now) == pd.Timestamp("2026-02-28T00:00:00Z").to_pydatetime()
+    assert parse_since("2026-02-01", now) == pd.Timestamp("2026-02-01T00:00:00Z").to_pydatetime()
+    assert parse_since(None, now) is None
+    with pytest.raises(ValueError, match="an age"):
+        parse_since("yesterday", now)
