@@ -18,6 +18,10 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(_STATE / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+    # One torch thread per process: the suite runs two workers (and their servers) on two cores, where torch's
+    # OpenMP threads spin while waiting for each other. With two threads each, a tiny-BERT training step took
+    # ten times the wall and CPU time of one thread whenever the cores were busy.
+    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
 })
 (_STATE / "prefect").mkdir()
 # Every process the tests start inherits this mark: at the end of the session none of them may still run.
