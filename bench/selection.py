@@ -12,9 +12,10 @@ Protocol, per seed:
   probabilities as tasks/serving/capture.py records them) and the arm buys `--budget` B labels:
     random     B rows at random
     select     kaizen's selection (tasks/serving/selection.py, called, not copied): `doubt` on the captured
-               probabilities, the select.pool_factor x B most uncertain rows, then B of them by `farthest_first` on
-               the champion's `embeddings`, with a sample (select.reference_rows) of the rows the arm's champion
-               learned from as the first centres
+               probabilities, the select.pool_factor x B most uncertain rows, then B of them by `choose` on the
+               champion's `embeddings` (select.method: `typical`, the most central text of each of B
+               uncertainty-weighted clusters, or `farthest`, k-center from a sample of select.reference_rows rows
+               the arm's champion learned from; `--set select.method=farthest` runs the older one)
     random-2x  2B rows at random (the same draw as random's, extended): "the accuracy of random with half its
                labels" is select against this arm
   The arm fine-tunes its champion (tasks/training/train.fine_tune, params.yaml's train settings) on its labeled
@@ -25,7 +26,7 @@ Protocol, per seed:
   differences (select - random, select - random-2x) are taken on the same rows, per seed, with standard errors
   (continual.paired); over seeds, their mean with two errors: from the rows (combined) and between the seeds.
 
-    .venv/bin/python bench/selection.py [--seeds 13,14,15] [--budget 100] [--rows 800] [--held-out 1000]
+    .venv/bin/python bench/selection.py [--seeds 13,14,15] [--budget 100] [--rows 800] [--held-out 1000] [--set K=V]
     .venv/bin/python bench/selection.py --tiny --seeds 1 --rows 200 --budget 20    # a smoke run (minutes)
     .venv/bin/python bench/selection.py --table-only --seeds 13,14,15              # the tables of a run again
 """
@@ -123,9 +124,9 @@ def captured_probabilities(tokenizer, net, texts: list[str], ws) -> list[list[fl
 
 def selected(arm: Arm, traffic: pd.DataFrame, budget: int, ws) -> np.ndarray:
     """The rows of `traffic` kaizen's selection gives `budget` labels to, as select_for_labeling chooses among
-    captures (the pool of the most uncertain first, then farthest-first on the champion's embeddings)."""
+    captures (the pool of the most uncertain first, then select.method on the champion's embeddings)."""
     from kaizen.tasks.model.predict import load
-    from kaizen.tasks.serving.selection import Deadline, doubt, embeddings, farthest_first
+    from kaizen.tasks.serving.selection import Deadline, choose, doubt, embeddings
 
     settings = ws.settings.select
     tokenizer, net = load(arm.model, ws.settings.train.device)
@@ -140,8 +141,9 @@ def selected(arm: Arm, traffic: pd.DataFrame, budget: int, ws) -> np.ndarray:
     reference = learned.sample(n=min(settings.reference_rows, len(learned)),
                                random_state=ws.settings.preprocess.seed)["text"].tolist()
     centres = embeddings(tokenizer, net, reference, ws, deadline) if reference else None
-    order, _, _ = farthest_first(points, centres, budget, deadline)
-    return pool.index.to_numpy()[order]
+    picks = choose(points, pool["uncertainty"].to_numpy(), centres, budget, settings.method,
+                   ws.settings.preprocess.seed, deadline)
+    return pool.index.to_numpy()[picks.order]
 
 
 def learn(arm: Arm, domain: str, labeled: pd.DataFrame, ws, out: Path) -> None:
@@ -239,12 +241,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=800, help="rows of traffic per domain")
     parser.add_argument("--held-out", type=int, default=1000, help="held-out rows per domain, at most")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random BERT (a smoke run)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="params.yaml override (YAML value), e.g. select.method=farthest")
     parser.add_argument("--table-only", action="store_true", help="run nothing: the tables of --work's result.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "selection")
     args = parser.parse_args()
     if 2 * args.budget > args.rows:
         parser.error(f"--budget {args.budget}: random-2x buys {2 * args.budget} labels, more than --rows {args.rows}")
-    overrides: dict = {}
+    import yaml
+
+    overrides: dict = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     if args.tiny and not args.table_only:
         from long_stream import TINY
         from scale import tiny_backbone
@@ -263,7 +269,8 @@ def main() -> None:
     header = (f"{' -> '.join(ORDER)}; {args.rows} rows of traffic per domain, budget {args.budget} labels a batch, "
               f"held out {runs[0]['held_out_rows']}; {'tiny BERT' if args.tiny else 'MiniLM'}; seeds {args.seeds}; "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-              f"{sum(r['seconds'] for r in runs):.0f} s of runs ({time.perf_counter() - began:.0f} s now)")
+              f"{sum(r['seconds'] for r in runs):.0f} s of runs ({time.perf_counter() - began:.0f} s now)"
+              + (f"; {', '.join(args.set)}" if args.set else ""))
     text = header + "\n\n" + tables(runs)
     (args.work / "table.md").write_text(text)
     print(text)

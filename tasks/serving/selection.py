@@ -3,11 +3,16 @@
 Three things make a text worth labeling, combined in two steps:
 1. uncertainty: the model that answered it hesitated (select.uncertainty: the margin between its top two
    probabilities as captured, or their entropy). Only the select.pool_factor x N most uncertain texts go on.
-2. coverage and diversity: among those, N are picked farthest-first (greedy k-center) on the champion's own
-   embeddings (the mean of its last hidden layer over a text's tokens), with a sample of the champion's training
-   data as the first centres. The first picks lie where that data is thinnest (the drifted regions), each next one
-   as far as can be from the training data and from the texts picked before it: N labels are not spent on N
-   paraphrases of one doubt. A tie (the same distance) goes to the more uncertain text.
+2. diversity and coverage, on the champion's own embeddings (the mean of its last hidden layer over a text's
+   tokens), by select.method:
+   - `typical` (the default): the pool is cut into N clusters by k-means weighted by each text's uncertainty, and
+     each cluster gives the text nearest its centre: N doubts that each stand for many like them, the densest
+     doubtful regions of the traffic first (where it drifted, most of it lies there). Measured on the real stream
+     (bench/README.md), picking outliers lost to random: the model learned the new domain's bulk worse.
+   - `farthest`: greedy k-center from a sample of the champion's training data: the first picks lie where that
+     data is thinnest, each next one as far as can be from it and from the picks before (atypical texts).
+   Either way N labels are not spent on N paraphrases of one doubt, and each pick says how far it lies from the
+   training data (coverage).
 Candidates are captured answers with a text (a capture kept as a hash only cannot be shown to a labeler: counted
 and said), one per text (collect's dedup key), neither queued before nor ingested already (the ledger knows both).
 Every input is bounded: the latest select.max_capture_rows captures, select.reference_rows training rows, and
@@ -143,8 +148,10 @@ def spread_out(ws: Workspace, pool: pd.DataFrame, budget: int, deadline: Deadlin
     points = embeddings(tokenizer, net, [normalize_text(t, lowercase) for t in pool["text"]], ws, deadline)
     reference = training_sample(ws, version)
     centres = embeddings(tokenizer, net, reference, ws, deadline) if reference else None
-    order, coverage, spread = farthest_first(points, centres, budget, deadline)
-    chosen = pool.iloc[order].assign(coverage=coverage, spread=spread).reset_index(drop=True)
+    picks = choose(points, pool["uncertainty"].to_numpy(), centres, budget, ws.settings.select.method,
+                   ws.settings.preprocess.seed, deadline)
+    chosen = pool.iloc[picks.order].assign(coverage=picks.coverage, spread=picks.spread,
+                                           stands_for=picks.stands_for).reset_index(drop=True)
     chosen["why"] = [why(row, ws.settings.select.uncertainty) for row in chosen.itertuples(index=False)]
     return chosen, version, len(reference)
 
@@ -152,11 +159,94 @@ def spread_out(ws: Workspace, pool: pd.DataFrame, budget: int, deadline: Deadlin
 def why(row, method: str) -> str:
     """The scores that chose a text, in words (the queue's `why`)."""
     parts = [f"margin {row.margin:.3f}" if method == "margin" else f"entropy {row.uncertainty:.3f}"]
+    if row.stands_for > 0:
+        parts.append(f"nearest the centre of {row.stands_for} doubtful texts")
     if not math.isnan(row.coverage):
         parts.append(f"{row.coverage:.3f} from the training data")
     if not math.isnan(row.spread):
         parts.append(f"{row.spread:.3f} from the texts picked before it")
     return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Picks:
+    """Rows of the pool chosen, in queue order, with per pick: its cosine distance from the training sample
+    (coverage, NaN without one), from the picks before it (spread: `farthest` only, else NaN) and how many pool
+    texts its cluster holds (`typical` only, else 0)."""
+
+    order: list[int]
+    coverage: np.ndarray
+    spread: np.ndarray
+    stands_for: np.ndarray
+
+
+def choose(points: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray | None, k: int, method: str,
+           seed: int, deadline: Deadline | None = None) -> Picks:
+    """`k` rows of the pool (unit embeddings `points`, each text's `uncertainty`) by select.method."""
+    coverage = distance_to(points, centres)
+    if method == "farthest":
+        order, spread = farthest_first(points, centres, k, deadline)
+        return Picks(order, coverage[order], spread, np.zeros(len(order), dtype=int))
+    order, sizes = typical_doubt(points, uncertainty, k, seed, deadline)
+    return Picks(order, coverage[order], np.full(len(order), np.nan), sizes)
+
+
+def distance_to(points: np.ndarray, centres: np.ndarray | None) -> np.ndarray:
+    """Each point's cosine distance from the nearest of `centres` (NaN without centres), 4,096 points at a time."""
+    if centres is None or not len(centres):
+        return np.full(len(points), np.nan)
+    return np.concatenate([np.clip(1.0 - points[s : s + 4096] @ centres.T, 0.0, None).min(axis=1)
+                           for s in range(0, len(points), 4096)])
+
+
+def typical_doubt(points: np.ndarray, uncertainty: np.ndarray, k: int, seed: int, deadline: Deadline | None = None,
+                  rounds: int = 30) -> tuple[list[int], np.ndarray]:
+    """Weighted k-means on unit vectors (cosine; Zhdanov 2019, "diverse mini-batch active learning"): `k` clusters
+    of the pool, each text weighing its uncertainty (plus a floor, so a sure text still counts), seeded by
+    k-means++ from `seed`; each cluster gives its member nearest the centre. The rows, heaviest cluster first, and
+    each cluster's size."""
+    n, k = len(points), min(k, len(points))
+    if k == 0:
+        return [], np.zeros(0, dtype=int)
+    weight = np.clip(np.asarray(uncertainty, dtype=float), 0.0, None) + 1e-3
+    rng = np.random.default_rng(seed)
+    first = int(rng.choice(n, p=weight / weight.sum()))
+    seeds, nearest = [first], np.clip(1.0 - points @ points[first], 0.0, None)
+    for _ in range(1, k):  # k-means++: the next seed drawn by weight x distance from the seeds so far
+        if deadline is not None:
+            deadline.check("seeding the clusters")
+        pull = weight * nearest
+        pull[seeds] = 0.0
+        nxt = int(rng.choice(n, p=pull / pull.sum())) if pull.sum() > 0 else \
+            int(np.setdiff1d(np.arange(n), seeds)[0])  # the rest coincide with seeds: any unseeded text
+        seeds.append(nxt)
+        nearest = np.minimum(nearest, np.clip(1.0 - points @ points[nxt], 0.0, None))
+    centre = points[seeds].copy()
+    member = np.full(n, -1)
+    for _ in range(rounds):
+        if deadline is not None:
+            deadline.check("clustering them")
+        assigned = np.argmax(points @ centre.T, axis=1)
+        if np.array_equal(assigned, member):
+            break
+        member = assigned
+        total = np.zeros_like(centre)
+        np.add.at(total, member, weight[:, None] * points)
+        norm = np.linalg.norm(total, axis=1)
+        held = norm > 1e-12  # an emptied cluster keeps its centre
+        centre[held] = total[held] / norm[held, None]
+    similarity = points @ centre.T
+    mass = np.bincount(member, weights=weight, minlength=k)
+    order, sizes = [], []
+    for c in np.argsort(-mass, kind="stable"):
+        inside = np.flatnonzero(member == c)
+        if len(inside):
+            order.append(int(inside[np.argmax(similarity[inside, c])]))
+            sizes.append(len(inside))
+    # Texts that embed alike can leave clusters empty: the budget is still spent, on the most doubtful of the rest.
+    taken = set(order)
+    rest = [int(i) for i in np.argsort(-weight, kind="stable") if i not in taken][: k - len(order)]
+    return order + rest, np.asarray(sizes + [0] * len(rest), dtype=int)
 
 
 def training_sample(ws: Workspace, version: str) -> list[str]:
@@ -197,15 +287,11 @@ def embeddings(tokenizer, net, texts: list[str], ws: Workspace, deadline: Deadli
 
 
 def farthest_first(points: np.ndarray, centres: np.ndarray | None, k: int, deadline: Deadline | None = None
-                   ) -> tuple[list[int], np.ndarray, np.ndarray]:
+                   ) -> tuple[list[int], np.ndarray]:
     """Greedy k-center on unit vectors (cosine distance): `k` rows of `points`, each the farthest from `centres`
-    and the rows picked before it (ties to the lowest row). Also each pick's distance from the centres (its
-    coverage; NaN without centres) and from everything before it when picked (its spread; NaN for a first pick
-    without centres)."""
-    coverage = np.full(len(points), np.nan)
-    if centres is not None and len(centres):
-        coverage = np.concatenate([np.clip(1.0 - points[s : s + 4096] @ centres.T, 0.0, None).min(axis=1)
-                                   for s in range(0, len(points), 4096)])
+    and the rows picked before it (ties to the lowest row). Also each pick's distance from everything before it
+    when picked (its spread; NaN for a first pick without centres)."""
+    coverage = distance_to(points, centres)
     nearest = np.where(np.isnan(coverage), np.inf, coverage)
     order: list[int] = []
     spread = []
@@ -217,4 +303,4 @@ def farthest_first(points: np.ndarray, centres: np.ndarray | None, k: int, deadl
         spread.append(nearest[pick] if np.isfinite(nearest[pick]) else np.nan)
         nearest = np.minimum(nearest, np.clip(1.0 - points @ points[pick], 0.0, None))
         nearest[order] = -np.inf  # never picked twice, even where texts embed alike
-    return order, coverage[order], np.asarray(spread, dtype=float)
+    return order, np.asarray(spread, dtype=float)

@@ -99,9 +99,27 @@ def configure_remote(root: Path, url: str) -> None:
         url = str(Path(url).resolve())
     if configured_remote(root) == url:
         return
-    # A folder inside the workspace is given relative to it, so the committed config works in every clone.
-    inside = "://" not in url and Path(url).is_relative_to(root)
-    run_command(dvc_command("remote", "add", "-f", "-d", REMOTE, os.path.relpath(url, root) if inside else url), root)
+    # A folder inside the workspace is written relative to .dvc/ (as DVC writes a relative path), so the committed
+    # config works in every clone. As `dvc remote add -f -d` does: the section replaced whole, made the default.
+    if "://" not in url and Path(url).is_relative_to(root):
+        url = os.path.relpath(url, root / ".dvc")
+    edit_dvc_config(root / ".dvc" / "config", {"core": {"remote": REMOTE}}, {f'remote "{REMOTE}"': {"url": url}})
+
+
+def edit_dvc_config(path: Path, update: dict[str, dict[str, str]], replace: dict | None = None) -> None:
+    """Set options of a DVC config file (.dvc/config, committed; .dvc/config.local, this machine's) as `dvc config`
+    and `dvc remote add` write them: with configobj, DVC's own reader and writer, in this process. A `dvc` command
+    takes about a second to start, and a new workspace needed four of them. `update` sets options of sections,
+    `replace` sets sections whole."""
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(path), encoding="utf-8")  # an empty config where the file is missing
+    config.indent_type = "    "  # DVC's own layout
+    for section, options in update.items():
+        config.setdefault(section, {}).update(options)
+    for section, options in (replace or {}).items():
+        config[section] = options
+    config.write()
 
 
 def ensure_dvc(root: Path, remote: str | None = None) -> None:
@@ -119,6 +137,6 @@ def ensure_dvc(root: Path, remote: str | None = None) -> None:
     if not (root / ".dvc").exists():
         run_command(dvc_command("init", "-q"), root)
     ignore_in_dvc(root)
-    run_command(dvc_command("config", "core.analytics", "false"), root)
-    run_command(dvc_command("config", "--local", "core.site_cache_dir", str(root / ".kaizen" / "dvc-site")), root)
+    edit_dvc_config(root / ".dvc" / "config", {"core": {"analytics": "false"}})
+    edit_dvc_config(root / ".dvc" / "config.local", {"core": {"site_cache_dir": str(root / ".kaizen" / "dvc-site")}})
     configure_remote(root, remote or str(root / ".kaizen" / "dvc-remote"))

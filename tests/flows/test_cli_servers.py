@@ -140,6 +140,19 @@ def test_deploy_puts_the_loop_on_a_process_pool(pooled, up) -> None:
         assert deployment.job_variables["env"]["HF_HUB_OFFLINE"] == "1"
 
 
+def test_the_worker_runs_the_cron_schedule(pooled, up) -> None:
+    ws2 = pooled["ws"]
+    with prefect(up["api"]) as client:
+        deployment = client.read_deployment_by_name(f"kaizen-iteration/{ws2.workspace_id}")
+        run = wait_until("a scheduled run on the worker", lambda: next(
+            (r for r in runs_of(client, deployment.id) if r.state_type.value in FINAL), None), 300)
+    assert run.state_type.value == "COMPLETED", run.state.message
+    assert "auto-scheduled" in run.tags and run.created_by.type == "SCHEDULE"
+    assert run.parameters == {"workspace": str(ws2.root)}
+    assert pooled["worker"].poll() is None
+    retire(pooled)  # its minutely runs would otherwise cost the module's other tests a core, a run a minute
+
+
 def test_the_served_deployment_has_its_schedule_trigger_and_limit(ws, served) -> None:
     from prefect.events.actions import RunDeployment
 
@@ -304,18 +317,6 @@ def test_a_run_killed_with_its_serving_process_frees_the_slot_and_is_learned(up,
                                              filter_string="tags.`kaizen.batch` = 'batch-0001'")
                if r.data.tags.get(TAG["workspace"]) == third.workspace_id and r.data.tags.get(TAG["decision"]) == "orphaned"]
     assert len(orphans) == 1  # the killed attempt, labelled; the batch learned once by the next run
-
-
-def test_the_worker_runs_the_cron_schedule(pooled, up) -> None:
-    ws2 = pooled["ws"]
-    with prefect(up["api"]) as client:
-        deployment = client.read_deployment_by_name(f"kaizen-iteration/{ws2.workspace_id}")
-        run = wait_until("a scheduled run on the worker", lambda: next(
-            (r for r in runs_of(client, deployment.id) if r.state_type.value in FINAL), None), 300)
-    assert run.state_type.value == "COMPLETED", run.state.message
-    assert "auto-scheduled" in run.tags and run.created_by.type == "SCHEDULE"
-    assert run.parameters == {"workspace": str(ws2.root)}
-    assert pooled["worker"].poll() is None
 
 
 # --- kaizen down -----------------------------------------------------------------------------------------

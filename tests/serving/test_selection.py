@@ -20,10 +20,11 @@ from kaizen.tasks.serving import capture
 from kaizen.tasks.serving.champion import load_champion
 from kaizen.tasks.serving.selection import (
     SelectionError,
+    choose,
     doubt,
-    farthest_first,
     parse_since,
     select_for_labeling,
+    typical_doubt,
 )
 from kaizen.tasks.workspace.layout import Workspace
 from tests.support.files import sample
@@ -148,11 +149,34 @@ def test_farthest_first_starts_where_the_training_data_is_thinnest() -> None:
     angles = np.array([0.0, 0.05, 0.1, 1.5, 1.55, 3.0])  # unit vectors on a circle; the centres sit near 0
     points = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     centres = points[:1] * 1.0
-    order, coverage, spread = farthest_first(points, centres, 3)
-    assert order == [5, 3, 2] and coverage[0] == coverage.max()
-    assert np.isfinite(spread).all() and len(set(order)) == 3
-    alike, _, spread = farthest_first(np.tile(points[:1], (4, 1)), None, 4)  # no centres, identical texts
-    assert alike == [0, 1, 2, 3] and np.isnan(spread[0])
+    picks = choose(points, np.ones(6), centres, 3, "farthest", seed=0)
+    assert picks.order == [5, 3, 2] and picks.coverage[0] == picks.coverage.max()
+    assert np.isfinite(picks.spread).all() and len(set(picks.order)) == 3
+    alike = choose(np.tile(points[:1], (4, 1)), np.ones(4), None, 4, "farthest", seed=0)  # identical texts
+    assert alike.order == [0, 1, 2, 3] and np.isnan(alike.spread[0]) and np.isnan(alike.coverage).all()
+
+
+def test_typical_doubt_takes_the_centre_of_each_doubtful_cloud_not_its_outliers() -> None:
+    """Three clouds of texts on the unit sphere, each with one outlier far off its side: one pick per cloud, each
+    the text nearest the cloud's centre; the most doubtful cloud first; the same picks from the same seed."""
+    rng = np.random.default_rng(3)
+    axes, clouds, doubts = np.eye(3), [], []
+    for i, doubt_level in enumerate((0.9, 0.2, 0.5)):
+        cloud = axes[i] + 0.08 * rng.standard_normal((30, 3))
+        cloud[0] = axes[i] + 0.5 * axes[(i + 1) % 3]  # the outlier
+        clouds.append(cloud / np.linalg.norm(cloud, axis=1, keepdims=True))
+        doubts.append(np.full(30, doubt_level))
+    points, uncertainty = np.concatenate(clouds), np.concatenate(doubts)
+    order, sizes = typical_doubt(points, uncertainty, 3, seed=7)
+    assert [i // 30 for i in order] == [0, 2, 1] and list(sizes) == [30, 30, 30]
+    for i in order:
+        cloud = points[(i // 30) * 30 : (i // 30 + 1) * 30]
+        centre = cloud.mean(axis=0) / np.linalg.norm(cloud.mean(axis=0))
+        assert i % 30 != 0 and points[i] @ centre == max(cloud @ centre)
+    assert typical_doubt(points, uncertainty, 3, seed=7)[0] == order
+    assert len(set(typical_doubt(points, uncertainty, 90, seed=1)[0])) == 90  # as many as asked, none twice
+    alike, sizes = typical_doubt(np.tile(points[:1], (4, 1)), np.array([0.1, 0.2, 0.3, 0.4]), 3, seed=0)
+    assert len(set(alike)) == 3 and sizes[0] == 4 and list(sizes[1:]) == [0, 0]  # the budget spent all the same
 
 
 def test_doubt_is_the_margin_or_the_entropy_over_any_number_of_classes() -> None:

@@ -34,9 +34,10 @@ def make_ws(root: Path, tiny_backbone: Path, **overrides) -> Workspace:
     """A workspace for `kaizen up` and its servers: FAST, OPEN_GATE, short polls, free server ports."""
     init_workspace(root)
     prefect_port, mlflow_port = free_ports(2)
-    # The traffic watch's cron once a year: its hourly runs would only cost a served test CPU (its own tests run it).
+    # Both crons once a year: the loop's hourly run raced a test's event-triggered runs at the top of the hour (it
+    # took the batch the follow-up run was waiting for), and the traffic watch's only costs CPU (its own tests run it).
     write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone), "schedule.poll_seconds": 2,
-                        "watch.cron": "0 0 1 1 *",
+                        "watch.cron": "0 0 1 1 *", "schedule.cron": "0 0 1 1 *",
                         "servers.slot_wait_seconds": 2, "servers.prefect_port": prefect_port,
                         "servers.mlflow_port": mlflow_port, **overrides})
     return Workspace.open(root)
