@@ -126,14 +126,15 @@ def selected(arm: Arm, traffic: pd.DataFrame, budget: int, ws) -> np.ndarray:
     """The rows of `traffic` kaizen's selection gives `budget` labels to, as select_for_labeling chooses among
     captures (the pool of the most uncertain first, then select.method on the champion's embeddings)."""
     from kaizen.tasks.model.predict import load
-    from kaizen.tasks.serving.selection import Deadline, choose, doubt, embeddings
+    from kaizen.tasks.serving.picking import Deadline, choose
+    from kaizen.tasks.serving.selection import doubt, doubtful_pool, embeddings, group_quotas
 
     settings = ws.settings.select
     tokenizer, net = load(arm.model, ws.settings.train.device)
-    _, _, uncertainty = doubt(captured_probabilities(tokenizer, net, traffic["text"].tolist(), ws),
-                              settings.uncertainty)
-    pool = traffic.assign(uncertainty=uncertainty).sort_values("uncertainty", ascending=False, kind="stable")
-    pool = pool.head(settings.pool_factor * budget)
+    probabilities = captured_probabilities(tokenizer, net, traffic["text"].tolist(), ws)
+    _, _, uncertainty = doubt(probabilities, settings.uncertainty)
+    answered = traffic.assign(uncertainty=uncertainty, prediction=np.argmax(np.asarray(probabilities), axis=1))
+    pool = doubtful_pool(answered, budget, settings.pool_factor, settings.by_prediction)
     deadline = Deadline(time.monotonic() + settings.max_seconds, settings.max_seconds)
     points = embeddings(tokenizer, net, pool["text"].tolist(), ws, deadline)  # normalised already
     # selection.training_sample reads the registry's lineage; here the arm knows what its champion learned from
@@ -142,7 +143,7 @@ def selected(arm: Arm, traffic: pd.DataFrame, budget: int, ws) -> np.ndarray:
                                random_state=ws.settings.preprocess.seed)["text"].tolist()
     centres = embeddings(tokenizer, net, reference, ws, deadline) if reference else None
     picks = choose(points, pool["uncertainty"].to_numpy(), centres, budget, settings.method,
-                   ws.settings.preprocess.seed, deadline)
+                   ws.settings.preprocess.seed, deadline, groups=group_quotas(pool))
     return pool.index.to_numpy()[picks.order]
 
 

@@ -24,7 +24,8 @@ def select(budget: Annotated[int, typer.Option("--budget", min=1, help="How many
     from datetime import UTC, datetime
 
     from kaizen.tasks.serving.champion import ServingError
-    from kaizen.tasks.serving.selection import SelectionError, parse_since, select_for_labeling
+    from kaizen.tasks.serving.picking import SelectionError
+    from kaizen.tasks.serving.selection import parse_since, select_for_labeling
     from kaizen.tasks.workspace.files import Busy
 
     ws = open_workspace(workspace)

@@ -18,14 +18,8 @@ from typer.testing import CliRunner
 from kaizen.flows.cli import app
 from kaizen.tasks.serving import capture
 from kaizen.tasks.serving.champion import load_champion
-from kaizen.tasks.serving.selection import (
-    SelectionError,
-    choose,
-    doubt,
-    parse_since,
-    select_for_labeling,
-    typical_doubt,
-)
+from kaizen.tasks.serving.picking import SelectionError, choose, quotas, typical_doubt
+from kaizen.tasks.serving.selection import doubt, doubtful_pool, group_quotas, parse_since, select_for_labeling
 from kaizen.tasks.workspace.layout import Workspace
 from tests.support.files import sample
 
@@ -82,10 +76,18 @@ def test_the_queue_holds_exactly_the_budget_of_the_most_uncertain_distinct_texts
     assert sheet["capture_id"].is_unique and sheet["text"].is_unique and (sheet["label"] == "").all()
     by_id = captures.set_index("capture_id")
     assert sheet["text"].tolist() == by_id.loc[sheet["capture_id"], "text"].tolist()  # each row its capture's text
-    candidates = margins(captures[captures["probabilities"].notna()].drop_duplicates("text", keep="last"))
-    chosen = margins(by_id.loc[sheet["capture_id"]].reset_index())
+    answered = captures[captures["probabilities"].notna()].drop_duplicates("text", keep="last")
+    candidates = margins(answered)
+    picked = by_id.loc[sheet["capture_id"]].reset_index()
+    chosen = margins(picked)
     assert chosen.mean() < candidates.mean()  # doubtful texts, against the same rows taken at random
-    assert chosen.max() <= np.sort(candidates)[4 * 12 - 1]  # all from the pool of the 48 most doubtful
+    # The 12 shared among the labels the champion predicted as often as it predicted each; every pick among the
+    # 4 x quota most doubtful answers of its label.
+    share = quotas(answered["prediction"].value_counts(sort=False), 12)
+    assert picked["prediction"].value_counts().to_dict() == {label: k for label, k in share.items() if k}
+    for label, k in share.items():
+        of_label = margins(answered[answered["prediction"] == label])
+        assert (chosen[picked["prediction"] == label] <= np.sort(of_label)[min(4 * k, len(of_label)) - 1]).all()
     assert sheet["why"].str.startswith("margin ").all()
 
 
@@ -177,6 +179,29 @@ def test_typical_doubt_takes_the_centre_of_each_doubtful_cloud_not_its_outliers(
     assert len(set(typical_doubt(points, uncertainty, 90, seed=1)[0])) == 90  # as many as asked, none twice
     alike, sizes = typical_doubt(np.tile(points[:1], (4, 1)), np.array([0.1, 0.2, 0.3, 0.4]), 3, seed=0)
     assert len(set(alike)) == 3 and sizes[0] == 4 and list(sizes[1:]) == [0, 0]  # the budget spent all the same
+
+
+def test_the_budget_is_shared_among_the_predicted_labels_as_the_traffic_is() -> None:
+    """A pool of doubts alone leans to the label the champion doubts most; shared by prediction, the budget follows
+    how often the champion predicted each label, and each label's pool holds its most doubtful texts."""
+    assert quotas(pd.Series({"negative": 650, "positive": 350}), 10) == {"negative": 7, "positive": 3}
+    assert quotas(pd.Series({"a": 1, "b": 1, "c": 1}), 2) == {"a": 1, "b": 1, "c": 0}  # ties to the first
+    assert sum(quotas(pd.Series({"a": 5, "b": 3, "c": 2}), 7).values()) == 7
+    rng = np.random.default_rng(0)
+    candidates = pd.DataFrame({"prediction": ["positive"] * 80 + ["negative"] * 20,
+                               "uncertainty": np.r_[rng.uniform(0.0, 0.5, 80), rng.uniform(0.5, 1.0, 20)]})
+    leaning = doubtful_pool(candidates, 10, 2, by_prediction=False)
+    assert (leaning["prediction"] == "negative").all()  # the 20 most doubtful are all one label
+    shared = doubtful_pool(candidates, 10, 2, by_prediction=True)
+    assert shared["prediction"].value_counts().to_dict() == {"positive": 16, "negative": 4}
+    assert shared.groupby("prediction")["quota"].first().to_dict() == {"positive": 8, "negative": 2}
+    top = candidates[candidates["prediction"] == "positive"].nlargest(16, "uncertainty")
+    assert set(shared.index[shared["prediction"] == "positive"]) == set(top.index)
+    points = rng.standard_normal((len(shared), 4))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    picks = choose(points, shared["uncertainty"].to_numpy(), None, 10, "typical", 0, groups=group_quotas(shared))
+    assert len(set(picks.order)) == 10
+    assert shared.iloc[picks.order]["prediction"].value_counts().to_dict() == {"positive": 8, "negative": 2}
 
 
 def test_doubt_is_the_margin_or_the_entropy_over_any_number_of_classes() -> None:
