@@ -64,12 +64,12 @@ def predictions_on_splits(ws: Workspace, model_dir: Path, model, splits: list[tu
         texts = [text for table in todo.values() for text in table.column("text").to_pylist()]
         labels, probs = predict(model_dir, texts, max_length=ws.settings.model.max_length,
                                 device=pick_device(ws.settings.train.device))
-        start, scored = 0, []
+        start, scored, own_labels = 0, [], model_labels(model_dir)
         for key, table in todo.items():
             end = start + len(table)
             out = pd.DataFrame({"row": wanted[key], "label": table.column("label").to_numpy(zero_copy_only=False),
                                 "predicted": labels[start:end]})
-            for i, label in enumerate(model_labels(model_dir)):
+            for i, label in enumerate(own_labels):
                 out[f"p_{label}"] = probs[start:end, i]
             found[key], start = out.reset_index(drop=True), end
             scored.append(out.assign(split=names[key]))
@@ -159,15 +159,25 @@ def _fetch_logged(ws: Workspace, run_id: str, names: list[str], folder: Path) ->
 def predictions_of(ws: Workspace, version: str, rows: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]:
     """A registered version's predictions on the given rows of each batch's test split: its kept ones (this
     machine's, else its run's), and only the rows they lack scored, with its model fetched only then."""
+    from types import SimpleNamespace
+
     from kaizen.tasks.registry import tracking
 
-    model = tracking.model_version(tracking.connect(ws), ws.settings.model.registered_name, version)
     names = {b: f"{b}-test-{hashlib.md5(ws.split_file(b, 'test').read_bytes()).hexdigest()}"  # as kept
              for b in rows}
-    looked_up = _look_up(_kept(ws, model, True, list(names.values())), {names[b]: r for b, r in rows.items()})
-    found = {b: looked_up[names[b]] for b in rows if names[b] in looked_up}
-    missing = {b: r for b, r in rows.items() if b not in found}
-    if missing:  # kept for fewer rows (gate.max_earlier_rows raised since) or for an older split (labels corrected)
-        found |= predictions_on_each(ws, tracking.local_model(ws, version), model, list(missing), "test",
-                                     rows=missing)
+
+    def look_up(model, logged: bool, batches) -> dict[str, pd.DataFrame]:
+        looked_up = _look_up(_kept(ws, model, logged, [names[b] for b in batches]), {names[b]: rows[b] for b in batches})
+        return {b: looked_up[names[b]] for b in batches if names[b] in looked_up}
+
+    # This machine's file first: asking the registry for the version, once per earlier batch's best model and
+    # iteration, made evaluation grow with the history.
+    found = look_up(SimpleNamespace(version=version), False, list(rows))
+    if missing := [b for b in rows if b not in found]:
+        model = tracking.model_version(tracking.connect(ws), ws.settings.model.registered_name, version)
+        found |= look_up(model, True, missing)
+        if still := {b: rows[b] for b in missing if b not in found}:
+            # kept for fewer rows (gate.max_earlier_rows raised since) or for an older split (labels corrected)
+            found |= predictions_on_each(ws, tracking.local_model(ws, version), model, list(still), "test",
+                                         rows=still)
     return found

@@ -39,11 +39,11 @@ class SelectSettings(_Section):
     workspace made before this section existed still loads."""
 
     uncertainty: Literal["margin", "entropy"] = "margin"
+    pool_factor: int = Field(default=4, ge=1, le=1000)  # the most uncertain pool_factor x budget go on to diversity
     # typical: the text nearest the centre of each of N uncertainty-weighted clusters; farthest: greedy k-center
     method: Literal["typical", "farthest"] = "typical"
     # The budget shared among the labels the champion predicted, as often as it predicted each (typical only)
     by_prediction: bool = True
-    pool_factor: int = Field(default=4, ge=1, le=1000)  # the most uncertain pool_factor x budget go on to diversity
     max_capture_rows: int = Field(default=100_000, ge=1)  # the latest captures read, at most
     reference_rows: int = Field(default=1000, ge=0)  # the champion's training rows embedded for coverage (0: none)
     max_seconds: float = Field(default=600.0, gt=0.0)

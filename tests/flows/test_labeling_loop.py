@@ -23,7 +23,7 @@ from kaizen.tasks.workspace.members import init_workspace
 from tests.support.files import land, sample
 from tests.support.workspaces import FAST, OPEN_GATE, write_params
 
-BUDGET = 40
+BUDGET = 60  # labels enough for the tiny model to learn both (with 40 it answered one label, never promoted)
 
 
 def test_queued_texts_come_back_labeled_and_are_learned_with_their_lineage(tmp_path, tiny_backbone, domains,
@@ -47,7 +47,8 @@ def test_queued_texts_come_back_labeled_and_are_learned_with_their_lineage(tmp_p
     land(ws, "labeled.csv", sheet)
     summary = iteration(str(root))
 
-    assert (summary["batch"], summary["rows_accepted"], summary["decision"]) == ("batch-0002", BUDGET, "promoted")
+    assert (summary["batch"], summary["rows_accepted"], summary["decision"]) == ("batch-0002", BUDGET, "promoted"), \
+        summary["reasons"]
     batch = pd.read_parquet(ws.batch_file("batch-0002"))
     assert sorted(batch["capture_id"]) == sorted(sheet["capture_id"])
     with Ledger(ws.ledger_db) as ledger:
