@@ -37,7 +37,7 @@ class Deadline:
 def quotas(counts: pd.Series, k: int) -> dict:
     """`k` shared out in proportion to `counts` (largest remainders, ties to the first): each label's quota."""
     exact = counts.astype(float) / float(counts.sum()) * k
-    base = np.floor(exact).astype(int)
+    base = exact.floordiv(1).astype(int)
     for label in (exact - base).sort_values(ascending=False, kind="stable").index[: k - int(base.sum())]:
         base[label] += 1
     return {label: int(n) for label, n in base.items()}

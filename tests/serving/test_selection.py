@@ -19,7 +19,13 @@ from kaizen.flows.cli import app
 from kaizen.tasks.serving import capture
 from kaizen.tasks.serving.champion import load_champion
 from kaizen.tasks.serving.picking import SelectionError, choose, quotas, typical_doubt
-from kaizen.tasks.serving.selection import doubt, doubtful_pool, group_quotas, parse_since, select_for_labeling
+from kaizen.tasks.serving.selection import (
+    doubt,
+    doubtful_pool,
+    group_quotas,
+    parse_since,
+    select_for_labeling,
+)
 from kaizen.tasks.workspace.layout import Workspace
 from tests.support.files import sample
 
