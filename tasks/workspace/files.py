@@ -11,10 +11,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from kaizen.tasks.workspace.faults import kill_point
+
+if TYPE_CHECKING:  # every command opens a workspace; pandas costs a second to import, and few of them need it
+    import pandas as pd
 
 # The labeled and unlabeled files kaizen reads, by name ending: the one table of formats. A `.json` file holds
 # JSON Lines, or one array of objects.
