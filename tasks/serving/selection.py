@@ -2,7 +2,8 @@
 
 Three things make a text worth labeling, combined in two steps:
 1. uncertainty: the model that answered it hesitated (select.uncertainty: the margin between its top two
-   probabilities as captured, or their entropy). Only the select.pool_factor x N most uncertain texts go on.
+   probabilities as captured, or their entropy). Only the select.pool_factor x N most uncertain texts go on (with
+   select.by_prediction, N is first shared among the labels the champion predicted, and so is the pool).
 2. diversity and coverage, on the champion's own embeddings (the mean of its last hidden layer over a text's
    tokens), by select.method:
    - `typical` (the default): the pool is cut into N clusters by k-means weighted by each text's uncertainty, and
