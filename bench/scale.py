@@ -206,10 +206,10 @@ def main() -> None:
     args.work.mkdir(parents=True)
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
     began = time.perf_counter()
-    import yaml
+    import continual  # bench/continual.py: the one reader of --set
 
     overrides = {} if args.max_earlier_rows is None else {"gate.max_earlier_rows": args.max_earlier_rows}
-    overrides.update({key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)})
+    overrides.update(continual.parse_sets(args.set))
     results = iterations(args.work, args.batches, args.rows, args.real, overrides)
     idle = idle_run(args.work)
     drift = drift_times(args.work)

@@ -249,9 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     if 2 * args.budget > args.rows:
         parser.error(f"--budget {args.budget}: random-2x buys {2 * args.budget} labels, more than --rows {args.rows}")
-    import yaml
-
-    overrides: dict = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = continual.parse_sets(args.set)
     if args.tiny and not args.table_only:
         from long_stream import TINY
         from scale import tiny_backbone

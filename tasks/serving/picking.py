@@ -62,7 +62,7 @@ def choose(points: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray | No
     (rows, quota) each group's quota of them from its own rows (`typical` only), the rest of `k` from any row."""
     coverage = distance_to(points, centres)
     if method == "farthest":
-        order, spread = farthest_first(points, centres, k, deadline)
+        order, spread = farthest_first(points, coverage, k, deadline)
         return Picks(order, coverage[order], spread, np.zeros(len(order), dtype=int))
     if groups is None:
         order, sizes = typical_doubt(points, uncertainty, k, seed, deadline)
@@ -72,11 +72,17 @@ def choose(points: np.ndarray, uncertainty: np.ndarray, centres: np.ndarray | No
             inner, inner_sizes = typical_doubt(points[rows], uncertainty[rows], quota, seed, deadline)
             picked += [(int(rows[i]), int(n)) for i, n in zip(inner, inner_sizes, strict=True)]
         picked.sort(key=lambda pick: -pick[1])  # the biggest clusters first, whatever their label
-        taken = {i for i, _ in picked}
-        rest = [int(i) for i in np.argsort(-np.asarray(uncertainty), kind="stable") if i not in taken]
-        picked += [(i, 0) for i in rest[: k - len(picked)]]
-        order, sizes = [i for i, _ in picked[:k]], np.asarray([n for _, n in picked[:k]], dtype=int)
+        order, sizes = spend_the_rest([i for i, _ in picked], [n for _, n in picked], uncertainty, k)
     return Picks(order, coverage[order], np.full(len(order), np.nan), sizes)
+
+
+def spend_the_rest(order: list[int], sizes: list[int], uncertainty: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+    """`order` (with its clusters' `sizes`) filled up to `k` rows with the most doubtful rows not in it (size 0):
+    texts that embed alike can leave clusters empty, and the budget is still spent."""
+    taken = set(order)
+    rest = [int(i) for i in np.argsort(-np.asarray(uncertainty, dtype=float), kind="stable") if i not in taken]
+    rest = rest[: max(0, k - len(order))]
+    return (order + rest)[:k], np.asarray((sizes + [0] * len(rest))[:k], dtype=int)
 
 
 def distance_to(points: np.ndarray, centres: np.ndarray | None) -> np.ndarray:
@@ -131,18 +137,15 @@ def typical_doubt(points: np.ndarray, uncertainty: np.ndarray, k: int, seed: int
         if len(inside):
             order.append(int(inside[np.argmax(similarity[inside, c])]))
             sizes.append(len(inside))
-    # Texts that embed alike can leave clusters empty: the budget is still spent, on the most doubtful of the rest.
-    taken = set(order)
-    rest = [int(i) for i in np.argsort(-weight, kind="stable") if i not in taken][: k - len(order)]
-    return order + rest, np.asarray(sizes + [0] * len(rest), dtype=int)
+    return spend_the_rest(order, sizes, weight, k)
 
 
-def farthest_first(points: np.ndarray, centres: np.ndarray | None, k: int, deadline: Deadline | None = None
+def farthest_first(points: np.ndarray, coverage: np.ndarray, k: int, deadline: Deadline | None = None
                    ) -> tuple[list[int], np.ndarray]:
-    """Greedy k-center on unit vectors (cosine distance): `k` rows of `points`, each the farthest from `centres`
-    and the rows picked before it (ties to the lowest row). Also each pick's distance from everything before it
-    when picked (its spread; NaN for a first pick without centres)."""
-    coverage = distance_to(points, centres)
+    """Greedy k-center on unit vectors (cosine distance): `k` rows of `points`, each the farthest from the centres
+    (`coverage`: each point's distance from them, `distance_to`; NaN without centres) and from the rows picked
+    before it (ties to the lowest row). Also each pick's distance from everything before it when picked (its
+    spread; NaN for a first pick without centres)."""
     nearest = np.where(np.isnan(coverage), np.inf, coverage)
     order: list[int] = []
     spread = []

@@ -81,13 +81,12 @@ REMOTE = "kaizen"  # the name of the DVC remote kaizen pushes to and pulls from
 
 def configured_remote(root: Path) -> str | None:
     """The URL of the `kaizen` DVC remote in `.dvc/config` if it is the default, a local one as an absolute path."""
-    import configparser
+    from configobj import ConfigObj
 
-    config = configparser.ConfigParser()
-    config.read(root / ".dvc" / "config", encoding="utf-8")
-    if config.get("core", "remote", fallback=None) != REMOTE:
+    config = ConfigObj(str(root / ".dvc" / "config"), encoding="utf-8")  # DVC's own reader, as edit_dvc_config
+    if config.get("core", {}).get("remote") != REMOTE:
         return None
-    url = config.get(f"'remote \"{REMOTE}\"'", "url", fallback=None)  # DVC quotes the section name
+    url = config.get(f'remote "{REMOTE}"', {}).get("url")
     # DVC stores a relative path relative to .dvc/.
     return url if url is None or "://" in url else str((root / ".dvc" / url).resolve())
 
