@@ -39,8 +39,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 from kaizen.tasks.data.stream import DOMAINS, fetch_sources, load_domain  # noqa: E402
 from kaizen.tasks.workspace.layout import Workspace  # noqa: E402
-from kaizen.tasks.workspace.members import init_workspace  # noqa: E402
-from tests.support.workspaces import FAST, REPO, write_params  # noqa: E402
+from tests.support.workspaces import FAST, REPO, new_workspace, write_params  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +79,7 @@ def make_workspace(tmp_path: Path, tiny_backbone: Path) -> Callable[..., Workspa
 
     def make(name: str = "ws", **overrides) -> Workspace:
         root = tmp_path / name
-        ws = init_workspace(root)
+        ws = new_workspace(root)
         write_params(root, {**FAST, "model.backbone": str(tiny_backbone),
                             **{k.replace("__", "."): v for k, v in overrides.items()}})
         return Workspace.open(ws.root)
@@ -91,7 +90,7 @@ def make_workspace(tmp_path: Path, tiny_backbone: Path) -> Callable[..., Workspa
 @pytest.fixture(scope="module")
 def workspace_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real workspace per test module (git + DVC set-up costs seconds); tests get copies of it."""
-    return init_workspace(tmp_path_factory.mktemp("template") / "ws").root
+    return new_workspace(tmp_path_factory.mktemp("template") / "ws").root
 
 
 @pytest.fixture
@@ -152,7 +151,7 @@ def champion_ws(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, d
     from tests.support.files import sample
 
     root = tmp_path_factory.mktemp("champion") / "ws"
-    init_workspace(root)
+    new_workspace(root)
     write_params(root, {**FAST, "model.backbone": str(tiny_backbone), "serving.chunk_rows": 7})
     ws = Workspace.open(root)
     net, tokenizer = load_for_training(str(tiny_backbone), ws.settings.data.labels)

@@ -3,15 +3,14 @@
 Each output has its own md5 in dvc.lock (each batch's splits, the replay sample); the data version is one md5
 over all of them, so it names everything a challenger was trained, validated and tested on.
 
-DVC is driven as a subprocess with the workspace as its working directory (DVC resolves paths against the
-process's cwd) and this interpreter's folder first on PATH (the stage's `python` must be the venv's).
+DVC runs in this process (tasks/workspace/repo.py), its stages in processes with the environment kaizen gives
+its children.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.faults import kill_point
 from kaizen.tasks.workspace.layout import Workspace
 from kaizen.tasks.workspace.objects import md5_of
-from kaizen.tasks.workspace.repo import configure_remote, dvc_command, write_stage_vars, write_trust_file
+from kaizen.tasks.workspace.repo import configure_remote, run_dvc_command, write_stage_vars, write_trust_file
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,9 @@ def _digest(entries: dict[str, str]) -> str:
     return hashlib.md5("".join(f"{path} {md5}\n" for path, md5 in sorted(entries.items())).encode()).hexdigest()
 
 
-def run_dvc(ws: Workspace, *args: str) -> str:
-    """Run DVC in the workspace. Never with --quiet: DVC then does not say even why it failed."""
-    result = subprocess.run(dvc_command(*args), cwd=ws.root, env=child_environment(ws), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {ws.root} (exit {result.returncode}):\n"
-                           f"{result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
+def run_dvc(ws: Workspace, *args: str) -> None:
+    """`dvc ARGS` in the workspace (repro, push or pull), its stages in children of this process."""
+    run_dvc_command(ws.root, args, child_environment(ws))
 
 
 def read_data_version(lock_text: str) -> DataVersion:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kaizen.tasks.formats.text import normalize_text, text_key
+from kaizen.tasks.workspace.repo import STAGE_ERRORS
 from kaizen.tasks.workspace.settings import PreprocessSettings, ReplaySettings
 
 SPLITS = ("train", "val", "test")
@@ -193,8 +196,15 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(ws.replay_dir, ignore_errors=True)
         write_splits({"replay": sample}, ws.replay_dir)
         (ws.replay_dir / "target.json").write_text(json.dumps({"batch": batch_id}) + "\n")
-    print(f"{stage} {batch_id}: done", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BaseException:
+        # kaizen runs DVC in its own process, where this stage's stderr is not captured: the traceback goes to the
+        # file it names too, and into the error that `dvc repro` raises there.
+        if errors := os.environ.get(STAGE_ERRORS):
+            with open(errors, "a", encoding="utf-8") as out:
+                out.write(traceback.format_exc())
+        raise

@@ -1,16 +1,25 @@
 """The workspace as a repository: git + DVC, the machine-specific values its stage reads, and its DVC remote
-(params.yaml's storage.dvc_remote, or the local folder under `.kaizen/`), and how kaizen runs their tools.
+(params.yaml's storage.dvc_remote, or the local folder under `.kaizen/`), and how kaizen runs their tools: git as
+a command, DVC as a library in this process (a `dvc` process spent about a second on imports, three an iteration).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kaizen.tasks.workspace.files import write_atomically
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
 
 
 def run_command(args: list[str], cwd: Path) -> str:
@@ -23,9 +32,62 @@ def run_command(args: list[str], cwd: Path) -> str:
     return result.stdout
 
 
-def dvc_command(*args: str) -> list[str]:
-    """`dvc` of this interpreter's environment, whatever is first on PATH."""
-    return [sys.executable, "-m", "dvc", *args]
+STAGE_ERRORS = "KAIZEN_STAGE_ERRORS"  # the file a DVC stage kaizen runs writes its traceback to, if it fails
+DVC_COMMANDS = {"repro": {"--single-item"}, "push": set(), "pull": {"--force"}}  # what kaizen asks of DVC
+
+
+def dvc_repo_class() -> type[Repo]:
+    """DVC's `Repo`, imported as a library. DVC's import is made for its CLI: colorama wraps sys.stdout and
+    sys.stderr, and its loggers print to the streams of that moment. kaizen keeps its own streams, and DVC's
+    warnings and errors reach kaizen's logging instead (its INFO lines narrate each stage)."""
+    streams = sys.stdout, sys.stderr
+    from dvc.repo import Repo as DvcRepo
+
+    sys.stdout, sys.stderr = streams
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.setLevel(logging.WARNING)
+    return DvcRepo
+
+
+def run_dvc_command(root: Path, args: tuple[str, ...], stage_env: Mapping[str, str]) -> None:
+    """`dvc repro|push|pull [--single-item|--force] [TARGET...]` in the repository `root`, through DVC's Python API;
+    the stages of `repro` run with `stage_env`. A failure raises RuntimeError in DVC's own words, with the
+    traceback of a stage that failed."""
+    from dvc.exceptions import DvcException
+
+    command, *rest = args
+    flags = {a for a in rest if a.startswith("-")}
+    targets = [a for a in rest if not a.startswith("-")] or None
+    if command not in DVC_COMMANDS or flags - DVC_COMMANDS[command]:
+        raise ValueError(f"kaizen does not run `dvc {' '.join(args)}`: only {sorted(DVC_COMMANDS)}, with "
+                         f"{sorted(set().union(*DVC_COMMANDS.values()))}")
+    repo_class = dvc_repo_class()
+    with tempfile.TemporaryDirectory(prefix="kaizen-stage-") as folder:
+        errors = Path(folder) / "errors.txt"
+        try:  # DVC resolves its targets against the working directory, as its CLI does
+            with contextlib.chdir(root), repo_class(str(root)) as repo:
+                if command == "repro":
+                    repo.reproduce(targets, single_item="--single-item" in flags,
+                                   run_env={**stage_env, STAGE_ERRORS: str(errors)})
+                elif command == "push":
+                    repo.push(targets)
+                else:
+                    repo.pull(targets, force="--force" in flags)
+        except DvcException as exc:
+            words, cause = [], exc
+            while cause is not None:
+                words.append(str(cause))
+                cause = cause.__cause__
+            stage = errors.read_text(encoding="utf-8") if errors.exists() else ""
+            raise RuntimeError(f"`dvc {' '.join(args)}` failed in {root}: {': '.join(words)}"
+                               + (f"\nthe stage's error:\n{stage}" if stage else "")) from exc
+
+
+def init_dvc(root: Path) -> None:
+    """`dvc init` (git-tracked) in `root`."""
+    dvc_repo_class().init(str(root)).close()
 
 
 # What DVC must not read as part of the pipeline: kaizen's own dvc.yaml template (the repository's copy when a
@@ -134,7 +196,7 @@ def ensure_dvc(root: Path, remote: str | None = None) -> None:
         if subprocess.run(["git", "config", key], cwd=root, capture_output=True).returncode != 0:
             run_command(["git", "config", key, value], root)
     if not (root / ".dvc").exists():
-        run_command(dvc_command("init", "-q"), root)
+        init_dvc(root)
     ignore_in_dvc(root)
     edit_dvc_config(root / ".dvc" / "config", {"core": {"analytics": "false"}})
     edit_dvc_config(root / ".dvc" / "config.local", {"core": {"site_cache_dir": str(root / ".kaizen" / "dvc-site")}})

@@ -15,10 +15,9 @@ from kaizen.tasks.registry.tags import TAG
 def registry_template(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path) -> Path:
     """A workspace whose registry holds two versions of the tiny model (logging a model costs seconds: once)."""
     from kaizen.tasks.workspace.layout import Workspace
-    from kaizen.tasks.workspace.members import init_workspace
-    from tests.support.workspaces import FAST, write_params
+    from tests.support.workspaces import FAST, new_workspace, write_params
 
-    root = init_workspace(tmp_path_factory.mktemp("registered") / "ws").root
+    root = new_workspace(tmp_path_factory.mktemp("registered") / "ws").root
     write_params(root, {**FAST, "model.backbone": str(tiny_backbone)})
     ws = Workspace.open(root)
     client = tracking.connect(ws)

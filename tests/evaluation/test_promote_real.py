@@ -20,10 +20,10 @@ FLIP = {"positive": "negative", "negative": "positive"}
 
 def test_new_domain_promoted_flipped_and_random_labels_never(tmp_path, domains, prefect_server) -> None:
     from kaizen.tasks.workspace.layout import Workspace
-    from kaizen.tasks.workspace.members import init_workspace
+    from tests.support.workspaces import new_workspace
 
     root = tmp_path / "ws"
-    init_workspace(root)
+    new_workspace(root)
     write_params(root, {"model.max_length": 48, "train.learning_rate": 1e-4, "train.bootstrap_epochs": 4,
                         "preprocess.test_fraction": 0.3, "preprocess.val_fraction": 0.1,
                         "replay.ratio": 1.0, "data.min_batch_rows": 50})

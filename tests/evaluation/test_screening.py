@@ -19,9 +19,8 @@ from kaizen.tasks.notify.alerts import SUSPECT as SUSPECT_EVENT
 from kaizen.tasks.registry import tracking
 from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.workspace.layout import Workspace
-from kaizen.tasks.workspace.members import init_workspace
 from tests.support.files import land, sample
-from tests.support.workspaces import FAST, OPEN_GATE, write_params
+from tests.support.workspaces import FAST, OPEN_GATE, new_workspace, write_params
 
 FLIP = {"positive": "negative", "negative": "positive"}
 
@@ -31,7 +30,7 @@ def flipped_then_good(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """Bootstrap on movie reviews, then a batch of movie reviews with every label flipped, then a good batch.
     The gate is wide open: what is judged here is the labels, with the label check's own defaults."""
     root = tmp_path_factory.mktemp("screening") / "ws"
-    init_workspace(root)
+    new_workspace(root)
     open_gate = {k: v for k, v in OPEN_GATE.items() if not k.startswith("trust.")}
     write_params(root, {**FAST, **open_gate, "model.backbone": str(tiny_backbone), "train.bootstrap_epochs": 6})
     ws = Workspace.open(root)

@@ -19,9 +19,8 @@ from kaizen.tasks.registry.lineage import LABELING_FILE
 from kaizen.tasks.registry.tags import TAG
 from kaizen.tasks.serving.scoring import score
 from kaizen.tasks.workspace.layout import Workspace
-from kaizen.tasks.workspace.members import init_workspace
 from tests.support.files import land, sample
-from tests.support.workspaces import FAST, OPEN_GATE, write_params
+from tests.support.workspaces import FAST, OPEN_GATE, new_workspace, write_params
 
 BUDGET = 60  # labels enough for the tiny model to learn both (with 40 it answered one label, never promoted)
 
@@ -29,7 +28,7 @@ BUDGET = 60  # labels enough for the tiny model to learn both (with 40 it answer
 def test_queued_texts_come_back_labeled_and_are_learned_with_their_lineage(tmp_path, tiny_backbone, domains,
                                                                           prefect_server) -> None:
     root = tmp_path / "ws"
-    init_workspace(root)
+    new_workspace(root)
     write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone), "data.min_batch_rows": BUDGET})
     ws = Workspace.open(root)
     land(ws, "movies.csv", sample(domains["movies"], 160, seed=1))

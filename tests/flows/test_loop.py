@@ -32,10 +32,10 @@ from tests.support.workspaces import FAST, OPEN_GATE, write_params
 def loop_state(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """Run the iterations once for the whole module; each test inspects what they left."""
     from kaizen.tasks.workspace.layout import Workspace
-    from kaizen.tasks.workspace.members import init_workspace
+    from tests.support.workspaces import new_workspace
 
     root = tmp_path_factory.mktemp("loop") / "ws"
-    init_workspace(root)
+    new_workspace(root)
     write_params(root, {**FAST, "model.backbone": str(tiny_backbone), **OPEN_GATE})
     ws = Workspace.open(root)
     summaries, locks = [], []

@@ -32,10 +32,10 @@ FLIP = {"negative": "positive", "positive": "negative"}
 @pytest.fixture(scope="module")
 def corrected(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """The bootstrap, then the iteration with the correction; what each left."""
-    from kaizen.tasks.workspace.members import init_workspace
+    from tests.support.workspaces import new_workspace
 
     root = tmp_path_factory.mktemp("corrections") / "ws"
-    init_workspace(root)
+    new_workspace(root)
     write_params(root, {**FAST, "model.backbone": str(tiny_backbone), **OPEN_GATE})
     ws = Workspace.open(root)
     movies = sample(domains["movies"], 160, seed=1)

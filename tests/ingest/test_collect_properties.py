@@ -30,10 +30,10 @@ from kaizen.tasks.ingest.ledger import Ledger
 from kaizen.tasks.ingest.validate import NA_MARKERS
 from kaizen.tasks.workspace.faults import ENV
 from kaizen.tasks.workspace.layout import Workspace
-from kaizen.tasks.workspace.members import init_workspace, template
+from kaizen.tasks.workspace.members import template
 from kaizen.tasks.workspace.settings import load_settings
 from tests.support.files import csv_bytes, parquet_bytes
-from tests.support.workspaces import REPO, write_params
+from tests.support.workspaces import REPO, new_workspace, write_params
 
 SETTINGS = load_settings(template("params.yaml"))
 LABELS = set(SETTINGS.data.labels)
@@ -243,7 +243,7 @@ CHILD = "import sys; from kaizen.tasks.ingest.collect import collect; from kaize
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with LANDED waiting in its landing zone."""
-    root = init_workspace(tmp_path_factory.mktemp("loaded") / "ws").root
+    root = new_workspace(tmp_path_factory.mktemp("loaded") / "ws").root
     write_params(root, {"data.min_batch_rows": 50, "data.settle_seconds": 0})
     landing = root / "data" / "landing"
     landing.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,9 @@ from kaizen.tasks.registry.tags import TAG, Decision
 from kaizen.tasks.serving import champion
 from kaizen.tasks.serving.scoring import score
 from kaizen.tasks.workspace.layout import Workspace
-from kaizen.tasks.workspace.members import init_workspace
 from kaizen.tasks.workspace.settings import load_settings
 from tests.support.files import land, sample
-from tests.support.workspaces import FAST, OPEN_GATE, write_params
+from tests.support.workspaces import FAST, OPEN_GATE, new_workspace, write_params
 
 GROWN = ["negative", "positive", "neutral"]
 
@@ -43,7 +42,7 @@ def test_the_demo_grows_the_labels_only_when_asked_and_only_for_the_airline_batc
 @pytest.fixture(scope="module")
 def grown_loop(tmp_path_factory, tiny_backbone, domains, prefect_server) -> tuple[Workspace, list[dict]]:
     root = tmp_path_factory.mktemp("grown") / "ws"
-    init_workspace(root)
+    new_workspace(root)
     write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone), "train.epochs": 1})
     ws = Workspace.open(root)
     land(ws, "movies.csv", sample(domains["movies"], 120, seed=1))

@@ -36,13 +36,13 @@ def get_json(url: str) -> dict:
 def served(tmp_path_factory, tiny_backbone, domains, prefect_server):
     """A real MLflow server, and a workspace that ran bootstrap plus two iterations against it."""
     from kaizen.tasks.workspace.layout import Workspace
-    from kaizen.tasks.workspace.members import init_workspace
+    from tests.support.workspaces import new_workspace
 
     store = tmp_path_factory.mktemp("mlflow-server")
     with mlflow_server(f"sqlite:///{store}/mlflow.db", str(store / "artifacts"), store / "server.log",
                        seconds=180) as url, environment({"MLFLOW_TRACKING_URI": url}):
         root = tmp_path_factory.mktemp("served") / "ws"
-        init_workspace(root)
+        new_workspace(root)
         write_params(root, {**FAST, **OPEN_GATE, "model.backbone": str(tiny_backbone)})
         ws = Workspace.open(root)
         prepared, locks = [], []
