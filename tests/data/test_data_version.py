@@ -254,3 +254,18 @@ def test_the_repository_ignores_its_templates_as_every_workspace_does() -> None:
 
     lines = (REPO / ".dvcignore").read_text().splitlines()
     assert all(pattern in lines for pattern in DVC_IGNORED)
+
+
+def test_a_failing_stage_raises_with_its_traceback_and_dvc_leaves_the_streams_alone(make_workspace, domains) -> None:
+    """DVC runs in this process, its stages in children whose stderr it does not capture: the stage's traceback
+    still reaches the error, and importing DVC (colorama wraps the standard streams for its CLI) changes nothing."""
+    streams = sys.stdout, sys.stderr
+    ws = make_workspace()
+    write_batch(ws, "batch-0001", real_rows(domains, "movies", 100, seed=8))
+    ws.batch_file("batch-0001").write_bytes(b"not a parquet file")
+    with pytest.raises(RuntimeError) as caught:
+        build_data_version(ws, "batch-0001")
+    message = str(caught.value)
+    assert "failed to reproduce 'split@batch-0001'" in message and "the stage's error:" in message, message
+    assert "Traceback" in message and "Parquet magic bytes not found" in message, message  # pyarrow's own words
+    assert (sys.stdout, sys.stderr) == streams
