@@ -18,6 +18,8 @@ Protocol, per seed:
                the arm's champion learned from; `--set select.method=farthest` runs the older one)
     random-2x  2B rows at random (the same draw as random's, extended): "the accuracy of random with half its
                labels" is select against this arm
+    mixed      with --random-share S only: round(S x B) rows of random's draw (its first), and the rest by kaizen's
+               selection among the other rows (the bulk of the traffic keeps a voice however the doubts lean)
   The arm fine-tunes its champion (tasks/training/train.fine_tune, params.yaml's train settings) on its labeled
   rows plus a replay sample of the rows it learned from before (replay.ratio per new row, an equal share per
   domain, preprocess.draw_replay), and carries the model on. Not the loop's: no WiSE-FT merge and no validation
@@ -27,6 +29,7 @@ Protocol, per seed:
   (continual.paired); over seeds, their mean with two errors: from the rows (combined) and between the seeds.
 
     .venv/bin/python bench/selection.py [--seeds 13,14,15] [--budget 100] [--rows 800] [--held-out 1000] [--set K=V]
+                                        [--random-share S]
     .venv/bin/python bench/selection.py --tiny --seeds 1 --rows 200 --budget 20    # a smoke run (minutes)
     .venv/bin/python bench/selection.py --table-only --seeds 13,14,15              # the tables of a run again
 """
@@ -50,6 +53,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ("movies", "amazon", "finefood", "airline")
 ARMS = ("random", "select", "random-2x")
+
+
+def arms_of(random_share: float) -> tuple[str, ...]:
+    return (*ARMS, "mixed") if random_share > 0 else ARMS
 NO_VALIDATION = pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)})
 
 
@@ -163,6 +170,14 @@ def learn(arm: Arm, domain: str, labeled: pd.DataFrame, ws, out: Path) -> None:
     arm.positive.append(float((labeled["label"] == "positive").mean()))
 
 
+def mixed(arm: Arm, rows: pd.DataFrame, drawn: np.ndarray, budget: int, share: float, ws) -> np.ndarray:
+    """round(share x budget) rows of the random draw, the rest by kaizen's selection among the others."""
+    at_random = drawn[: int(round(share * budget))]
+    others = np.setdiff1d(np.arange(len(rows)), at_random)
+    chosen = selected(arm, rows.iloc[others].reset_index(drop=True), budget - len(at_random), ws)
+    return np.concatenate([at_random, others[chosen]])
+
+
 def one_run(work: Path, seed: int, args, overrides: dict) -> dict:
     ws = settings_of(work / "settings", seed, overrides)
     traffic, held = domains(ws, args.rows, args.held_out, seed)
@@ -172,12 +187,14 @@ def one_run(work: Path, seed: int, args, overrides: dict) -> dict:
     first = scored.step(champion, [ORDER[0]])
     steps = [dict.fromkeys(ARMS, [first[ORDER[0]].astype(int).tolist()])]
     print(f"  bootstrap on {ORDER[0]}: {time.perf_counter() - began:.0f} s", flush=True)
-    arms = {name: Arm(name, champion, {ORDER[0]: learned}) for name in ARMS}
+    arms = {name: Arm(name, champion, {ORDER[0]: learned}) for name in arms_of(args.random_share)}
     for k, domain in enumerate(ORDER[1:], start=1):
         rows = traffic[domain]
         drawn = np.random.default_rng([seed, k]).permutation(len(rows))
         picks = {"random": drawn[: args.budget], "random-2x": drawn[: 2 * args.budget],
                  "select": selected(arms["select"], rows, args.budget, ws)}
+        if "mixed" in arms:
+            picks["mixed"] = mixed(arms["mixed"], rows, drawn, args.budget, args.random_share, ws)
         step = {}
         for name, arm in arms.items():
             learn(arm, domain, rows.iloc[picks[name]], ws, work / name)
@@ -199,7 +216,7 @@ def accuracy_table(runs: list[dict], new_only: bool) -> str:
     (their mean) or on the new domain alone."""
     lines = ["| after | arm | labels | positive share of this step's labels | accuracy |", "|---|---|---|---|---|"]
     for k, domain in enumerate(ORDER[1:], start=1):
-        for arm in ARMS:
+        for arm in runs[0]["steps"][k]:
             values = [accuracy(r["steps"][k][arm], new_only) for r in runs]
             sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
             shares = [r["positive"][arm][k - 1] for r in runs if "positive" in r]  # not in the first run's files
@@ -208,16 +225,16 @@ def accuracy_table(runs: list[dict], new_only: bool) -> str:
     return "\n".join(lines)
 
 
-def differences(runs: list[dict], against: str, new_only: bool) -> str:
-    """select - `against` after each step, paired on held-out rows: per seed (± its standard error), then the mean
+def differences(runs: list[dict], arm: str, against: str, new_only: bool) -> str:
+    """`arm` - `against` after each step, paired on held-out rows: per seed (± its standard error), then the mean
     over seeds ± the rows' combined error / ± the standard error between seeds."""
     lines = []
     for k, domain in enumerate(ORDER[1:], start=1):
         per_seed = []
         for r in runs:
-            hits = {arm: r["steps"][k][arm][-1:] if new_only else r["steps"][k][arm] for arm in ("select", against)}
-            per_seed.append(continual.paired({arm: {"held_out": {"correct": h}} for arm, h in hits.items()},
-                                             "select", against))
+            hits = {a: r["steps"][k][a][-1:] if new_only else r["steps"][k][a] for a in (arm, against)}
+            per_seed.append(continual.paired({a: {"held_out": {"correct": h}} for a, h in hits.items()},
+                                             arm, against))
         means = [d for d, _ in per_seed]
         rows_se = float(np.sqrt(np.sum([se**2 for _, se in per_seed])) / len(per_seed))
         seeds_se = float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
@@ -230,8 +247,9 @@ def tables(runs: list[dict]) -> str:
     parts = []
     for new_only, title in ((False, "the domains seen so far (their mean)"), (True, "the new domain alone")):
         parts += [f"### Held-out accuracy on {title}", accuracy_table(runs, new_only)]
-        for against in ("random", "random-2x"):
-            parts += [f"select − {against}, points, on {title}:", differences(runs, against, new_only)]
+        for arm in [a for a in ("select", "mixed") if a in runs[0]["steps"][1]]:
+            for against in ("random", "random-2x"):
+                parts += [f"{arm} − {against}, points, on {title}:", differences(runs, arm, against, new_only)]
     return "\n\n".join(parts)
 
 
@@ -244,6 +262,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random BERT (a smoke run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params.yaml override (YAML value), e.g. select.method=farthest")
+    parser.add_argument("--random-share", type=float, default=0.0,
+                        help="also run the `mixed` arm: this share of the budget at random, the rest selected")
     parser.add_argument("--table-only", action="store_true", help="run nothing: the tables of --work's result.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "selection")
     args = parser.parse_args()
@@ -269,7 +289,8 @@ def main() -> None:
               f"held out {runs[0]['held_out_rows']}; {'tiny BERT' if args.tiny else 'MiniLM'}; seeds {args.seeds}; "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"{sum(r['seconds'] for r in runs):.0f} s of runs ({time.perf_counter() - began:.0f} s now)"
-              + (f"; {', '.join(args.set)}" if args.set else ""))
+              + (f"; {', '.join(args.set)}" if args.set else "")
+              + (f"; mixed: {args.random_share:g} of the budget at random" if args.random_share else ""))
     text = header + "\n\n" + tables(runs)
     (args.work / "table.md").write_text(text)
     print(text)
