@@ -39,7 +39,7 @@ class SelectSettings(_Section):
     workspace made before this section existed still loads."""
 
     uncertainty: Literal["margin", "entropy"] = "margin"
-    pool_factor: int = Field(default=4, ge=1, le=1000)  # the most uncertain pool_factor x budget go on to diversity
+    pool_factor: int = Field(default=8, ge=1, le=1000)  # the most uncertain pool_factor x budget go on to diversity
     # typical: the text nearest the centre of each of N uncertainty-weighted clusters; farthest: greedy k-center
     method: Literal["typical", "farthest"] = "typical"
     # The budget shared among the labels the champion predicted, as often as it predicted each (typical only)

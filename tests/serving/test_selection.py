@@ -28,6 +28,7 @@ from kaizen.tasks.serving.selection import (
 )
 from kaizen.tasks.workspace.layout import Workspace
 from tests.support.files import sample
+from tests.support.workspaces import write_params
 
 HASH_ONLY = 6  # captures kept without their text (capture.keep_text: false)
 
@@ -73,10 +74,13 @@ def said(output: str) -> str:
 
 def test_the_queue_holds_exactly_the_budget_of_the_most_uncertain_distinct_texts(captured) -> None:
     ws, captures = captured
+    write_params(ws.root, {"select.pool_factor": 3})  # a pool smaller than the candidates, and than each label's
+    ws = Workspace.open(ws.root)
     queue = select_for_labeling(ws, 12)
     assert queue.rows == 12 and queue.read == len(captures) == 120 + 2 + HASH_ONLY
     assert (queue.left.without_text, queue.left.unanswered, queue.left.duplicates) == (HASH_ONLY, 1, 1)
-    assert queue.candidates == 120 and queue.pool == 4 * 12 and queue.versions == {"1": 12}
+    factor = ws.settings.select.pool_factor
+    assert queue.candidates == 120 and queue.pool == factor * 12 and queue.versions == {"1": 12}
     sheet = pd.read_csv(queue.files[0], keep_default_na=False)
     assert list(sheet.columns) == ["capture_id", "text", "model_version", "prediction", "confidence", "why", "label"]
     assert sheet["capture_id"].is_unique and sheet["text"].is_unique and (sheet["label"] == "").all()
@@ -88,12 +92,12 @@ def test_the_queue_holds_exactly_the_budget_of_the_most_uncertain_distinct_texts
     chosen = margins(picked)
     assert chosen.mean() < candidates.mean()  # doubtful texts, against the same rows taken at random
     # The 12 shared among the labels the champion predicted as often as it predicted each; every pick among the
-    # 4 x quota most doubtful answers of its label.
+    # pool_factor x quota most doubtful answers of its label.
     share = quotas(answered["prediction"].value_counts(sort=False), 12)
     assert picked["prediction"].value_counts().to_dict() == {label: k for label, k in share.items() if k}
     for label, k in share.items():
         of_label = margins(answered[answered["prediction"] == label])
-        assert (chosen[picked["prediction"] == label] <= np.sort(of_label)[min(4 * k, len(of_label)) - 1]).all()
+        assert (chosen[picked["prediction"] == label] <= np.sort(of_label)[min(factor * k, len(of_label)) - 1]).all()
     assert sheet["why"].str.startswith("margin ").all()
 
 
