@@ -34,6 +34,7 @@ def run_command(args: list[str], cwd: Path) -> str:
 
 STAGE_ERRORS = "KAIZEN_STAGE_ERRORS"  # the file a DVC stage kaizen runs writes its traceback to, if it fails
 DVC_COMMANDS = {"repro": {"--single-item"}, "push": set(), "pull": {"--force"}}  # what kaizen asks of DVC
+DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")
 
 
 def dvc_repo_class() -> type[Repo]:
@@ -44,19 +45,28 @@ def dvc_repo_class() -> type[Repo]:
     from dvc.repo import Repo as DvcRepo
 
     sys.stdout, sys.stderr = streams
-    for name in ("dvc", "dvc_objects", "dvc_data"):
+    for name in DVC_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.setLevel(logging.WARNING)
     return DvcRepo
 
 
+class _DvcSaid(logging.Handler):
+    """DVC's warnings and errors during one command: some failures (a push's per-file reasons) are only logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage() + (f" ({record.exc_info[1]})" if record.exc_info else ""))
+
+
 def run_dvc_command(root: Path, args: tuple[str, ...], stage_env: Mapping[str, str]) -> None:
     """`dvc repro|push|pull [--single-item|--force] [TARGET...]` in the repository `root`, through DVC's Python API;
     the stages of `repro` run with `stage_env`. A failure raises RuntimeError in DVC's own words, with the
     traceback of a stage that failed."""
-    from dvc.exceptions import DvcException
-
     command, *rest = args
     flags = {a for a in rest if a.startswith("-")}
     targets = [a for a in rest if not a.startswith("-")] or None
@@ -64,6 +74,9 @@ def run_dvc_command(root: Path, args: tuple[str, ...], stage_env: Mapping[str, s
         raise ValueError(f"kaizen does not run `dvc {' '.join(args)}`: only {sorted(DVC_COMMANDS)}, with "
                          f"{sorted(set().union(*DVC_COMMANDS.values()))}")
     repo_class = dvc_repo_class()
+    said, loggers = _DvcSaid(), [logging.getLogger(name) for name in DVC_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(said)
     with tempfile.TemporaryDirectory(prefix="kaizen-stage-") as folder:
         errors = Path(folder) / "errors.txt"
         try:  # DVC resolves its targets against the working directory, as its CLI does
@@ -75,14 +88,19 @@ def run_dvc_command(root: Path, args: tuple[str, ...], stage_env: Mapping[str, s
                     repo.push(targets)
                 else:
                     repo.pull(targets, force="--force" in flags)
-        except DvcException as exc:
-            words, cause = [], exc
+        except Exception as exc:  # DVC's own errors and the OS's (a remote it cannot write), as its CLI reports them
+            words: list[str] = []
+            cause: BaseException | None = exc
             while cause is not None:
                 words.append(str(cause))
                 cause = cause.__cause__
             stage = errors.read_text(encoding="utf-8") if errors.exists() else ""
             raise RuntimeError(f"`dvc {' '.join(args)}` failed in {root}: {': '.join(words)}"
+                               + "".join(f"\nDVC: {line}" for line in said.lines)
                                + (f"\nthe stage's error:\n{stage}" if stage else "")) from exc
+        finally:
+            for logger in loggers:
+                logger.removeHandler(said)
 
 
 def init_dvc(root: Path) -> None:

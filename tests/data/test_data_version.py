@@ -269,3 +269,13 @@ def test_a_failing_stage_raises_with_its_traceback_and_dvc_leaves_the_streams_al
     assert "failed to reproduce 'split@batch-0001'" in message and "the stage's error:" in message, message
     assert "Traceback" in message and "Parquet magic bytes not found" in message, message  # pyarrow's own words
     assert (sys.stdout, sys.stderr) == streams
+
+
+def test_a_remote_that_cannot_be_written_fails_the_push_in_words(make_workspace, domains, tmp_path) -> None:
+    """An error of the OS inside DVC (not one of DVC's own) is still a RuntimeError naming the command and why."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the remote's folder should be")
+    ws = make_workspace(storage__dvc_remote=str(blocker / "remote"))
+    write_batch(ws, "batch-0001", real_rows(domains, "movies", 100, seed=9))
+    with pytest.raises(RuntimeError, match=r"`dvc push` failed in .*Not a directory"):
+        build_data_version(ws, "batch-0001")
