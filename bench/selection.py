@@ -53,10 +53,6 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ("movies", "amazon", "finefood", "airline")
 ARMS = ("random", "select", "random-2x")
-
-
-def arms_of(random_share: float) -> tuple[str, ...]:
-    return (*ARMS, "mixed") if random_share > 0 else ARMS
 NO_VALIDATION = pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)})
 
 
@@ -170,6 +166,11 @@ def learn(arm: Arm, domain: str, labeled: pd.DataFrame, ws, out: Path) -> None:
     arm.positive.append(float((labeled["label"] == "positive").mean()))
 
 
+def arms_of(random_share: float) -> tuple[str, ...]:
+    """The arms of a run: `mixed` too with --random-share."""
+    return (*ARMS, "mixed") if random_share > 0 else ARMS
+
+
 def mixed(arm: Arm, rows: pd.DataFrame, drawn: np.ndarray, budget: int, share: float, ws) -> np.ndarray:
     """round(share x budget) rows of the random draw, the rest by kaizen's selection among the others."""
     at_random = drawn[: int(round(share * budget))]
@@ -185,9 +186,10 @@ def one_run(work: Path, seed: int, args, overrides: dict) -> dict:
     began = time.perf_counter()
     champion, learned = bootstrap(ws, traffic[ORDER[0]], work / "bootstrap")
     first = scored.step(champion, [ORDER[0]])
-    steps = [dict.fromkeys(ARMS, [first[ORDER[0]].astype(int).tolist()])]
+    names = arms_of(args.random_share)
+    steps = [dict.fromkeys(names, [first[ORDER[0]].astype(int).tolist()])]
     print(f"  bootstrap on {ORDER[0]}: {time.perf_counter() - began:.0f} s", flush=True)
-    arms = {name: Arm(name, champion, {ORDER[0]: learned}) for name in arms_of(args.random_share)}
+    arms = {name: Arm(name, champion, {ORDER[0]: learned}) for name in names}
     for k, domain in enumerate(ORDER[1:], start=1):
         rows = traffic[domain]
         drawn = np.random.default_rng([seed, k]).permutation(len(rows))

@@ -22,7 +22,7 @@ import pytest
 
 from kaizen.tasks.workspace.layout import Workspace
 from tests.support.processes import free_port, free_ports, start, stop, wait_until
-from tests.support.workspaces import migrated_tracking_store
+from tests.support.workspaces import seed_tracking_store
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}  # the states a Prefect run ends in
 
@@ -146,9 +146,8 @@ def start_mlflow(backend: str, artifacts: str, log: Path, env: dict[str, str] | 
     """`mlflow server` on `backend` (a database URL) with `artifacts` as its proxied artifact destination, the way
     the README's production section starts it, on `port` (a free one if None), once it answers: (process, URL).
     Stop it with processes.stop."""
-    database = Path(backend.removeprefix("sqlite:///")) if backend.startswith("sqlite:///") else None
-    if database is not None and not database.exists():  # MLflow's migrations skipped: a copy of a migrated store
-        shutil.copyfile(migrated_tracking_store(), database)
+    if backend.startswith("sqlite:///"):  # MLflow's migrations skipped: a new store is a copy of a migrated one
+        seed_tracking_store(Path(backend.removeprefix("sqlite:///")))
     port = port or free_port()
     full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     full_env.pop("MLFLOW_TRACKING_URI", None)

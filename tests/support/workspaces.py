@@ -44,12 +44,18 @@ def migrated_tracking_store() -> Path:
     return path
 
 
+def seed_tracking_store(database: Path) -> None:
+    """A new SQLite tracking store at `database` (none there yet) as a copy of the migrated empty one."""
+    if not database.exists():
+        database.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_tracking_store(), database)
+
+
 def new_workspace(root: Path, settings: dict[str, str] | None = None, join: str | None = None) -> Workspace:
     """init_workspace, its SQLite tracking store (when it has one) a copy of the migrated empty store."""
     ws = init_workspace(root, settings, join)
-    if ws.backend_store_uri == f"sqlite:///{ws.mlflow_db}" and not ws.mlflow_db.exists():
-        ws.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(migrated_tracking_store(), ws.mlflow_db)
+    if ws.backend_store_uri == f"sqlite:///{ws.mlflow_db}":
+        seed_tracking_store(ws.mlflow_db)
     return ws
 
 
