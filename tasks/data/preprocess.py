@@ -201,6 +201,12 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
+        # Done, its outputs closed: leave without the interpreter's teardown, during which Arrow's parquet threads
+        # can still be alive and abort the process (SIGABRT, "terminate called without an active exception";
+        # apache/arrow#34314), failing a stage whose work was complete. Seen once in the suite on pyarrow 26.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except BaseException:
         # kaizen runs DVC in its own process, where this stage's stderr is not captured: the traceback goes to the
         # file it names too, and into the error that `dvc repro` raises there.
