@@ -89,14 +89,26 @@ def record_promotion(ws: Workspace, challenger: str, champion: str | None,
 def with_best_models(ws: Workspace, champion: str, paired: dict[str, PairedPredictions],
                      judged: dict[str, np.ndarray], new_batch: str) -> dict[str, PairedPredictions]:
     """`paired`, with the predictions of each earlier batch's best model on its `judged` rows (row numbers of its
-    test split) where that model is not the champion."""
+    test split) where that model is not the champion: of at most `gate.max_best_models` models (0: all), those
+    whose recorded score leads the champion's on these rows by the most, on any batch they hold. Each model
+    consulted costs a read of its kept predictions, and over a long history most batches hold a different one:
+    unbounded, evaluation grew with the history. The bound also keeps the gate's Holm family to the checks where
+    a ratchet is likeliest: where the champion trails a batch's best by little or not at all, the check against
+    the champion tells the same."""
     with Ledger(ws.ledger_db) as ledger:
         recorded = best_models(ledger)
     wanted: dict[str, dict[str, np.ndarray]] = {}  # version -> batch -> rows
+    lead: dict[str, float] = {}  # version -> its largest lead over the champion on a batch it is the best of
     for batch in paired:
         held = recorded.get(batch)
         if batch != new_batch and held is not None and held.version != champion:
             wanted.setdefault(held.version, {})[batch] = judged[batch]
+            behind = _accuracy(paired[batch], "champion") if paired[batch].champion is not None else 0.0
+            lead[held.version] = max(lead.get(held.version, -1.0), held.accuracy - behind)
+    limit = ws.settings.gate.max_best_models
+    if limit and len(wanted) > limit:  # the largest leads; among equal ones, the newer versions
+        kept = sorted(wanted, key=lambda v: (lead[v], int(v) if v.isdigit() else 0), reverse=True)[:limit]
+        wanted = {v: wanted[v] for v in kept}
     out = dict(paired)
     for version, rows in wanted.items():
         for batch, frame in predictions_of(ws, version, rows).items():

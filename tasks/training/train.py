@@ -125,9 +125,11 @@ def merge_validation(ws: Workspace, it: Iteration) -> dict[str, pd.DataFrame]:
     return {b: f.sample(n=min(share, len(f)), random_state=ws.settings.train.seed) for b, f in frames.items() if len(f)}
 
 
-def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path, tuned_dir: Path) -> Path:
+def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path,
+                        tuned_dir: Path) -> tuple[Path, dict[str, float]]:
     """WiSE-FT: the mix of champion and fine-tuned weights that scores best on validation (tasks/training/merge.py);
-    every candidate's scores and the choice go to the run."""
+    the choice and each candidate's mean go to the run, and its score on each batch is returned, for the run
+    too once the model is logged (see train_challenger)."""
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.registry.tags import TAG
     from kaizen.tasks.training.merge import choose_merge, interpolate
@@ -137,16 +139,18 @@ def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path
     if it.batch_id not in val_sets:  # no validation rows of the new batch (val_fraction 0): nothing to choose on
         alpha = max(alphas)
         tracking.set_tags(client, it.run_id, {TAG["merge_alpha"]: f"{alpha:g} (no validation rows to choose on)"})
-        return tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged")
+        return (tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged"),
+                {})
     choice = choose_merge(champion_dir, tuned_dir, val_sets, it.batch_id, alphas, max_length=ws.settings.model.max_length,
                           out_dir=tuned_dir.parent / "merged", device=pick_device(ws.settings.train.device))
     metrics = {"merge.alpha": choice.alpha}
+    per_batch_scores: dict[str, float] = {}
     for alpha, per_batch in choice.scores.items():
         metrics[f"merge.alpha_{alpha:g}.val_mean"] = choice.objective(alpha)
-        metrics.update({f"merge.alpha_{alpha:g}.val.{b}": v for b, v in per_batch.items()})
+        per_batch_scores.update({f"merge.alpha_{alpha:g}.val.{b}": v for b, v in per_batch.items()})
     tracking.log_metrics(client, it.run_id, metrics)
     tracking.set_tags(client, it.run_id, {TAG["merge_alpha"]: f"{choice.alpha:g}"})
-    return choice.model_dir
+    return choice.model_dir, per_batch_scores
 
 
 def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
@@ -191,14 +195,14 @@ def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
                        log_epoch=log_epoch, teacher_logits=teacher, class_weights=weights,
                        new_head=it.champion is None)
     model_dir = result.model_dir
+    per_batch: dict[str, float] = {}  # the merge's score on each batch, logged after the model
     if it.champion is not None:
-        model_dir = merge_with_champion(ws, it, client, Path(start), result.model_dir)
+        model_dir, per_batch = merge_with_champion(ws, it, client, Path(start), result.model_dir)
     lineage.log_datasets(client, it.run_id, {f"{it.batch_id}/train+replay": train, f"{it.batch_id}/val": val},
                          "training", ws.prepared_dir / it.batch_id)
     tracking.log_metrics(client, it.run_id, {"train.rows": result.train_rows,
                                              "train.replay_rows": sum(replay_rows.values()),
                                              "train.seconds": result.seconds,
-                                             **{f"replay.{b}.rows": n for b, n in replay_rows.items()},
                                              **({f"train.class_weight.{label}": w for label, w in
                                                  zip(ws.settings.data.labels, weights, strict=True)} if weights else {})})
     tracking.set_tags(client, it.run_id, {TAG["start"]: start if it.champion is None else
@@ -206,4 +210,7 @@ def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
     seen = (batches_seen(it.champion) if it.champion else []) + [it.batch_id]
     tags = {**it.lineage, TAG["batches_seen"]: ",".join(seen), TAG["decision"]: Decision.PENDING}
     model = tracking.register_model(client, ws, it.run_id, model_dir, tags)
+    # A metric per earlier batch only now: logging the model copies each of the run's metrics to it, one query per
+    # metric name, which made registering grow with the history.
+    tracking.log_metrics(client, it.run_id, {**per_batch, **{f"replay.{b}.rows": n for b, n in replay_rows.items()}})
     return Challenger(model, model_dir, result, sum(replay_rows.values()))

@@ -183,6 +183,8 @@ class GateSettings(_Section):
     max_earlier_rows: int = Field(default=4000, ge=0)
     # A default, so that a workspace made before this knob existed still loads, and gets the stricter gate.
     judge_against_best: bool = True
+    # A default, so that a workspace made before this knob existed still loads.
+    max_best_models: int = Field(default=10, ge=0)
     require_approval: bool
     approval_timeout_seconds: int = Field(ge=1)
 

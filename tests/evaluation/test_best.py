@@ -201,3 +201,34 @@ def test_check_quality_adds_the_kept_predictions_of_each_earlier_batchs_best_mod
     expected = predictions_on_each(ws, tracking.local_model(ws, "1"), None, ["batch-0001"], "test")["batch-0001"]
     assert scored.best == tuple(expected["predicted"]) and scored.best_version == "1"
     assert prediction_file(ws, "1").exists()  # and kept, for the next time
+
+
+def test_only_the_best_models_furthest_ahead_of_the_champion_are_consulted_up_to_the_bound(registered) -> None:
+    """Three earlier batches, each with a best model of its own that is not the champion v2: v1 recorded 0.95 on
+    batch-0001, v4 0.85 on batch-0002, v3 0.70 on batch-0003, where the champion has 0.8 on every batch. With
+    gate.max_best_models 2, the two that lead it (v1 by 0.15, v4 by 0.05) are consulted, v3 (behind) is not; with
+    0, all three."""
+    from kaizen.tasks.workspace.layout import Workspace
+
+    ws, _, _ = registered
+    labels = LABELS[:20]
+    batches = ("batch-0001", "batch-0002", "batch-0003", "batch-0004")
+    best = {"batch-0001": ("1", 0.95, 1), "batch-0002": ("4", 0.85, 3), "batch-0003": ("3", 0.70, 6)}
+    for batch in batches:
+        ws.split_file(batch, "test").parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"text": [f"{batch} review {i}" for i in range(20)], "label": labels}).to_parquet(
+            ws.split_file(batch, "test"))
+    for batch, (version, _, wrong) in best.items():
+        keep(ws, version, batch, answers(wrong, labels))
+    with Ledger(ws.ledger_db) as ledger:
+        record_best_models(ledger, [BestModel(b, v, accuracy, 20) for b, (v, accuracy, _) in best.items()])
+    paired = {b: PairedPredictions(labels, answers(3, labels), answers(4, labels)) for b in batches}  # champion 0.8
+    judged = {b: np.arange(20) for b in batches}
+
+    def consulted(limit: int) -> dict[str, str | None]:
+        bounded = Workspace(ws.root, ws.settings.with_overrides({"gate.max_best_models": limit}))
+        return {b: rows.best_version for b, rows in with_best_models(bounded, "2", paired, judged, "batch-0004").items()}
+
+    assert consulted(2) == {"batch-0001": "1", "batch-0002": "4", "batch-0003": None, "batch-0004": None}
+    assert consulted(0) == {"batch-0001": "1", "batch-0002": "4", "batch-0003": "3", "batch-0004": None}
+    assert with_best_models(ws, "2", paired, judged, "batch-0004")["batch-0001"].best == answers(1, labels)
