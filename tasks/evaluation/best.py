@@ -107,7 +107,7 @@ def with_best_models(ws: Workspace, champion: str, paired: dict[str, PairedPredi
             lead[held.version] = max(lead.get(held.version, -1.0), held.accuracy - behind)
     limit = ws.settings.gate.max_best_models
     if limit and len(wanted) > limit:  # the largest leads; among equal ones, the newer versions
-        kept = sorted(wanted, key=lambda v: (lead[v], int(v) if v.isdigit() else 0), reverse=True)[:limit]
+        kept = sorted(wanted, key=lambda v: (lead[v], int(v)), reverse=True)[:limit]
         wanted = {v: wanted[v] for v in kept}
     out = dict(paired)
     for version, rows in wanted.items():

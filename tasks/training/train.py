@@ -139,8 +139,8 @@ def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path
     if it.batch_id not in val_sets:  # no validation rows of the new batch (val_fraction 0): nothing to choose on
         alpha = max(alphas)
         tracking.set_tags(client, it.run_id, {TAG["merge_alpha"]: f"{alpha:g} (no validation rows to choose on)"})
-        return (tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged"),
-                {})
+        merged = tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged")
+        return merged, {}
     choice = choose_merge(champion_dir, tuned_dir, val_sets, it.batch_id, alphas, max_length=ws.settings.model.max_length,
                           out_dir=tuned_dir.parent / "merged", device=pick_device(ws.settings.train.device))
     metrics = {"merge.alpha": choice.alpha}
