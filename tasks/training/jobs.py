@@ -9,12 +9,15 @@ job appends to it (each epoch is logged while training goes on) and `result.json
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import TextIO
 
 from kaizen.tasks.workspace.environment import child_environment
 from kaizen.tasks.workspace.faults import KILL_ALSO
@@ -64,14 +67,31 @@ def run_here(job: Path, processes: int, follow: Callable[[], None] = lambda: Non
         raise JobFailed(f"the training job failed (exit {proc.returncode}); {_log_tail(job)}")
 
 
+@contextmanager
+def job_output(log: TextIO) -> Iterator[None]:
+    """This process's output into `log` while a job runs in it, as a process of its own would write it: stdout,
+    stderr, and the Hugging Face libraries' log handler. That handler holds the stream it was made with (made on
+    first use, inside the first job), so it is pointed at `log` and back: left as it was, every later warning
+    went to the closed log of the first job ("I/O operation on closed file")."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger()  # the library's handler, made now (if it was not) on this process's stderr
+    handlers = [h for h in logging.getLogger("transformers").handlers if isinstance(h, logging.StreamHandler)]
+    with redirect_stdout(log), redirect_stderr(log):
+        before = [h.setStream(log) for h in handlers]
+        try:
+            yield
+        finally:
+            for handler, stream in zip(handlers, before, strict=True):
+                handler.setStream(stream)
+
+
 def _run_in_process(job: Path, follow: Callable[[], None]) -> None:
     """The job's own code in this process, its output in `train.log` as from a process of its own. A stop from
     outside (the iteration's timeout, Ctrl-C) passes through as it is; any other failure is the job's."""
-    from contextlib import redirect_stderr, redirect_stdout
-
     from kaizen.tasks.training import train_job
 
-    with open(job / "train.log", "w", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+    with open(job / "train.log", "w", encoding="utf-8") as log, job_output(log):
         try:
             train_job.run(job, after_epoch=follow)
         except TimeoutError:

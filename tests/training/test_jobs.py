@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kaizen.tasks.training.jobs import JobFailed
+from kaizen.tasks.training.jobs import JobFailed, job_output
 from kaizen.tasks.training.train import fine_tune
 from tests.support.files import sample
 from tests.support.processes import start, stop, wait_until
@@ -23,6 +23,22 @@ from tests.support.training import LABELS, MODEL, TRAIN
 def rows(domains):
     frame = sample(domains["movies"], 120, seed=6)
     return frame.iloc[:100], frame.iloc[100:]
+
+
+def test_library_warnings_after_a_job_in_this_process_reach_its_stderr_not_the_jobs_closed_log(
+        tmp_path: Path, capsys) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging._reset_library_root_logger()  # as in a new process: the library's handler is made on first use
+    try:
+        with open(tmp_path / "train.log", "w", encoding="utf-8") as log, job_output(log):
+            hf_logging.get_logger("transformers.kaizen_test").warning("said inside the job")
+        hf_logging.get_logger("transformers.kaizen_test").warning("said after the job")
+        said = capsys.readouterr().err
+    finally:
+        hf_logging._reset_library_root_logger()  # not left on pytest's captured stream
+    assert "said inside the job" in (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "said after the job" in said and "Logging error" not in said and "said inside" not in said
 
 
 def test_a_failing_job_says_why_with_its_log(tmp_path: Path, rows) -> None:
