@@ -27,6 +27,21 @@ from kaizen.tasks.workspace.layout import Workspace
 METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_./ -]")  # MLflow refuses other characters in metric names
 
 
+def judged_batches(ws: Workspace, batches: list[str], new_batch: str) -> list[str]:
+    """The batches a challenger is judged on: `new_batch` and every earlier one; past `gate.max_earlier_batches`
+    earlier ones, that many of them drawn at random, seeded by the new batch (a rerun judges the same ones, the
+    next batch others), so that a judgement's cost stops growing with the number of batches (a metric, a column and
+    a lookup each) while every batch keeps being judged from time to time, also against its best model."""
+    from kaizen.tasks.data.preprocess import batch_seed
+
+    cap, earlier = ws.settings.gate.max_earlier_batches, [b for b in batches if b != new_batch]
+    if cap == 0 or len(earlier) <= cap:
+        return list(batches)
+    drawn = set(np.random.default_rng(batch_seed(ws.settings.preprocess.seed, f"judge-batches:{new_batch}")).choice(
+        len(earlier), cap, replace=False).tolist())
+    return [b for i, b in enumerate(earlier) if i in drawn] + [b for b in batches if b == new_batch]
+
+
 def earlier_rows(ws: Workspace, batches: list[str], new_batch: str) -> dict[str, np.ndarray]:
     """The rows of each earlier batch's test split that the challenger is judged on: all of them while the earlier
     splits hold `gate.max_earlier_rows` rows or fewer together, so that evaluation stops growing with the history
@@ -119,7 +134,7 @@ def check_quality(ws: Workspace, it: Iteration, challenger, champion_dir: Path |
     from kaizen.tasks.registry import lineage, tracking
 
     reports = report_dir(ws, it)
-    trusted = trusted_batches(ws, it.batches)
+    trusted = judged_batches(ws, trusted_batches(ws, it.batches), it.batch_id)
     judged = earlier_rows(ws, trusted, it.batch_id)
     news = predictions_on_each(ws, challenger.model_dir, challenger.model, trusted, "test", logged=False, rows=judged)
     olds: dict[str, pd.DataFrame] = {}

@@ -181,6 +181,8 @@ class GateSettings(_Section):
     min_test_rows: int = Field(ge=1)
     # A default, so that a workspace made before this knob existed still loads.
     max_earlier_rows: int = Field(default=4000, ge=0)
+    # A default, so that a workspace made before this knob existed still loads.
+    max_earlier_batches: int = Field(default=50, ge=0)
     # A default, so that a workspace made before this knob existed still loads, and gets the stricter gate.
     judge_against_best: bool = True
     # A default, so that a workspace made before this knob existed still loads.

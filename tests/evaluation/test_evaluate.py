@@ -1,13 +1,19 @@
-"""The lookup of kept predictions: one merge for every split must give what a lookup per split gives."""
+"""The lookup of kept predictions: one merge for every split must give what a lookup per split gives. Which
+earlier batches a challenger is judged on once they are many (gate.max_earlier_batches)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kaizen.tasks.evaluation.evaluate import judged_batches
 from kaizen.tasks.evaluation.predictions import _look_up
+from kaizen.tasks.workspace.members import template
+from kaizen.tasks.workspace.settings import load_settings
 
 SPLITS = ("batch-0001-test-aa", "batch-0002-test-bb", "batch-0003-test-cc")
 
@@ -45,3 +51,27 @@ def test_one_merge_finds_what_a_lookup_per_split_finds(case) -> None:
     for name, frame in reference.items():
         pd.testing.assert_frame_equal(merged[name], frame.reset_index(drop=True))
         assert frame["row"].tolist() == wanted[name].tolist()  # in the order asked, not the order kept
+
+
+def with_gate(**gate) -> SimpleNamespace:
+    """What judged_batches reads of a workspace: its settings (the shipped ones, `gate` changed)."""
+    settings = load_settings(template("params.yaml"))
+    return SimpleNamespace(settings=settings.model_copy(update={"gate": settings.gate.model_copy(update=gate)}))
+
+
+def test_past_max_earlier_batches_a_seeded_draw_of_them_is_judged_and_every_batch_in_turn() -> None:
+    history = [f"batch-{i:04d}" for i in range(1, 61)]
+    shipped = with_gate()
+    assert shipped.settings.gate.max_earlier_batches == 50
+    assert judged_batches(shipped, history[:51], "batch-0051") == history[:51]  # 50 earlier: every one
+    assert judged_batches(with_gate(max_earlier_batches=0), history, "batch-0060") == history  # 0: every one
+    bounded, drawn = with_gate(max_earlier_batches=5), []
+    for k in range(40, 61):  # one iteration per new batch, each with the batches before it
+        judged = judged_batches(bounded, history[:k], history[k - 1])
+        assert len(judged) == 6 and judged[-1] == history[k - 1] and len(set(judged)) == 6
+        assert judged[:-1] == sorted(judged[:-1]) and set(judged[:-1]) < set(history[: k - 1])
+        assert judged == judged_batches(bounded, history[:k], history[k - 1])  # a rerun judges the same ones
+        drawn.append(frozenset(judged[:-1]))
+    assert len(set(drawn)) == len(drawn)  # each iteration its own draw
+    # every earlier batch judged now and then: 21 draws of 5 from about 50 miss a given batch with p ~ 0.1
+    assert len(set().union(*drawn)) >= 0.8 * 59
