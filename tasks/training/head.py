@@ -79,6 +79,20 @@ def extend_head(model_dir: Path, labels: Sequence[str], out_dir: Path, seed: int
     return out_dir
 
 
+def new_label_rows(champion_dir: Path, start_dir: Path) -> dict[str, int]:
+    """The per-class weights that `start_dir` (extend_head's output) grew from `champion_dir`'s, each with its
+    number of old rows: the rows after them belong to labels the champion never had. Read from the weight files'
+    headers, without loading a model."""
+    from safetensors import safe_open
+
+    def shapes(folder: Path) -> dict[str, list[int]]:
+        with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as weights:
+            return {name: list(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
+
+    old, new = shapes(champion_dir), shapes(start_dir)
+    return {name: old[name][0] for name, shape in new.items() if name in old and shape != old[name]}
+
+
 def start_with_labels(model_dir: Path, labels: Sequence[str], grown_dir: Path, seed: int, model: str) -> Path:
     """Where a fine-tune of `model` (its folder `model_dir`) on `labels` starts: the folder itself when it has
     those labels, else its head extended to them, built once (whole or not at all) under `grown_dir`."""

@@ -10,6 +10,7 @@ the test splits the gate judges with, and every candidate's scores are kept for 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from kaizen.tasks.model.predict import predict
 WEIGHTS = "model.safetensors"
 
 
-def interpolate(champion_dir: Path, tuned_dir: Path, alpha: float, out_dir: Path) -> Path:
+def interpolate(champion_dir: Path, tuned_dir: Path, alpha: float, out_dir: Path,
+                tuned_rows: Mapping[str, int] | None = None) -> Path:
     """(1 - alpha) * champion + alpha * tuned, for every floating-point weight; the fine-tuned model's config and
-    tokenizer. alpha 1 is the fine-tuned model itself, alpha 0 the champion."""
+    tokenizer. alpha 1 is the fine-tuned model itself, alpha 0 the champion. `tuned_rows` (weight name -> rows):
+    past that many rows the weight is the fine-tuned model's alone: a grown head's rows of labels the champion
+    never had (tasks/training/head.py), whose start is a random initialisation, not something to keep."""
     from safetensors.torch import load_file, save_file
 
     old, new = load_file(str(Path(champion_dir) / WEIGHTS)), load_file(str(Path(tuned_dir) / WEIGHTS))
@@ -31,6 +35,8 @@ def interpolate(champion_dir: Path, tuned_dir: Path, alpha: float, out_dir: Path
         raise ValueError(f"cannot merge {tuned_dir} with {champion_dir}: their weights differ in names or shapes")
     merged = {k: (old[k].to(v.dtype) * (1 - alpha) + v * alpha) if v.is_floating_point() else v
               for k, v in new.items()}
+    for name, rows in (tuned_rows or {}).items():
+        merged[name][rows:] = new[name][rows:]
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.copytree(tuned_dir, out_dir, ignore=shutil.ignore_patterns(WEIGHTS))
     save_file({k: v.contiguous() for k, v in merged.items()}, str(out_dir / WEIGHTS), metadata={"format": "pt"})
@@ -54,7 +60,8 @@ class MergeChoice:
 
 
 def choose_merge(champion_dir: Path, tuned_dir: Path, val_sets: dict[str, pd.DataFrame], new_batch: str,
-                 alphas: tuple[float, ...], *, max_length: int, out_dir: Path, device: str = "cpu") -> MergeChoice:
+                 alphas: tuple[float, ...], *, max_length: int, out_dir: Path, device: str = "cpu",
+                 tuned_rows: Mapping[str, int] | None = None) -> MergeChoice:
     """Score each candidate mix on every validation split (`new_batch`'s among them) and keep the best (ties go
     to the larger alpha: more of the new batch learned). Candidates other than the chosen one are deleted."""
     if not alphas:
@@ -65,7 +72,7 @@ def choose_merge(champion_dir: Path, tuned_dir: Path, val_sets: dict[str, pd.Dat
     dirs: dict[float, Path] = {}
     for alpha in sorted(set(alphas)):
         dirs[alpha] = tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha,
-                                                                  out_dir / f"alpha-{alpha:g}")
+                                                                  out_dir / f"alpha-{alpha:g}", tuned_rows)
         # Every batch's rows in one pass: a model load per batch made the choice grow with the history.
         predicted, _ = predict(dirs[alpha], [t for val in val_sets.values() for t in val["text"]],
                                max_length=max_length, device=device)

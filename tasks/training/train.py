@@ -125,11 +125,11 @@ def merge_validation(ws: Workspace, it: Iteration) -> dict[str, pd.DataFrame]:
     return {b: f.sample(n=min(share, len(f)), random_state=ws.settings.train.seed) for b, f in frames.items() if len(f)}
 
 
-def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path,
-                        tuned_dir: Path) -> tuple[Path, dict[str, float]]:
+def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path, tuned_dir: Path,
+                        tuned_rows: dict[str, int] | None = None) -> tuple[Path, dict[str, float]]:
     """WiSE-FT: the mix of champion and fine-tuned weights that scores best on validation (tasks/training/merge.py);
     the choice and each candidate's mean go to the run, and its score on each batch is returned, for the run
-    too once the model is logged (see train_challenger)."""
+    too once the model is logged (see train_challenger). `tuned_rows`: a grown head's new rows, not mixed."""
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.registry.tags import TAG
     from kaizen.tasks.training.merge import choose_merge, interpolate
@@ -139,10 +139,12 @@ def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path
     if it.batch_id not in val_sets:  # no validation rows of the new batch (val_fraction 0): nothing to choose on
         alpha = max(alphas)
         tracking.set_tags(client, it.run_id, {TAG["merge_alpha"]: f"{alpha:g} (no validation rows to choose on)"})
-        merged = tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged")
+        merged = tuned_dir if alpha == 1.0 else interpolate(champion_dir, tuned_dir, alpha, tuned_dir.parent / "merged",
+                                                             tuned_rows)
         return merged, {}
     choice = choose_merge(champion_dir, tuned_dir, val_sets, it.batch_id, alphas, max_length=ws.settings.model.max_length,
-                          out_dir=tuned_dir.parent / "merged", device=pick_device(ws.settings.train.device))
+                          out_dir=tuned_dir.parent / "merged", device=pick_device(ws.settings.train.device),
+                          tuned_rows=tuned_rows)
     metrics = {"merge.alpha": choice.alpha}
     per_batch_scores: dict[str, float] = {}
     for alpha, per_batch in choice.scores.items():
@@ -156,11 +158,14 @@ def merge_with_champion(ws: Workspace, it: Iteration, client, champion_dir: Path
 def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
     """Fine-tune the champion (or the backbone, at bootstrap) and register the result as the challenger. Labels
     appended to `data.labels` since the champion was trained grow its head first (tasks/training/head.py); a label
-    removed, renamed or reordered is refused here, before anything trains."""
+    removed, renamed or reordered is refused here, before anything trains. A grown head's fine-tune weighs its
+    labels equally (unless `train.balance_classes` is never), as a first fine-tune does, and the merge takes its new
+    rows from the fine-tuned model: otherwise a new label, a random row among classes the champion separates well,
+    was never the answer (bench/README.md, "A label set that grows")."""
     from kaizen.tasks.registry import lineage, tracking
     from kaizen.tasks.registry.record import batches_seen
     from kaizen.tasks.registry.tags import TAG, Decision
-    from kaizen.tasks.training.head import start_with_labels
+    from kaizen.tasks.training.head import new_label_rows, start_with_labels
 
     client = tracking.connect(ws)
     name = ws.settings.model.registered_name
@@ -169,12 +174,14 @@ def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
         start = str(start_with_labels(champion_dir, ws.settings.data.labels, ws.runs_dir / it.batch_id,
                                       ws.settings.train.seed, f"the champion v{it.champion.version}"))
         epochs = ws.settings.train.epochs
+        grown = new_label_rows(champion_dir, Path(start)) if start != str(champion_dir) else {}
     else:
         start, epochs = resolve_backbone(ws.settings.model.backbone), ws.settings.train.bootstrap_epochs
+        grown = {}
     train, val, replay_rows = training_frames(ws, it.batch_id)
     balance = ws.settings.train.balance_classes
-    weights = (balanced_weights(train["label"], ws.settings.data.labels)
-               if balance == "always" or (balance == "bootstrap" and it.champion is None) else None)
+    weights = (balanced_weights(train["label"], ws.settings.data.labels) if balance == "always" or (
+        balance == "bootstrap" and (it.champion is None or grown)) else None)
     teacher = None
     if it.champion is not None and ws.settings.train.distill_weight > 0:
         # The champion's outputs on every training row, once: log-probabilities serve as its logits (over its own
@@ -197,7 +204,7 @@ def train_challenger(ws: Workspace, it: Iteration) -> Challenger:
     model_dir = result.model_dir
     per_batch: dict[str, float] = {}  # the merge's score on each batch, logged after the model
     if it.champion is not None:
-        model_dir, per_batch = merge_with_champion(ws, it, client, Path(start), result.model_dir)
+        model_dir, per_batch = merge_with_champion(ws, it, client, Path(start), result.model_dir, grown)
     lineage.log_datasets(client, it.run_id, {f"{it.batch_id}/train+replay": train, f"{it.batch_id}/val": val},
                          "training", ws.prepared_dir / it.batch_id)
     tracking.log_metrics(client, it.run_id, {"train.rows": result.train_rows,

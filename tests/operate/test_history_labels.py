@@ -68,6 +68,10 @@ def test_the_challenger_grows_from_the_champion_and_serves_its_labels(grown_loop
     run = client.get_run(summaries[1]["run_id"])
     assert run.data.tags[TAG["start"]] == f"{ws.settings.model.registered_name}/1"  # from the champion, not afresh
     assert len(list((ws.runs_dir / "batch-0002").glob("grown-*/config.json"))) == 1
+    # A grown head's fine-tune weighs its labels equally, as a first one does (balance_classes: bootstrap), not
+    # as a later fine-tune: `neutral`, the rarest label of the batch plus its replay of 2-label rows, weighs most
+    weights = {label: run.data.metrics.get(f"train.class_weight.{label}") for label in GROWN}
+    assert None not in weights.values() and weights["neutral"] == max(weights.values()) > 1 > min(weights.values())
 
     assert signature_outputs(ws, "2") == ["prediction", "p_negative", "p_positive", "p_neutral", "reason"]
     assert signature_outputs(ws, "1") == ["prediction", "p_negative", "p_positive", "reason"]

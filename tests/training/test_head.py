@@ -10,7 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from kaizen.tasks.model.predict import model_labels
-from kaizen.tasks.training.head import WEIGHTS, LabelSetError, extend_head, own_labels, start_with_labels
+from kaizen.tasks.training.head import (
+    WEIGHTS,
+    LabelSetError,
+    extend_head,
+    new_label_rows,
+    own_labels,
+    start_with_labels,
+)
+from kaizen.tasks.training.merge import interpolate
 from kaizen.tasks.training.train_job import distilling_trainer, load_for_training
 from tests.support.training import LABELS
 from tests.support.training import two_label_model as make_two_label_model
@@ -46,6 +54,29 @@ def test_an_extended_head_keeps_the_old_classes_logits(two_label_model: Path, tm
     again = load_file(str(extend_head(two_label_model, GROWN, tmp_path / "again", seed=3) / WEIGHTS))
     assert torch.equal(again["classifier.weight"], after["classifier.weight"])  # seeded: a retry starts the same
     assert (grown / "tokenizer.json").exists()
+
+
+def test_a_merge_takes_a_grown_heads_new_rows_from_the_fine_tuned_model_alone(two_label_model: Path,
+                                                                             tmp_path: Path) -> None:
+    """The new label's row of a grown start is a random initialisation: mixing it back into the fine-tuned row
+    (WiSE-FT) shrank what the fine-tune learned of the new label, which then was never the answer."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    grown = extend_head(two_label_model, GROWN, tmp_path / "grown", seed=3)
+    rows = new_label_rows(two_label_model, grown)
+    assert rows == {"classifier.weight": 2, "classifier.bias": 2} and new_label_rows(grown, grown) == {}
+    start = load_file(str(grown / WEIGHTS))
+    tuned = {k: v + 1.0 if v.is_floating_point() else v for k, v in start.items()}  # every weight moved
+    shutil.copytree(grown, tmp_path / "tuned", ignore=shutil.ignore_patterns(WEIGHTS))
+    save_file(tuned, str(tmp_path / "tuned" / WEIGHTS), metadata={"format": "pt"})
+    merged = load_file(str(interpolate(grown, tmp_path / "tuned", 0.25, tmp_path / "merged", rows) / WEIGHTS))
+    for name in rows:
+        assert torch.equal(merged[name][2:], tuned[name][2:])  # the new label's row: as fine-tuned
+        torch.testing.assert_close(merged[name][:2], start[name][:2] + 0.25)  # the champion's classes: mixed
+    other = next(k for k, v in start.items() if k not in rows and v.is_floating_point())
+    torch.testing.assert_close(merged[other], start[other] + 0.25)
 
 
 @pytest.mark.parametrize("labels", [("positive", "negative", "neutral"), ("negative", "neutral"),
