@@ -86,14 +86,15 @@ class HeldOut:
         return {d: self.seen[(str(model_dir), d)] for d in domains}
 
 
-def held_out_rows(domain: pd.DataFrame, streamed: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+def held_out_rows(domain: pd.DataFrame, streamed: pd.DataFrame, n: int, seed: int,
+                  labels: Collection[str] = LABELS) -> pd.DataFrame:
     """Up to n rows of a domain the stream never carries (no streamed text, no group of a streamed row: an Amazon
-    review's sentences stay on one side), labels outside the label set dropped."""
+    review's sentences stay on one side), labels outside `labels` dropped."""
     from kaizen.tasks.formats.text import text_key
 
     keys = set(streamed["text"].map(text_key))
     rest = domain[~domain["group"].isin(set(streamed["group"])) & ~domain["text"].map(text_key).isin(keys)
-                  & domain["label"].isin(LABELS)]
+                  & domain["label"].isin(labels)]
     return rest.sample(n=min(n, len(rest)), random_state=seed)[["text", "label"]]
 
 
@@ -103,6 +104,7 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     domains in `scored_on[step]`. A step that leaves no champion (the first batch refused) scores NaN on every
     domain: the table shows it rather than the script stopping. `after_step(ws, summary)` adds to a step's notes."""
     from kaizen.flows.loop import iteration
+    from kaizen.tasks.operate.demo import grow_labels
     from kaizen.tasks.registry import tracking
     from kaizen.tasks.registry.tags import TAG
     from kaizen.tasks.workspace.layout import Workspace
@@ -116,6 +118,7 @@ def kaizen_arm(root: Path, files: list[Path], seed: int, overrides: dict, held: 
     per_step, held_steps, samples, decisions, batches, champion, notes = [], [], 0, [], [], None, []
     held_out = HeldOut(ws, held)  # one for every arm: models are told apart by their folders
     for path, domains in zip(files, scored_on, strict=True):
+        grow_labels(ws, path)  # with `demo.grow_labels`, as the demo does: a file's new labels join data.labels
         (landing / path.name).write_bytes(path.read_bytes())
         epochs = ws.settings.train.epochs if champion else ws.settings.train.bootstrap_epochs
         summary = iteration(str(root))
@@ -233,8 +236,10 @@ def summarise(result: dict, batches: list[str], domains: list[str]) -> dict:
         "samples": result["samples"], "decisions": result["decisions"], "notes": result.get("notes", [])}
 
 
-def one_run(work: Path, order: list[str], seed: int, rows: int, held_out: int, overrides: dict,
-            kaizen_only: bool = False) -> dict[str, dict]:
+def write_stream(work: Path, order: list[str], seed: int, rows: int, held_out: int,
+                 labels: Collection[str] = LABELS) -> tuple[list[Path], dict[str, pd.DataFrame]]:
+    """One batch file per domain in `order` (`NN-<domain>.csv`, the demo's names), `rows` whole reviews each, and
+    up to `held_out` rows per domain that the stream never carries, of `labels`."""
     sources = ROOT / ".kaizen" / "sources"
     stream.fetch_sources(sources)
     files, held = [], {}
@@ -242,10 +247,16 @@ def one_run(work: Path, order: list[str], seed: int, rows: int, held_out: int, o
     for i, name in enumerate(order, start=1):
         domain = stream.load_domain(name, sources)
         frame = stream.sample_groups(domain, rows, seed)  # whole reviews, so held-out rows share none
-        held[name] = held_out_rows(domain, frame, held_out, seed)
+        held[name] = held_out_rows(domain, frame, held_out, seed, labels)
         path = work / "stream" / f"{i:02d}-{name}.csv"
         path.write_bytes(frame_bytes(frame[["text", "label"]], path.name))
         files.append(path)
+    return files, held
+
+
+def one_run(work: Path, order: list[str], seed: int, rows: int, held_out: int, overrides: dict,
+            kaizen_only: bool = False) -> dict[str, dict]:
+    files, held = write_stream(work, order, seed, rows, held_out)
     scored_on = [order[: k + 1] for k in range(len(order))]  # each step: the domains streamed so far
     kaizen = kaizen_arm(work / "kaizen", files, seed, overrides, held, scored_on)
     ws, batches = kaizen["ws"], kaizen["batches"]
