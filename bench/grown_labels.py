@@ -35,17 +35,25 @@ OLD, NEW = continual.LABELS, "neutral"
 RUNS = {"two": False, "three": True}  # the run's name -> demo.grow_labels
 
 
-def final_predictions(ws, held: dict) -> dict[str, list[str]]:
-    """The final champion's label for every held-out row, per domain (one model load)."""
-    from kaizen.tasks.model.predict import predict
+def final_predictions(ws, held: dict) -> dict[str, dict[str, list[str]]]:
+    """The final champion's label for every held-out row, per domain (one model load): as served (its likeliest
+    label) and on the old classes alone (the likeliest of negative and positive: how the gate judges a grown
+    challenger on earlier batches, tasks/evaluation/grown.py)."""
+    from kaizen.tasks.model.predict import model_labels, predict
     from kaizen.tasks.registry import tracking
 
     champion = tracking.model_by_alias(tracking.connect(ws), ws.settings.model.registered_name, tracking.CHAMPION)
+    model = tracking.local_model(ws, champion.version)
     texts = [t for d in ORDER for t in held[d]["text"]]
-    labels, _ = predict(tracking.local_model(ws, champion.version), texts, max_length=ws.settings.model.max_length,
-                        batch_size=ws.settings.serving.batch_size)
+    labels, probs = predict(model, texts, max_length=ws.settings.model.max_length,
+                            batch_size=ws.settings.serving.batch_size)
+    columns = model_labels(model)
+    old = [columns.index(label) for label in OLD]
+    restricted = np.asarray(OLD)[np.asarray(probs)[:, old].argmax(axis=1)]
     ends = np.cumsum([len(held[d]) for d in ORDER])[:-1]
-    return {d: [str(x) for x in part] for d, part in zip(ORDER, np.split(np.asarray(labels), ends), strict=True)}
+    split = lambda values: {d: [str(x) for x in part]  # noqa: E731
+                            for d, part in zip(ORDER, np.split(np.asarray(values), ends), strict=True)}
+    return {"served": split(labels), "old_classes": split(restricted)}
 
 
 def one_seed(work: Path, seed: int, rows: int, held_out: int, overrides: dict, runs: tuple[str, ...] = tuple(RUNS),
@@ -63,16 +71,33 @@ def one_seed(work: Path, seed: int, rows: int, held_out: int, overrides: dict, r
         arm = continual.kaizen_arm(work / run, files, seed, overrides | {"demo.grow_labels": grow},
                                    {d: held[d] for d in ORDER}, none)
         normalised = arm["held_out_eval"].sets  # the held-out texts as the stage normalises them
-        out[run] = {"predicted": final_predictions(arm["ws"], normalised), "decisions": arm["decisions"],
+        answers = final_predictions(arm["ws"], normalised)
+        out[run] = {"predicted": answers["served"], "old_classes": answers["old_classes"], "decisions": arm["decisions"],
                     "samples": arm["samples"], "labels": list(arm["ws"].settings.data.labels)}
         shutil.rmtree(arm["ws"].runs_dir, ignore_errors=True)  # checkpoints and merge candidates, not read again
         print(f"  {run} labels: decisions {arm['decisions']}", flush=True)
     return out
 
 
-def old_class_hits(run: dict, truth: dict, domain: str) -> np.ndarray:
-    """Which held-out rows of the old classes the run's final champion labels right."""
-    t, p = np.asarray(truth[domain]), np.asarray(run["predicted"][domain])
+def rescored(work: Path, seed: int, rows: int, held_out: int) -> dict:
+    """A seed's result.json with its final champions' answers computed again (the same held-out rows)."""
+    from kaizen.tasks.workspace.layout import Workspace
+
+    result = json.loads((work / "result.json").read_text())
+    _, held = continual.write_stream(work, list(ORDER), seed, rows, held_out, labels=(*OLD, NEW))
+    if {d: held[d]["label"].tolist() for d in ORDER} != result["truth"]:
+        raise SystemExit(f"{work}: other held-out rows than its result.json's (other --rows or --held-out?)")
+    for run in RUNS:
+        ws = Workspace.open(work / run)
+        answers = final_predictions(ws, continual.HeldOut(ws, held).sets)
+        result[run] |= {"predicted": answers["served"], "old_classes": answers["old_classes"]}
+    return result
+
+
+def old_class_hits(run: dict, truth: dict, domain: str, answers: str = "predicted") -> np.ndarray:
+    """Which held-out rows of the old classes the run's final champion labels right, with its `answers`: as served
+    ("predicted") or the likeliest old class ("old_classes")."""
+    t, p = np.asarray(truth[domain]), np.asarray(run.get(answers, run["predicted"])[domain])  # 2 labels: the same
     return (p == t)[np.isin(t, OLD)].astype(float)
 
 
@@ -85,23 +110,29 @@ def class_scores(truth: list[str], predicted: list[str], label: str) -> tuple[fl
 
 def tables(runs: list[dict], seeds: list[int]) -> str:
     cell = lambda v: f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}"  # noqa: E731
-    lines = ["Old classes (negative, positive), held-out accuracy of the final champion, mean ± sd over seeds:", "",
-             "| run | " + " | ".join(ORDER) + " | earlier three, mean |", "|---|" + "---|" * (len(ORDER) + 1)]
-    for name in RUNS:
-        acc = [[old_class_hits(r[name], r["truth"], d).mean() for d in ORDER] for r in runs]
-        lines.append(f"| {name} labels | " + " | ".join(cell([a[i] for a in acc]) for i in range(len(ORDER)))
-                     + f" | {cell([np.mean(a[:3]) for a in acc])} |")
-    lines += ["", "three − two, paired on the same held-out rows, points (± standard error):", ""]
-    for seed, r in zip(seeds, runs, strict=True):
-        diffs = {d: old_class_hits(r["three"], r["truth"], d) - old_class_hits(r["two"], r["truth"], d) for d in ORDER}
-        earlier = [diffs[d] for d in ORDER[:3]]
-        mean = 100 * np.mean([d.mean() for d in earlier])
-        se = 100 * np.sqrt(sum(d.var(ddof=1) / len(d) for d in earlier)) / len(earlier)
-        lines.append(f"- seed {seed}: " + ", ".join(f"{d} {100 * v.mean():+.1f} ± {100 * v.std(ddof=1) / np.sqrt(len(v)):.1f}"
-                                                    for d, v in diffs.items())
-                     + f"; earlier three {mean:+.1f} ± {se:.1f}")
+    lines: list[str] = []
+    for answers, title in (("predicted", "as served (the likeliest of all the champion's labels)"),
+                           ("old_classes", "the likeliest old class (as the gate judges earlier batches)")):
+        lines += [f"Old classes (negative, positive), held-out accuracy of the final champion, {title}, mean ± sd "
+                  "over seeds:", "", "| run | " + " | ".join(ORDER) + " | earlier three, mean |",
+                  "|---|" + "---|" * (len(ORDER) + 1)]
+        for name in RUNS:
+            acc = [[old_class_hits(r[name], r["truth"], d, answers).mean() for d in ORDER] for r in runs]
+            lines.append(f"| {name} labels | " + " | ".join(cell([a[i] for a in acc]) for i in range(len(ORDER)))
+                         + f" | {cell([np.mean(a[:3]) for a in acc])} |")
+        lines += ["", "three − two, paired on the same held-out rows, points (± standard error):", ""]
+        for seed, r in zip(seeds, runs, strict=True):
+            diffs = {d: old_class_hits(r["three"], r["truth"], d, answers) - old_class_hits(r["two"], r["truth"], d)
+                     for d in ORDER}
+            earlier = [diffs[d] for d in ORDER[:3]]
+            mean = 100 * np.mean([d.mean() for d in earlier])
+            se = 100 * np.sqrt(sum(d.var(ddof=1) / len(d) for d in earlier)) / len(earlier)
+            lines.append(f"- seed {seed}: " + ", ".join(
+                f"{d} {100 * v.mean():+.1f} ± {100 * v.std(ddof=1) / np.sqrt(len(v)):.1f}" for d, v in diffs.items())
+                + f"; earlier three {mean:+.1f} ± {se:.1f}")
+        lines.append("")
     answered_new = [np.mean([p == NEW for d in ORDER[:3] for p in r["three"]["predicted"][d]]) for r in runs]
-    lines += ["", f"Rows of the earlier three domains (no `{NEW}` among them) that the three-label champion answered "
+    lines += [f"Rows of the earlier three domains (no `{NEW}` among them) that the three-label champion answered "
               f"`{NEW}`: {cell(answered_new)} (each one counts as wrong above)"]
     scores = [class_scores(r["truth"]["airline"], r["three"]["predicted"]["airline"], NEW) for r in runs]
     n_new = [int(np.sum(np.asarray(r["truth"]["airline"]) == NEW)) for r in runs]
@@ -123,6 +154,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params.yaml override of both runs (YAML value)")
     parser.add_argument("--table-only", action="store_true", help="run nothing: the tables of --work's results")
+    parser.add_argument("--rescore", action="store_true",
+                        help="run no loop: the final champions of --work's runs answer the held-out rows again")
     parser.add_argument("--three-only", action="store_true",
                         help="run the three-label run alone, the two-label run taken from --work's result.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "grown_labels")
@@ -132,7 +165,9 @@ def main() -> None:
     seeds, began, runs = [int(s) for s in args.seeds.split(",")], time.perf_counter(), []
     for seed in seeds:
         work = args.work / f"seed{seed}"
-        if not args.table_only:
+        if args.rescore:
+            (work / "result.json").write_text(json.dumps(rescored(work, seed, args.rows, args.held_out)))
+        elif not args.table_only:
             earlier = json.loads((work / "result.json").read_text()) if args.three_only else None
             for run in ("three",) if args.three_only else RUNS:
                 shutil.rmtree(work / run, ignore_errors=True)
