@@ -36,8 +36,8 @@ RUNS = {"two": False, "three": True}  # the run's name -> demo.grow_labels
 
 
 def final_predictions(ws, held: dict) -> dict[str, dict[str, list[str]]]:
-    """The final champion's label for every held-out row, per domain (one model load): as served (its likeliest
-    label) and on the old classes alone (the likeliest of negative and positive: how the gate judges a grown
+    """The final champion's label for every held-out row, per domain (one model load): as served ("predicted", its
+    likeliest label) and on the old classes alone ("old_classes", (the likeliest of negative and positive: how the gate judges a grown
     challenger on earlier batches, tasks/evaluation/grown.py)."""
     from kaizen.tasks.model.predict import model_labels, predict
     from kaizen.tasks.registry import tracking
@@ -53,7 +53,7 @@ def final_predictions(ws, held: dict) -> dict[str, dict[str, list[str]]]:
     ends = np.cumsum([len(held[d]) for d in ORDER])[:-1]
     split = lambda values: {d: [str(x) for x in part]  # noqa: E731
                             for d, part in zip(ORDER, np.split(np.asarray(values), ends), strict=True)}
-    return {"served": split(labels), "old_classes": split(restricted)}
+    return {"predicted": split(labels), "old_classes": split(restricted)}
 
 
 def one_seed(work: Path, seed: int, rows: int, held_out: int, overrides: dict, runs: tuple[str, ...] = tuple(RUNS),
@@ -63,17 +63,15 @@ def one_seed(work: Path, seed: int, rows: int, held_out: int, overrides: dict, r
     files, held = continual.write_stream(work, list(ORDER), seed, rows, held_out, labels=(*OLD, NEW))
     none = [[] for _ in ORDER]  # no held-out scoring inside the arm: only the final champions are compared
     out: dict = {"truth": {d: held[d]["label"].tolist() for d in ORDER}}
-    if earlier is not None:  # the same stream and held-out rows, or the pairing means nothing
-        if earlier["truth"] != out["truth"]:
-            raise SystemExit(f"{work}: the earlier result.json holds other held-out rows (other --rows or --held-out?)")
+    if earlier is not None:
+        same_rows(work, out["truth"], earlier)
         out |= {run: earlier[run] for run in RUNS if run not in runs}
     for run, grow in ((r, RUNS[r]) for r in runs):
         arm = continual.kaizen_arm(work / run, files, seed, overrides | {"demo.grow_labels": grow},
                                    {d: held[d] for d in ORDER}, none)
         normalised = arm["held_out_eval"].sets  # the held-out texts as the stage normalises them
-        answers = final_predictions(arm["ws"], normalised)
-        out[run] = {"predicted": answers["served"], "old_classes": answers["old_classes"], "decisions": arm["decisions"],
-                    "samples": arm["samples"], "labels": list(arm["ws"].settings.data.labels)}
+        out[run] = final_predictions(arm["ws"], normalised) | {
+            "decisions": arm["decisions"], "samples": arm["samples"], "labels": list(arm["ws"].settings.data.labels)}
         shutil.rmtree(arm["ws"].runs_dir, ignore_errors=True)  # checkpoints and merge candidates, not read again
         print(f"  {run} labels: decisions {arm['decisions']}", flush=True)
     return out
@@ -85,13 +83,17 @@ def rescored(work: Path, seed: int, rows: int, held_out: int) -> dict:
 
     result = json.loads((work / "result.json").read_text())
     _, held = continual.write_stream(work, list(ORDER), seed, rows, held_out, labels=(*OLD, NEW))
-    if {d: held[d]["label"].tolist() for d in ORDER} != result["truth"]:
-        raise SystemExit(f"{work}: other held-out rows than its result.json's (other --rows or --held-out?)")
+    same_rows(work, {d: held[d]["label"].tolist() for d in ORDER}, result)
     for run in RUNS:
         ws = Workspace.open(work / run)
-        answers = final_predictions(ws, continual.HeldOut(ws, held).sets)
-        result[run] |= {"predicted": answers["served"], "old_classes": answers["old_classes"]}
+        result[run] |= final_predictions(ws, continual.HeldOut(ws, held).sets)
     return result
+
+
+def same_rows(work: Path, truth: dict, result: dict) -> None:
+    """Refuse a result.json made on other held-out rows: pairing with it would mean nothing."""
+    if result["truth"] != truth:
+        raise SystemExit(f"{work}: its result.json holds other held-out rows (other --rows or --held-out?)")
 
 
 def old_class_hits(run: dict, truth: dict, domain: str, answers: str = "predicted") -> np.ndarray:
